@@ -96,6 +96,8 @@ class HashGrid2D(nn.Module):
         self.n_dense = sum(r * r <= s for r, s in zip(resolutions, sizes))
         self.register_buffer("res_dense", torch.tensor(resolutions[: self.n_dense], dtype=torch.int32),
                              persistent=False)
+        self.register_buffer("size_dense", torch.tensor(sizes[: self.n_dense], dtype=torch.int32),
+                             persistent=False)
         # Hashed levels have power-of-two tables, so "mod size" is "& (size - 1)" and only the low bits of
         # the prime matter: the hash runs in int32 with wrap-around, exactly as the uint32 CUDA code.
         self.register_buffer("mask_hash", torch.tensor([s - 1 for s in sizes[self.n_dense:]], dtype=torch.int32),
@@ -139,7 +141,11 @@ class HashGrid2D(nn.Module):
             res = self.res_dense.view(1, 1, nd)
             base = x0[..., :nd] + y0[..., :nd] * res
             step = torch.stack([torch.zeros_like(res), torch.ones_like(res), res, res + 1], -1)  # (1, 1, nd, 4)
-            parts.append(base.unsqueeze(-1) + step)
+            idx = base.unsqueeze(-1) + step
+            # Corners on the far border (x or y == res) wrap modulo the table size, as tiny-cuda-nn's "% size";
+            # they never exceed res^2 + res < 2 * size, so one conditional subtraction is enough.
+            size = self.size_dense.view(1, 1, nd, 1)
+            parts.append(torch.where(idx >= size, idx - size, idx))
         if nd < self.cfg.levels:
             xa, ya = x0[..., nd:], y0[..., nd:]
             xb = xa + 1
