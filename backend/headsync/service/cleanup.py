@@ -1,0 +1,83 @@
+"""Removing what an interrupted job left half-written.
+
+Every stage writes through :func:`headsync.subject._tmp` (``.NAME.tmp-PID``) or
+:func:`headsync.subject.staging_dir` (``.NAME.tmp-PID``, and ``.NAME.old-PID`` for the moment between
+moving the old folder away and the new one in). A worker killed with SIGKILL never runs its own
+``except`` blocks, so the service sweeps the names carrying that worker's PID. Finished outputs (stages
+marked done, checkpoints saved whole) are kept: they are what a re-run or a resumed train reuses.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Iterable
+
+
+def _remove(p: Path) -> None:
+    try:
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+    except OSError:
+        pass
+
+
+def sweep_temp(roots: Iterable[Path], pid: int | None, max_entries: int = 200_000) -> list[str]:
+    """Remove ``.NAME.tmp-PID`` files/folders under ``roots``; put ``.NAME.old-PID`` back when NAME is gone.
+
+    Returns the paths removed or restored. Symbolic links are not followed.
+    """
+    if not pid:
+        return []
+    pat = re.compile(rf"^\.(?P<name>.+)\.(?P<kind>tmp|old)-{int(pid)}$")
+    done: list[str] = []
+    seen = 0
+    for root in roots:
+        root = Path(root)
+        if not root.is_dir():
+            continue
+        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
+            seen += len(dirnames) + len(filenames)
+            if seen > max_entries:
+                return done
+            for name in list(dirnames) + filenames:
+                m = pat.match(name)
+                if not m:
+                    continue
+                p = Path(dirpath) / name
+                if m["kind"] == "old":
+                    final = Path(dirpath) / m["name"]
+                    if not final.exists():
+                        try:
+                            os.replace(p, final)
+                            done.append(f"restored {final}")
+                            continue
+                        except OSError:
+                            pass
+                _remove(p)
+                done.append(f"removed {p}")
+                if name in dirnames:
+                    dirnames.remove(name)
+    return done
+
+
+def remove_owned(paths: Iterable[str], workspace: Path) -> list[str]:
+    """Remove output folders a failed or cancelled job created (only ever inside the workspace)."""
+    ws = Path(workspace).resolve()
+    done = []
+    for s in paths:
+        p = Path(s)
+        try:
+            rp = p.resolve()
+        except (OSError, RuntimeError):
+            continue
+        if rp == ws or ws not in rp.parents:
+            continue
+        if p.exists() or p.is_symlink():
+            _remove(p)
+            done.append(f"removed {p}")
+    return done

@@ -1,0 +1,199 @@
+"""The job store: queue and history of the local service in SQLite (WAL mode) inside the workspace.
+
+One row per job. The service process (HTTP handlers, scheduler thread) and the worker processes all
+open their own connection; every state change is a single conditional ``UPDATE ... WHERE state=?`` so
+two writers (a worker finishing, the scheduler noticing the worker died) can never both win.
+
+Layout of the workspace (see docs/service.md)::
+
+    WORKSPACE/jobs.db          this store (plus jobs.db-wal, jobs.db-shm)
+    WORKSPACE/logs/ID.log      one log file per job (the worker's stdout and stderr)
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import uuid
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Iterable
+
+STATES = ("queued", "running", "succeeded", "failed", "cancelled")
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS jobs (
+    seq         INTEGER PRIMARY KEY AUTOINCREMENT,
+    id          TEXT UNIQUE NOT NULL,
+    kind        TEXT NOT NULL,
+    subject     TEXT NOT NULL,
+    params      TEXT NOT NULL,            -- JSON: the validated task parameters (absolute paths)
+    state       TEXT NOT NULL,
+    progress    TEXT NOT NULL,            -- JSON: fraction, stage, message, eta_s, done, total
+    error       TEXT,                     -- JSON: message, hint (null unless failed/cancelled)
+    artifacts   TEXT NOT NULL DEFAULT '{}',
+    created     TEXT NOT NULL,
+    started     TEXT,
+    finished    TEXT,
+    resumable   INTEGER NOT NULL DEFAULT 0,
+    resumed_from TEXT,
+    pid         INTEGER,                  -- worker process id while running
+    stop_reason TEXT,                     -- null | 'cancel' | 'shutdown'
+    owned       TEXT NOT NULL DEFAULT '[]' -- JSON: paths the job creates, removed unless it succeeds
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
+"""
+
+_EMPTY_PROGRESS = {"fraction": 0.0, "stage": None, "message": None, "eta_s": None, "done": 0, "total": 0}
+
+
+def now_iso() -> str:
+    """The current time, ISO 8601 in UTC with millisecond precision (``2026-11-21T09:53:18.123Z``)."""
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex[:16]
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection in WAL mode with a generous busy timeout (writers are short)."""
+    conn = sqlite3.connect(str(path), timeout=10.0, isolation_level=None, check_same_thread=False)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout=10000")
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=NORMAL")
+    return conn
+
+
+class Store:
+    """Access to ``WORKSPACE/jobs.db``; one connection per thread (sqlite3 objects are not shared)."""
+
+    def __init__(self, workspace: Path):
+        self.workspace = Path(workspace)
+        self.path = self.workspace / "jobs.db"
+        self.logs = self.workspace / "logs"
+        self.logs.mkdir(parents=True, exist_ok=True)
+        self._local = threading.local()
+        with self._conn() as c:
+            c.executescript(_SCHEMA)
+
+    def _conn(self) -> sqlite3.Connection:
+        c = getattr(self._local, "conn", None)
+        if c is None:
+            c = self._local.conn = connect(self.path)
+        return c
+
+    def close(self) -> None:
+        c = getattr(self._local, "conn", None)
+        if c is not None:
+            c.close()
+            self._local.conn = None
+
+    def log_path(self, job_id: str) -> Path:
+        return self.logs / f"{job_id}.log"
+
+    # ---- reads ---------------------------------------------------------------------------------
+    def get(self, job_id: str) -> dict[str, Any] | None:
+        row = self._conn().execute("SELECT * FROM jobs WHERE id=?", (job_id,)).fetchone()
+        return _row(row) if row else None
+
+    def list(self, state: str | None = None, kind: str | None = None, subject: str | None = None,
+             limit: int = 1000) -> list[dict[str, Any]]:
+        q, args = "SELECT * FROM jobs", []
+        where = []
+        for col, val in (("state", state), ("kind", kind), ("subject", subject)):
+            if val is not None:
+                where.append(f"{col}=?")
+                args.append(val)
+        if where:
+            q += " WHERE " + " AND ".join(where)
+        q += " ORDER BY seq DESC LIMIT ?"
+        args.append(int(limit))
+        return [_row(r) for r in self._conn().execute(q, args)]
+
+    def queued(self) -> list[dict[str, Any]]:
+        """Queued jobs, oldest first (the dispatch order)."""
+        return [_row(r) for r in self._conn().execute("SELECT * FROM jobs WHERE state='queued' ORDER BY seq")]
+
+    def running(self) -> list[dict[str, Any]]:
+        return [_row(r) for r in self._conn().execute("SELECT * FROM jobs WHERE state='running' ORDER BY seq")]
+
+    def active_subjects(self, kinds: Iterable[str] | None = None) -> set[str]:
+        q = "SELECT DISTINCT subject FROM jobs WHERE state IN ('queued','running')"
+        args: list[Any] = []
+        if kinds:
+            kinds = list(kinds)
+            q += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args += kinds
+        return {r[0] for r in self._conn().execute(q, args)}
+
+    # ---- writes --------------------------------------------------------------------------------
+    def create(self, kind: str, subject: str, params: dict[str, Any], owned: list[str] | None = None,
+               resumed_from: str | None = None, job_id: str | None = None) -> dict[str, Any]:
+        job_id = job_id or new_id()
+        self._conn().execute(
+            "INSERT INTO jobs (id, kind, subject, params, state, progress, created, resumed_from, owned)"
+            " VALUES (?,?,?,?,?,?,?,?,?)",
+            (job_id, kind, subject, json.dumps(params), "queued", json.dumps(_EMPTY_PROGRESS), now_iso(),
+             resumed_from, json.dumps(owned or [])),
+        )
+        job = self.get(job_id)
+        assert job is not None
+        return job
+
+    def transition(self, job_id: str, from_states: Iterable[str], to: str, **fields: Any) -> bool:
+        """Move ``job_id`` from one of ``from_states`` to ``to``, setting ``fields``; False if it was not in them."""
+        from_states = list(from_states)
+        sets, args = ["state=?"], [to]
+        if to in FINAL_STATES and "finished" not in fields:
+            fields["finished"] = now_iso()
+        for k, v in fields.items():
+            sets.append(f"{k}=?")
+            args.append(json.dumps(v) if k in ("progress", "error", "artifacts", "owned") and v is not None else v)
+        cur = self._conn().execute(
+            f"UPDATE jobs SET {', '.join(sets)} WHERE id=? AND state IN ({','.join('?' * len(from_states))})",
+            [*args, job_id, *from_states],
+        )
+        return cur.rowcount == 1
+
+    def set_fields(self, job_id: str, **fields: Any) -> None:
+        sets, args = [], []
+        for k, v in fields.items():
+            sets.append(f"{k}=?")
+            args.append(json.dumps(v) if k in ("progress", "error", "artifacts", "owned") and v is not None else v)
+        self._conn().execute(f"UPDATE jobs SET {', '.join(sets)} WHERE id=?", [*args, job_id])
+
+    def set_progress(self, job_id: str, progress: dict[str, Any]) -> None:
+        self._conn().execute("UPDATE jobs SET progress=? WHERE id=? AND state='running'",
+                             (json.dumps(progress), job_id))
+
+
+def _row(row: sqlite3.Row) -> dict[str, Any]:
+    d = dict(row)
+    for k in ("params", "progress", "artifacts", "owned"):
+        d[k] = json.loads(d[k]) if d.get(k) else ({} if k != "owned" else [])
+    d["error"] = json.loads(d["error"]) if d.get("error") else None
+    d["resumable"] = bool(d["resumable"])
+    return d
+
+
+def public(job: dict[str, Any]) -> dict[str, Any]:
+    """The job as the API shows it (DESIGN.md "Local service")."""
+    return {
+        "id": job["id"],
+        "kind": job["kind"],
+        "subject": job["subject"],
+        "params": job["params"],
+        "state": job["state"],
+        "progress": job["progress"],
+        "error": job["error"],
+        "artifacts": job["artifacts"],
+        "created": job["created"],
+        "started": job["started"],
+        "finished": job["finished"],
+        "resumable": job["resumable"],
+        "resumed_from": job["resumed_from"],
+    }

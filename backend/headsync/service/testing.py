@@ -1,0 +1,73 @@
+"""A test-only job kind, so that the service's cancel/kill/restart tests need no minutes of real work.
+
+Enabled only when the environment has ``HEADSYNC_TEST_TASKS=1`` (the service and its workers both read
+it): :func:`install` adds the kind ``test_sleep`` to :data:`headsync.tasks.TASKS`. It behaves like a
+stage: it creates its subject folder, holds a half-written ``.partial.tmp-PID`` file while it works,
+reports ``steps`` progress steps over ``seconds``, and writes ``result.json`` atomically at the end.
+``mode`` makes it misbehave: ``user`` (bad input), ``crash`` (an internal error), ``enospc`` (disk full),
+``cuda`` (asks PyTorch for a GPU it does not have), ``stubborn`` (ignores the stop request).
+"""
+
+from __future__ import annotations
+
+import errno
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from .. import tasks
+from ..errors import UserError
+from ..progress import Reporter
+from ..subject import write_json_atomic
+
+KIND = "test_sleep"
+
+
+def sleep_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
+    root = Path(params["subject"])
+    root.mkdir(parents=True, exist_ok=True)
+    mode = params["mode"]
+    partial = root / f".partial.tmp-{os.getpid()}"
+    partial.write_text("half-written\n")
+    steps, seconds = params["steps"], params["seconds"]
+    reporter.message(f"sleeping {seconds}s in {steps} steps (mode {mode}, resume {params['resume']})")
+    reporter.start("sleep", steps)
+    for i in range(steps):
+        t_end = time.monotonic() + seconds / steps
+        while time.monotonic() < t_end:
+            time.sleep(min(0.02, max(t_end - time.monotonic(), 0)))
+        if mode == "stubborn":
+            reporter.done += 1  # never calls check(): only SIGKILL stops it
+            continue
+        reporter.advance(1, step=i)
+        if i == steps // 2:
+            if mode == "user":
+                raise UserError("the test job was told to fail", "do not pass mode=user")
+            if mode == "crash":
+                raise RuntimeError("boom")
+            if mode == "enospc":
+                raise OSError(errno.ENOSPC, "No space left on device", str(partial))
+            if mode == "cuda":
+                import torch
+
+                torch.zeros(1, device="cuda")
+    partial.unlink()
+    write_json_atomic(root / "result.json", {"steps": steps, "resume": params["resume"]})
+    return {"result": str(root / "result.json"), "steps": steps}
+
+
+TASK = tasks.Task(KIND, (
+    tasks.Param("subject", str, True, path=True),
+    tasks.Param("seconds", float, default=1.0),
+    tasks.Param("steps", int, default=10),
+    tasks.Param("mode", str, default="ok", choices=("ok", "user", "crash", "enospc", "cuda", "stubborn")),
+    tasks.Param("resume", bool, default=False),
+), "service.testing:sleep_task", "test only: sleeps, reporting progress")
+
+
+def install() -> None:
+    from . import jobspec
+
+    tasks.TASKS.setdefault(KIND, TASK)
+    jobspec.CREATES_SUBJECT.add(KIND)

@@ -1,0 +1,208 @@
+"""The worker: one subprocess per job, ``python -m headsync.service.worker JOB_ID WORKSPACE``.
+
+It runs :func:`headsync.tasks.run` (the very function the command line calls) with a reporter whose
+events go into the job's row (progress) and its log file (stdout/stderr, opened by the scheduler), then
+records the outcome. A crash here cannot take the service down; a worker that dies without recording
+an outcome is noticed by the scheduler, which records one for it.
+
+Stopping: SIGTERM sets a flag that the reporter's ``should_stop`` sees at the next progress step, so the
+stage raises :class:`~headsync.errors.Cancelled` and its atomic writes clean up after themselves. The row's
+``stop_reason`` says why: ``cancel`` (the user) or ``shutdown`` (the service is stopping). The worker also
+stops when the service process dies (``PR_SET_PDEATHSIG`` on Linux, and a check of the parent's PID).
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import signal
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any
+
+EXIT_DISK_FULL = 75
+
+
+def _set_parent_death_signal() -> None:
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        PR_SET_PDEATHSIG = 1
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except Exception:  # pragma: no cover - best effort
+        pass
+
+
+def _log(text: str) -> None:
+    ts = time.strftime("%H:%M:%S", time.gmtime())
+    sys.stdout.write(f"{ts}Z {text}\n")
+    sys.stdout.flush()
+
+
+def classify(exc: BaseException, kind: str) -> dict[str, str]:
+    """A job error {message, hint} for an exception raised by a task."""
+    from ..errors import UserError
+
+    text = str(exc)
+    if isinstance(exc, UserError):
+        return {"message": exc.message, "hint": exc.hint}
+    if is_disk_full(exc):
+        return {"message": f"disk full: {text}",
+                "hint": "free some space on the disk holding the workspace (or the output folder), "
+                        "then submit the job again"}
+    low = text.lower()
+    if "out of memory" in low and ("cuda" in low or type(exc).__name__ == "OutOfMemoryError"):
+        return {"message": f"GPU out of memory: {text.splitlines()[0] if text else ''}",
+                "hint": "use a smaller preset, close other programs using the GPU, or run on the CPU"}
+    if "cuda" in low and any(s in low for s in ("not available", "not compiled", "no cuda gpus",
+                                                 "driver", "no kernel image", "cuda requested")):
+        return {"message": f"cuda requested but not available ({text.splitlines()[0] if text else type(exc).__name__})",
+                "hint": "install the CUDA build of PyTorch and check the GPU driver (nvidia-smi), "
+                        "or use the CPU (device cpu / a CPU-sized preset)"}
+    if isinstance(exc, MemoryError):
+        return {"message": "out of memory", "hint": "use a smaller preset or close other programs"}
+    first = text.splitlines()[0] if text else ""
+    return {"message": f"internal error in {kind}: {type(exc).__name__}: {first}"[:2000],
+            "hint": "see the job log (GET /api/v1/jobs/ID/log) and report it with the log attached"}
+
+
+def is_disk_full(exc: BaseException) -> bool:
+    e: BaseException | None = exc
+    for _ in range(5):
+        if e is None:
+            break
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        s = str(e).lower()
+        if "no space left on device" in s or "database or disk is full" in s or "disk quota exceeded" in s:
+            return True
+        e = e.__cause__ or e.__context__
+    return False
+
+
+def resumable_kind(kind: str) -> bool:
+    from .. import tasks
+
+    t = tasks.TASKS.get(kind)
+    return bool(t and any(p.name == "resume" for p in t.params))
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 3:
+        print("usage: python -m headsync.service.worker JOB_ID WORKSPACE", file=sys.stderr)
+        return 2
+    job_id, workspace = argv[1], Path(argv[2])
+    parent = int(os.environ.get("HEADSYNC_SERVICE_PID", "0") or 0)
+    _set_parent_death_signal()
+    stop = {"flag": False}
+
+    def on_term(signum, frame):  # noqa: ARG001
+        stop["flag"] = True
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the service's terminal is the service's
+    nice = int(os.environ.get("HEADSYNC_WORKER_NICE", "5") or 0)
+    if nice:
+        try:
+            os.nice(nice)  # keep the service (and Blender) responsive while a job eats the CPU
+        except OSError:
+            pass
+
+    from .. import tasks
+    from ..errors import Cancelled
+    from ..progress import Reporter
+    from . import cleanup
+    from .store import Store
+
+    if os.environ.get("HEADSYNC_TEST_TASKS") == "1":
+        from . import testing
+
+        testing.install()
+
+    store = Store(workspace)
+    job = store.get(job_id)
+    if job is None or job["state"] != "running":
+        print(f"job {job_id} is not running here (state {job and job['state']})", file=sys.stderr)
+        return 3
+    kind = job["kind"]
+    _log(f"job {job_id}: {kind} {json.dumps(job['params'])} (worker pid {os.getpid()})")
+
+    def should_stop() -> bool:
+        if parent and os.getppid() != parent:
+            stop["flag"] = True
+        return stop["flag"]
+
+    state = {"stage": None, "message": None, "last_log": 0.0, "progress": dict(job["progress"])}
+
+    def sink(ev: dict[str, Any]) -> None:
+        prog = state["progress"]
+        if ev.get("event") == "progress":
+            done, total = int(ev.get("done", 0)), int(ev.get("total", 0))
+            stage_changed = ev.get("stage") != prog.get("stage")
+            prog.update(stage=ev.get("stage"), done=done, total=total,
+                        fraction=(round(min(max(done / total, 0.0), 1.0), 4) if total > 0 else None),
+                        eta_s=ev.get("eta_s"))
+            extras = {k: v for k, v in ev.items() if k not in ("event", "stage", "done", "total", "eta_s")}
+            now = time.monotonic()
+            if stage_changed or done >= total or now - state["last_log"] >= 2.0:
+                state["last_log"] = now
+                eta = f" eta {ev['eta_s']:.0f}s" if isinstance(ev.get("eta_s"), (int, float)) else ""
+                ex = " ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in extras.items())
+                _log(f"[{ev.get('stage')}] {done}/{total}{eta} {ex}".rstrip())
+        elif ev.get("event") == "message":
+            prog["message"] = str(ev.get("message"))[:500]
+            _log(f"{ev.get('level', 'info')}: {ev.get('message')}")
+        store.set_progress(job_id, prog)
+
+    reporter = Reporter(sink=sink, should_stop=should_stop)
+    error: dict[str, str] | None = None
+    artifacts: dict[str, Any] = {}
+    outcome = "failed"
+    try:
+        reporter.check()
+        artifacts = tasks.run(kind, job["params"], reporter) or {}
+        artifacts = json.loads(json.dumps(artifacts, default=str))
+        outcome = "succeeded"
+    except BaseException as exc:  # noqa: BLE001 - everything becomes a job outcome
+        if stop["flag"] or isinstance(exc, Cancelled):
+            row = store.get(job_id) or {}
+            if row.get("stop_reason") == "cancel":
+                outcome, error = "cancelled", {"message": "cancelled by request", "hint": ""}
+            else:
+                outcome = "failed"
+                error = {"message": "interrupted: the service stopped while the job was running",
+                         "hint": ("resume it: POST /api/v1/jobs/ID/resume" if resumable_kind(kind)
+                                  else "submit the job again")}
+            _log(f"stopped: {exc!r}")
+        else:
+            error = classify(exc, kind)
+            _log("failed: " + error["message"])
+            traceback.print_exc(file=sys.stdout)
+            sys.stdout.flush()
+    try:
+        if outcome != "succeeded":
+            for line in cleanup.sweep_temp([Path(job["params"]["subject"])], os.getpid()):
+                _log(f"cleanup: {line}")
+            for line in cleanup.remove_owned(job.get("owned") or [], workspace):
+                _log(f"cleanup: {line}")
+        prog = state["progress"]
+        if outcome == "succeeded":
+            prog.update(fraction=1.0, eta_s=0)
+        resumable = outcome != "succeeded" and resumable_kind(kind)
+        store.transition(job_id, ["running"], outcome, progress=prog, error=error, artifacts=artifacts,
+                         resumable=int(resumable))
+        _log(f"job {job_id}: {outcome}")
+    except BaseException as exc:  # noqa: BLE001 - cannot record (disk full?): the scheduler will
+        print(f"could not record the outcome of job {job_id}: {exc!r}", file=sys.stderr)
+        return EXIT_DISK_FULL if is_disk_full(exc) else 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))
