@@ -80,11 +80,14 @@ def pick_subject(boxes: list[np.ndarray], prev: np.ndarray | None) -> np.ndarray
     return arr[np.argmin(np.linalg.norm(c - pc, axis=1))]
 
 
-def stable_crop_box(face_boxes: np.ndarray, scale: float, down_shift: float) -> tuple[float, float, float]:
+def stable_crop_box(face_boxes: np.ndarray, scale: float, down_shift: float,
+                    image_size: tuple[int, int] | None = None) -> tuple[float, float, float]:
     """One square crop for the clip from per-frame face boxes (M, 4) x0, y0, w, h in source pixels.
 
-    The face size is a robust high percentile (so the head always fits); the centre is the median of the
-    face centres, widened to contain the whole range of motion. Returns (x0, y0, side) in source pixels.
+    The face size is a robust high percentile (so the head always fits); the centre is the middle of the
+    face centres' range, widened to contain the whole range of motion. With ``image_size`` (W, H) the box
+    is kept inside the image where it can be (no side larger than the image's shorter side), because
+    replicated border pixels make poor training data. Returns (x0, y0, side) in source pixels.
     """
     c = face_boxes[:, :2] + face_boxes[:, 2:] / 2
     size = float(np.percentile(np.maximum(face_boxes[:, 2], face_boxes[:, 3]), 90))
@@ -92,7 +95,13 @@ def stable_crop_box(face_boxes: np.ndarray, scale: float, down_shift: float) -> 
     centre = (lo + hi) / 2
     centre[1] += down_shift * size
     side = size * scale + float(np.max(hi - lo))
-    return float(centre[0] - side / 2), float(centre[1] - side / 2), float(side)
+    x0, y0 = centre[0] - side / 2, centre[1] - side / 2
+    if image_size is not None:
+        w, h = image_size
+        side = min(side, float(min(w, h)))
+        x0 = float(np.clip(centre[0] - side / 2, 0, w - side))
+        y0 = float(np.clip(centre[1] - side / 2, 0, h - side))
+    return float(x0), float(y0), float(side)
 
 
 def crop_affine(box: tuple[float, float, float], out_size: int, src_scale: float = 1.0) -> np.ndarray:
@@ -159,7 +168,7 @@ def run_crop(subject: Subject, cfg: CropConfig, reporter: Reporter) -> dict:
     if frac < cfg.min_face_fraction:
         raise UserError(f"the face was found in only {frac:.0%} of sampled frames",
                         "trim the clip to the part where the subject faces the camera")
-    x0, y0, side = stable_crop_box(np.stack(boxes), cfg.scale, cfg.down_shift)
+    x0, y0, side = stable_crop_box(np.stack(boxes), cfg.scale, cfg.down_shift, (info.width, info.height))
     subject.update(
         source={"path": str(Path(cfg.video).resolve()), "sha256": cfg.sha256, "fps": cfg.fps, "frame_count": n,
                 "width": info.width, "height": info.height, "source_fps": info.fps, "duration_s": n / cfg.fps,

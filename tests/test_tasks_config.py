@@ -1,0 +1,60 @@
+"""Job parameter specs, presets and the model registry."""
+
+import hashlib
+from dataclasses import dataclass
+
+import pytest
+
+from headsync import registry, tasks
+from headsync.config import load_preset, preset_names, section
+from headsync.errors import UserError
+
+
+def test_validate_fills_defaults_and_checks_types():
+    p = tasks.validate("prepare", {"video": "/x.mp4", "subject": "/s", "fps": 30})
+    assert p["preset"] == "standard" and p["fps"] == 30.0 and p["audio"] is None
+    for bad, match in [({"subject": "/s"}, "needs the parameter 'video'"),
+                       ({"video": "/x", "subject": "/s", "fps": "fast"}, "must be a float"),
+                       ({"video": "/x", "subject": "/s", "resolution": 12.5}, "must be a int"),
+                       ({"video": "/x", "subject": "/s", "resolution": -4}, "positive"),
+                       ({"video": "/x", "subject": "/s", "colour": 1}, "unknown parameter")]:
+        with pytest.raises(UserError, match=match):
+            tasks.validate("prepare", bad)
+    with pytest.raises(UserError, match="unknown job kind"):
+        tasks.validate("paint", {})
+    with pytest.raises(UserError, match="one of"):
+        tasks.validate("train", {"subject": "/s", "renderer": "raytracer"})
+
+
+def test_presets_load_and_reject_unknown_keys(tmp_path):
+    assert {"preview", "standard", "paper"} <= set(preset_names())
+
+    @dataclass(frozen=True)
+    class Prep:
+        fps: float = 25.0
+        resolution: int = 512
+
+    p = load_preset("preview")
+    assert section(p, "prepare", Prep).resolution < section(load_preset("paper"), "prepare", Prep).resolution
+    assert section(p, "prepare", Prep, resolution=128).resolution == 128
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[prepare]\nfsp = 25\n")
+    with pytest.raises(UserError, match="unknown setting"):
+        section(load_preset(str(bad)), "prepare", Prep)
+    with pytest.raises(UserError, match="unknown preset"):
+        load_preset("ultra")
+
+
+def test_registry_install_checks_hash(tmp_path, monkeypatch):
+    fake = tmp_path / "face_landmarker.task"
+    fake.write_bytes(b"not the model")
+    monkeypatch.setenv("HEADSYNC_MODELS", str(tmp_path / "models"))
+    assert registry.find("face_landmarker") is None
+    with pytest.raises(UserError, match="sha256"):
+        registry.install("face_landmarker", from_file=fake)
+    assert registry.find("face_landmarker") is None  # nothing half-installed
+    e = registry.entry("face_landmarker")
+    monkeypatch.setitem(registry.MODELS, "face_landmarker",
+                        registry.ModelEntry(**{**e.__dict__, "sha256": hashlib.sha256(b"not the model").hexdigest()}))
+    dest = registry.install("face_landmarker", from_file=fake)
+    assert registry.find("face_landmarker") == dest
