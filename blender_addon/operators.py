@@ -1,0 +1,613 @@
+"""Operators (``headsync.*``) and the scene actions behind them.
+
+Every operator turns an expected failure (backend down, job refused, file moved, subject missing) into
+one ``self.report`` line with a hint, never a traceback. Network calls are short (``client`` timeouts);
+job progress arrives through ``polling`` (``bpy.app.timers``).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import bpy
+from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+
+from . import compat, curves_io, polling, prefs, props
+from .client import ServiceError
+from .curves_io import CORE_NAMES, CurvesError
+from .shots import ShotError
+from . import shots as shotlib
+
+GROUP = "HeadSync Expression"
+POSE_GROUP = "HeadSync Head Pose"
+
+
+class HeadSyncError(Exception):
+    """An expected failure with a message for the user (and a hint)."""
+
+    def __init__(self, message: str, hint: str = ""):
+        super().__init__(message)
+        self.message, self.hint = message, hint
+
+
+def _text(e) -> str:
+    msg = getattr(e, "message", None) or str(e)
+    hint = getattr(e, "hint", "")
+    return f"{msg} — {hint}" if hint else msg
+
+
+EXPECTED = (HeadSyncError, ServiceError, ShotError, CurvesError)
+
+
+def _client(timeout: float = 3.0):
+    return prefs.make_client(bpy.context, timeout)
+
+
+def _require_workspace() -> str:
+    ws = prefs.workspace(bpy.context)
+    if not ws:
+        raise HeadSyncError("no HeadSync workspace is set", "set it in Edit > Preferences > Add-ons > HeadSync")
+    return ws
+
+
+def _blend_stem() -> str:
+    path = bpy.data.filepath
+    return shotlib.safe_name(os.path.splitext(os.path.basename(path))[0], "untitled") if path else "untitled"
+
+
+# ---- subjects ---------------------------------------------------------------------------------
+def submit_prepare(scene, subj, preset: str = "") -> str:
+    video = bpy.path.abspath(subj.video)
+    if not os.path.isfile(video):
+        raise HeadSyncError(f"the video of subject {subj.name!r} is missing: {video}",
+                            "was it moved? re-import the subject from its new place")
+    params = {"video": os.path.abspath(video)}
+    if subj.audio:
+        audio = bpy.path.abspath(subj.audio)
+        if not os.path.isfile(audio):
+            raise HeadSyncError(f"the audio of subject {subj.name!r} is missing: {audio}", "was it moved?")
+        params["audio"] = os.path.abspath(audio)
+    if preset or subj.preset:
+        params["preset"] = preset or subj.preset
+    job_id = _client().submit("prepare", subj.name, params)
+    props.add_job(scene, job_id, "prepare", subj.name)
+    subj.prepare_job, subj.stage, subj.message, subj.hint = job_id, "preparing", "", ""
+    polling.ensure_timer()
+    return job_id
+
+
+def submit_train(scene, subj, preset: str, resume: bool, run: str = "default") -> str:
+    if subj.stage in ("new", "failed") and not subj.prepare_job:
+        raise HeadSyncError(f"subject {subj.name!r} is not prepared", "prepare it first (Import Subject)")
+    params = {"preset": preset, "run": run or "default", "resume": bool(resume)}
+    job_id = _client().submit("train", subj.name, params)
+    props.add_job(scene, job_id, "train", subj.name)
+    subj.train_job, subj.run, subj.message, subj.hint = job_id, run or "default", "", ""
+    if subj.stage != "preparing":
+        subj.stage = "training"
+    polling.ensure_timer()
+    return job_id
+
+
+# ---- shots ------------------------------------------------------------------------------------
+def _set_custom_props(obj) -> None:
+    for name in CORE_NAMES:
+        if name not in obj.keys():
+            obj[name] = 0.0
+        try:
+            obj.id_properties_ui(name).update(min=0.0, max=1.0, soft_min=0.0, soft_max=1.0,
+                                              description=f"HeadSync expression coefficient {name} (0..1)")
+        except (AttributeError, TypeError):
+            pass
+
+
+def key_columns(obj, frame_start: int, cols: dict, group: str = GROUP) -> None:
+    """Key whole columns in bulk: one ``keyframe_points.add`` + ``foreach_set`` per F-curve.
+
+    ``cols`` maps a data path (or (data_path, index)) to the per-frame values from ``frame_start``.
+    """
+    for key, values in cols.items():
+        path, index = key if isinstance(key, tuple) else (key, 0)
+        fc = compat.fresh_fcurve(obj, path, index, group)
+        kp = fc.keyframe_points
+        kp.add(len(values))
+        kp.foreach_set("co", shotlib.keyframe_co(frame_start, values))
+        fc.update()
+
+
+def key_shot(obj, frame_start: int, rows, rotation=None, translation=None) -> None:
+    _set_custom_props(obj)
+    colvals = shotlib.columns(rows, 7)
+    key_columns(obj, frame_start, {shotlib.data_path(n): colvals[j] for j, n in enumerate(CORE_NAMES)})
+    if rotation is not None:
+        rc = shotlib.columns(rotation, 3)
+        cols = {("rotation_euler", i): rc[i] for i in range(3)}
+        if translation is not None:
+            tc = shotlib.columns(translation, 3)
+            cols.update({("location", i): tc[i] for i in range(3)})
+        obj.rotation_mode = 'XYZ'
+        key_columns(obj, frame_start, cols, POSE_GROUP)
+
+
+def sound_strip_for_shot(scene, strip_name: str = ""):
+    strip = compat.get_strip(scene, strip_name) if strip_name else None
+    if strip_name and strip is None:
+        raise HeadSyncError(f"there is no strip {strip_name!r} in the sequencer", "select the dialogue's sound strip")
+    if strip is None:
+        act = compat.active_strip(scene)
+        if act is not None and act.type == 'SOUND' and act.select:
+            strip = act
+        else:
+            sel = [s for s in compat.selected_strips(scene) if s.type == 'SOUND']
+            strip = sel[0] if sel else (act if act is not None and act.type == 'SOUND' else None)
+    if strip is None:
+        raise HeadSyncError("no sound strip is selected", "select the dubbed dialogue's sound strip in the sequencer")
+    if strip.type != 'SOUND':
+        raise HeadSyncError(f"strip {strip.name!r} is not a sound strip", "select the dubbed dialogue's sound strip")
+    return strip
+
+
+def create_shot(scene, subject: str, strip_name: str = "", name: str = ""):
+    """A new shot from a sound strip and a subject: the Empty ``HS_<shot>`` keyed from the captured curves."""
+    st = props.hs(scene)
+    if not subject:
+        raise HeadSyncError("no subject chosen", "import a subject first, then pick it")
+    if st.subjects.get(subject) is None:
+        raise HeadSyncError(f"subject {subject!r} is not in this scene", "import it (Import Subject) first")
+    strip = sound_strip_for_shot(scene, strip_name)
+    audio = compat.strip_media_path(strip)
+    if not audio or not os.path.isfile(audio):
+        raise HeadSyncError(f"the sound of strip {strip.name!r} is missing: {audio or '(no file)'}",
+                            "was it moved? relink it (File > External Data > Find Missing Files)")
+    ws = _require_workspace()
+    cap = shotlib.load_captured(ws, subject)
+    fps = scene.render.fps / scene.render.fps_base
+    start = int(round(strip.frame_start))
+    count = int(strip.frame_duration)
+    if count < 1:
+        raise HeadSyncError(f"strip {strip.name!r} is empty")
+    rows = shotlib.fit_to_length(cap["values"], cap["fps"], fps, count)
+    rot = shotlib.fit_to_length(cap["rotation"], cap["fps"], fps, count) if cap["rotation"] else None
+    trans = shotlib.fit_to_length(cap["translation"], cap["fps"], fps, count) if cap["translation"] else None
+
+    base = shotlib.safe_name(name or os.path.splitext(strip.name)[0] or "shot", "shot")
+    shot_name = shotlib.unique_name(base, [s.name for s in st.shots] +
+                                    [o.name[3:] for o in bpy.data.objects if o.name.startswith("HS_")])
+    obj = bpy.data.objects.new(shotlib.empty_name(shot_name), None)
+    obj.empty_display_type = 'SPHERE'
+    obj.empty_display_size = 0.2
+    scene.collection.objects.link(obj)
+    key_shot(obj, start, rows, rot, trans)
+
+    shot = st.shots.add()
+    shot.name = shot_name
+    shot.subject, shot.sound_strip, shot.audio = subject, strip.name, audio
+    shot.frame_start, shot.frame_count, shot.fps = start, count, fps
+    shot.controls = obj
+    shot.use_head_pose = rot is not None
+    shot.state, shot.message = "keyed", ""
+    st.shot_index = len(st.shots) - 1
+    return shot
+
+
+def sample_shot(shot) -> dict:
+    """The shot's curves.json document, sampled from its F-curves at every frame (hand edits count)."""
+    obj = shot.controls
+    if obj is None:
+        raise HeadSyncError(f"the controls of shot {shot.name!r} are gone",
+                            f"the Empty {shotlib.empty_name(shot.name)} was deleted; create the shot again")
+    frames = range(shot.frame_start, shot.frame_start + shot.frame_count)
+    cols = []
+    for name in CORE_NAMES:
+        fc = compat.find_fcurve(obj, shotlib.data_path(name), 0)
+        if fc is not None and len(fc.keyframe_points):
+            ev = fc.evaluate
+            cols.append([ev(f) for f in frames])
+        else:
+            v = float(obj.get(name, 0.0))
+            cols.append([v] * shot.frame_count)
+    rows = [list(r) for r in zip(*cols)]
+    rows, _clamped = curves_io.clamp01(rows)
+    rot = trans = None
+    if shot.use_head_pose:
+        rfc = [compat.find_fcurve(obj, "rotation_euler", i) for i in range(3)]
+        if all(fc is not None for fc in rfc):
+            rot = [list(r) for r in zip(*[[fc.evaluate(f) for f in frames] for fc in rfc])]
+            lfc = [compat.find_fcurve(obj, "location", i) for i in range(3)]
+            if all(fc is not None for fc in lfc):
+                trans = [list(r) for r in zip(*[[fc.evaluate(f) for f in frames] for fc in lfc])]
+    return curves_io.make(rows, shot.fps, shot.frame_start, rot, trans, source="edited")
+
+
+def submit_render(scene, shot, batch: str = "") -> str:
+    st = props.hs(scene)
+    subj = st.subjects.get(shot.subject)
+    if subj is None:
+        raise HeadSyncError(f"shot {shot.name!r}: subject {shot.subject!r} is not in this scene",
+                            "import the subject again")
+    audio = bpy.path.abspath(shot.audio)
+    if not os.path.isfile(audio):
+        raise HeadSyncError(f"shot {shot.name!r}: its sound {audio} is missing", "was it moved? relink the sound strip")
+    ws = _require_workspace()
+    doc = sample_shot(shot)
+    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
+    path = os.path.join(ws, "blender", _blend_stem(), f"{shot.name}-{stamp}.curves.json")
+    try:
+        curves_io.write(path, doc)
+    except OSError as e:
+        raise HeadSyncError(f"cannot write {path} ({e.strerror or e})", "check the workspace folder") from None
+    params = {"audio": os.path.abspath(audio), "curves": path, "run": subj.run or st.render_run or "default"}
+    job_id = _client().submit("render", subj.name, params)
+    props.add_job(scene, job_id, "render", subj.name, shot.name, batch)
+    shot.render_job, shot.curves_path, shot.state, shot.message, shot.hint = job_id, path, "queued", "", ""
+    polling.ensure_timer()
+    return job_id
+
+
+def render_all(scene) -> tuple[list[str], list[tuple[str, str]], str]:
+    """Queue every shot; go on past a shot that cannot be queued. Returns (queued, [(shot, why)], batch)."""
+    st = props.hs(scene)
+    batch = time.strftime("batch-%Y%m%d-%H%M%S")
+    st.batch, st.batch_report = batch, ""
+    queued, failed = [], []
+    for shot in st.shots:
+        try:
+            submit_render(scene, shot, batch)
+            queued.append(shot.name)
+        except EXPECTED as e:
+            shot.state, shot.message, shot.hint = "failed", getattr(e, "message", str(e)), getattr(e, "hint", "")
+            failed.append((shot.name, _text(e)))
+    polling.update_batch(scene)
+    return queued, failed, batch
+
+
+# ---- operators --------------------------------------------------------------------------------
+class _Op:
+    bl_options = {'REGISTER'}
+
+    def fail(self, e) -> set:
+        self.report({'ERROR'}, _text(e))
+        return {'CANCELLED'}
+
+
+def _scene_subject(context, name: str):
+    st = props.hs(context.scene)
+    if name:
+        return st.subjects.get(name)
+    if 0 <= st.subject_index < len(st.subjects):
+        return st.subjects[st.subject_index]
+    return None
+
+
+def _scene_shot(context, name: str):
+    st = props.hs(context.scene)
+    if name:
+        return st.shots.get(name)
+    if 0 <= st.shot_index < len(st.shots):
+        return st.shots[st.shot_index]
+    return None
+
+
+class HEADSYNC_OT_check_connection(_Op, bpy.types.Operator):
+    bl_idname = "headsync.check_connection"
+    bl_label = "Check Connection"
+    bl_description = "Ask the HeadSync service for its health (device, GPU)"
+
+    def execute(self, context):
+        if prefs.check(context):
+            s = prefs.STATUS
+            self.report({'INFO'}, f"HeadSync service: device {s['device']}, GPU {s['gpu'] or 'none'}")
+            return {'FINISHED'}
+        self.report({'WARNING'}, f"{prefs.STATUS['message']} — {prefs.STATUS['hint']}".rstrip(" —"))
+        return {'CANCELLED'}
+
+
+class HEADSYNC_OT_start_service(_Op, bpy.types.Operator):
+    bl_idname = "headsync.start_service"
+    bl_label = "Start Service"
+    bl_description = "Start `headsync serve` with the backend Python on the workspace (in the background)"
+
+    def execute(self, context):
+        try:
+            msg = polling.start_service(context)
+        except EXPECTED as e:
+            return self.fail(e)
+        self.report({'INFO'}, msg)
+        return {'FINISHED'}
+
+
+class HEADSYNC_OT_refresh(_Op, bpy.types.Operator):
+    bl_idname = "headsync.refresh"
+    bl_label = "Refresh"
+    bl_description = "Poll the service now for the state of every job of this file"
+
+    def execute(self, context):
+        n = polling.poll_once()
+        if not prefs.STATUS["connected"]:
+            self.report({'WARNING'}, f"{prefs.STATUS['message']} — {prefs.STATUS['hint']}".rstrip(" —"))
+            return {'CANCELLED'}
+        self.report({'INFO'}, f"{n} active job(s)")
+        return {'FINISHED'}
+
+
+class HEADSYNC_OT_import_subject(_Op, bpy.types.Operator):
+    bl_idname = "headsync.import_subject"
+    bl_label = "Import Subject"
+    bl_description = ("Add a subject's video (and audio) to the sequencer, register the subject and submit "
+                      "its 'prepare' job")
+    bl_options = {'REGISTER', 'UNDO'}
+
+    filepath: StringProperty(name="Video", subtype='FILE_PATH')
+    filter_movie: BoolProperty(default=True, options={'HIDDEN', 'SKIP_SAVE'})
+    filter_folder: BoolProperty(default=True, options={'HIDDEN', 'SKIP_SAVE'})
+    audio: StringProperty(name="Audio", subtype='FILE_PATH', description="Optional audio replacing the video's")
+    name: StringProperty(name="Subject", description="Name in the workspace (default: from the file name)")
+    preset: EnumProperty(name="Preset", items=props.PRESETS, default="preview")
+    channel: IntProperty(name="Channel", default=1, min=1, max=125)
+    frame_start: IntProperty(name="Start Frame", default=-1, description="-1: the current frame")
+    submit: BoolProperty(name="Prepare Now", default=True, description="Submit the 'prepare' job")
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {'RUNNING_MODAL'}
+
+    def execute(self, context):
+        scene = context.scene
+        st = props.hs(scene)
+        video = os.path.abspath(bpy.path.abspath(self.filepath)) if self.filepath else ""
+        if not video or not os.path.isfile(video):
+            return self.fail(HeadSyncError(f"no such video: {video or '(none chosen)'}", "pick a video file"))
+        audio = os.path.abspath(bpy.path.abspath(self.audio)) if self.audio else ""
+        if audio and not os.path.isfile(audio):
+            return self.fail(HeadSyncError(f"no such audio file: {audio}", "pick an audio file or leave it empty"))
+        base = shotlib.safe_name(self.name or os.path.splitext(os.path.basename(video))[0], "subject")
+        if self.name and base != self.name:
+            self.report({'INFO'}, f"subject name {self.name!r} became {base!r}")
+        name = base if st.subjects.get(base) is None else shotlib.unique_name(base, [s.name for s in st.subjects])
+        start = scene.frame_current if self.frame_start < 0 else self.frame_start
+        first_import = not list(compat.all_strips(scene))
+        try:
+            movie = compat.new_movie(scene, name, video, self.channel + 1, start)
+        except RuntimeError as e:
+            return self.fail(HeadSyncError(f"Blender cannot open {video} ({e})", "is it a video file?"))
+        sound = None
+        try:
+            sound = compat.new_sound(scene, f"{name}.audio", audio or video, self.channel, start)
+        except RuntimeError:
+            sound = None  # a video without an audio track
+        if first_import and getattr(movie, "fps", 0):
+            fps = float(movie.fps)
+            scene.render.fps, scene.render.fps_base = round(fps), round(fps) / fps
+            scene.frame_start, scene.frame_end = movie.frame_final_start, movie.frame_final_end - 1
+        subj = st.subjects.add()
+        subj.name, subj.video, subj.audio, subj.preset = name, video, audio, self.preset
+        subj.movie_strip = movie.name
+        subj.sound_strip = sound.name if sound else ""
+        subj.stage = "new"
+        st.subject_index = len(st.subjects) - 1
+        if not self.submit:
+            self.report({'INFO'}, f"subject {name!r} added; prepare it when ready")
+            return {'FINISHED'}
+        try:
+            job = submit_prepare(scene, subj, self.preset)
+        except EXPECTED as e:
+            subj.message, subj.hint = getattr(e, "message", str(e)), getattr(e, "hint", "")
+            self.report({'WARNING'}, f"subject {name!r} added, but 'prepare' was not submitted: {_text(e)}")
+            return {'FINISHED'}
+        self.report({'INFO'}, f"subject {name!r}: prepare job {job} submitted")
+        return {'FINISHED'}
+
+
+class HEADSYNC_OT_prepare_subject(_Op, bpy.types.Operator):
+    bl_idname = "headsync.prepare_subject"
+    bl_label = "Prepare Subject"
+    bl_description = "Submit (again) the 'prepare' job of a subject"
+
+    subject: StringProperty(name="Subject")
+    preset: EnumProperty(name="Preset", items=props.PRESETS, default="preview")
+
+    def execute(self, context):
+        subj = _scene_subject(context, self.subject)
+        if subj is None:
+            return self.fail(HeadSyncError("no subject chosen", "import a subject first"))
+        try:
+            job = submit_prepare(context.scene, subj, self.preset)
+        except EXPECTED as e:
+            return self.fail(e)
+        self.report({'INFO'}, f"prepare job {job} submitted for {subj.name!r}")
+        return {'FINISHED'}
+
+
+class HEADSYNC_OT_train_subject(_Op, bpy.types.Operator):
+    bl_idname = "headsync.train_subject"
+    bl_label = "Train Subject"
+    bl_description = "Submit the 'train' job of a prepared subject (resume continues from the last checkpoint)"
+
+    subject: StringProperty(name="Subject")
+    preset: EnumProperty(name="Preset", items=props.PRESETS, default="preview")
+    run: StringProperty(name="Run", default="default")
+    resume: BoolProperty(name="Resume", default=False, description="Continue from the run's last checkpoint")
+
+    def invoke(self, context, event):
+        self.preset = props.hs(context.scene).train_preset
+        return context.window_manager.invoke_props_dialog(self)
+
+    def draw(self, context):
+        col = self.layout.column()
+        col.prop_search(self, "subject", props.hs(context.scene), "subjects")
+        col.prop(self, "preset")
+        col.prop(self, "run")
+        col.prop(self, "resume")
+
+    def execute(self, context):
+        subj = _scene_subject(context, self.subject)
+        if subj is None:
+            return self.fail(HeadSyncError(f"no subject {self.subject!r} in this scene" if self.subject
+                                           else "no subject chosen", "import a subject first"))
+        try:
+            job = submit_train(context.scene, subj, self.preset, self.resume, self.run)
+        except EXPECTED as e:
+            return self.fail(e)
+        self.report({'INFO'}, f"train job {job} submitted for {subj.name!r} ({self.preset})")
+        return {'FINISHED'}
+
+
+class HEADSYNC_OT_new_shot(_Op, bpy.types.Operator):
+    bl_idname = "headsync.new_shot"
+    bl_label = "New Shot"
+    bl_description = ("A shot from the selected sound strip (the dubbed dialogue) and a subject: the Empty "
+                      "HS_<shot> keyed with the seven expression curves (and head pose) for every frame")
+    bl_options = {'REGISTER', 'UNDO'}
+
+    subject: StringProperty(name="Subject")
+    strip: StringProperty(name="Sound Strip", description="Default: the selected sound strip")
+    name: StringProperty(name="Shot Name", description="Default: from the strip's name")
+
+    def invoke(self, context, event):
+        if not self.subject:
+            subj = _scene_subject(context, "")
+            self.subject = subj.name if subj else ""
+        return context.window_manager.invoke_props_dialog(self)
+
+    def draw(self, context):
+        col = self.layout.column()
+        col.prop_search(self, "subject", props.hs(context.scene), "subjects")
+        sed = context.scene.sequence_editor
+        if sed is not None:
+            col.prop_search(self, "strip", sed, "strips_all" if hasattr(sed, "strips_all") else "sequences_all")
+        col.prop(self, "name")
+
+    def execute(self, context):
+        subject = self.subject or (getattr(_scene_subject(context, ""), "name", ""))
+        t0 = time.perf_counter()
+        try:
+            shot = create_shot(context.scene, subject, self.strip, self.name)
+        except EXPECTED as e:
+            return self.fail(e)
+        dt = time.perf_counter() - t0
+        self.report({'INFO'}, f"shot {shot.name!r}: {shot.frame_count} frames keyed on "
+                              f"{shot.controls.name} in {dt:.2f} s")
+        return {'FINISHED'}
+
+
+class HEADSYNC_OT_render_shot(_Op, bpy.types.Operator):
+    bl_idname = "headsync.render_shot"
+    bl_label = "Render Shot"
+    bl_description = ("Sample the shot's F-curves at every frame into curves.json, submit the render; the "
+                      "result lands as an image-sequence strip above the source strip")
+
+    shot: StringProperty(name="Shot")
+
+    def execute(self, context):
+        shot = _scene_shot(context, self.shot)
+        if shot is None:
+            return self.fail(HeadSyncError(f"no shot {self.shot!r} in this scene" if self.shot else "no shot chosen",
+                                           "create one with New Shot"))
+        try:
+            job = submit_render(context.scene, shot)
+        except EXPECTED as e:
+            shot.message, shot.hint = getattr(e, "message", str(e)), getattr(e, "hint", "")
+            return self.fail(e)
+        self.report({'INFO'}, f"render job {job} submitted for shot {shot.name!r}")
+        return {'FINISHED'}
+
+
+class HEADSYNC_OT_render_all(_Op, bpy.types.Operator):
+    bl_idname = "headsync.render_all"
+    bl_label = "Render All Shots"
+    bl_description = "Queue a render of every shot; a shot that fails does not stop the others"
+
+    def execute(self, context):
+        if not len(props.hs(context.scene).shots):
+            return self.fail(HeadSyncError("this scene has no shots", "create one with New Shot"))
+        queued, failed, _batch = render_all(context.scene)
+        if failed:
+            self.report({'WARNING'}, f"queued {len(queued)} shot(s); could not queue "
+                                     + "; ".join(f"{n}: {why}" for n, why in failed))
+        else:
+            self.report({'INFO'}, f"queued {len(queued)} shot(s)")
+        return {'FINISHED'} if queued else {'CANCELLED'}
+
+
+class HEADSYNC_OT_cancel_job(_Op, bpy.types.Operator):
+    bl_idname = "headsync.cancel_job"
+    bl_label = "Cancel Job"
+    bl_description = "Ask the service to cancel this job"
+
+    job_id: StringProperty(name="Job")
+
+    def execute(self, context):
+        try:
+            _client().cancel(self.job_id)
+        except EXPECTED as e:
+            return self.fail(e)
+        polling.poll_once()
+        self.report({'INFO'}, f"cancel requested for job {self.job_id}")
+        return {'FINISHED'}
+
+
+class HEADSYNC_OT_open_log(_Op, bpy.types.Operator):
+    bl_idname = "headsync.open_log"
+    bl_label = "Open Log"
+    bl_description = "Fetch the job's log into a text block (shown in a Text Editor if one is open)"
+
+    job_id: StringProperty(name="Job")
+
+    def execute(self, context):
+        try:
+            text = _client().log(self.job_id, 0)
+        except EXPECTED as e:
+            return self.fail(e)
+        name = f"headsync-{self.job_id}.log"
+        tb = bpy.data.texts.get(name) or bpy.data.texts.new(name)
+        tb.clear()
+        tb.write(text or "(empty log)\n")
+        shown = False
+        for area in (context.screen.areas if context.screen else []):
+            if area.type == 'TEXT_EDITOR':
+                area.spaces.active.text = tb
+                shown = True
+                break
+        self.report({'INFO'}, f"log of job {self.job_id} in the text block {name!r}"
+                              + ("" if shown else " (open a Text Editor to read it)"))
+        return {'FINISHED'}
+
+
+class HEADSYNC_OT_select_shot(_Op, bpy.types.Operator):
+    bl_idname = "headsync.select_shot"
+    bl_label = "Select Shot Controls"
+    bl_description = "Select the shot's controls Empty and jump to its first frame (edit its curves in the Graph Editor)"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    shot: StringProperty(name="Shot")
+
+    def execute(self, context):
+        shot = _scene_shot(context, self.shot)
+        if shot is None or shot.controls is None:
+            return self.fail(HeadSyncError("the shot or its controls Empty is gone", "create the shot again"))
+        vl = context.view_layer
+        for o in vl.objects:
+            o.select_set(False)
+        if shot.controls.name in vl.objects:
+            shot.controls.select_set(True)
+            vl.objects.active = shot.controls
+        context.scene.frame_current = shot.frame_start
+        return {'FINISHED'}
+
+
+CLASSES = (
+    HEADSYNC_OT_check_connection, HEADSYNC_OT_start_service, HEADSYNC_OT_refresh, HEADSYNC_OT_import_subject,
+    HEADSYNC_OT_prepare_subject, HEADSYNC_OT_train_subject, HEADSYNC_OT_new_shot, HEADSYNC_OT_render_shot,
+    HEADSYNC_OT_render_all, HEADSYNC_OT_cancel_job, HEADSYNC_OT_open_log, HEADSYNC_OT_select_shot,
+)
+
+
+def register():
+    for c in CLASSES:
+        bpy.utils.register_class(c)
+
+
+def unregister():
+    for c in reversed(CLASSES):
+        bpy.utils.unregister_class(c)

@@ -1,0 +1,185 @@
+"""The HeadSync sidebar (N panel) in the Video Sequencer, and a shot panel in the Graph Editor.
+
+Drawing never touches the network: it shows the state the timer keeps in the scene and ``prefs.STATUS``.
+"""
+
+from __future__ import annotations
+
+import bpy
+
+from . import polling, prefs, props
+from . import shots as shotlib
+
+STAGE_ICONS = {"new": 'FILE', "preparing": 'SORTTIME', "prepared": 'CHECKBOX_HLT', "training": 'SORTTIME',
+               "trained": 'CHECKMARK', "failed": 'ERROR'}
+SHOT_ICONS = {"keyed": 'KEYINGSET', "queued": 'SORTTIME', "rendering": 'RENDER_ANIMATION',
+              "rendered": 'CHECKMARK', "failed": 'ERROR', "cancelled": 'CANCEL'}
+
+
+def _progress(layout, job, label: str = ""):
+    text = label or f"{job.kind} {job.subject}"
+    detail = job.stage or job.state
+    if job.eta:
+        detail += f" · {job.eta} left"
+    row = layout.row(align=True)
+    if hasattr(layout, "progress"):  # 4.0+
+        row.progress(factor=job.fraction, type='BAR', text=f"{text}: {detail} {int(job.fraction * 100)}%")
+    else:
+        row.label(text=f"{text}: {detail} {int(job.fraction * 100)}%")
+    row.operator("headsync.cancel_job", text="", icon='CANCEL').job_id = job.name
+    row.operator("headsync.open_log", text="", icon='TEXT').job_id = job.name
+    if job.message:
+        layout.label(text=job.message)
+
+
+def _message(layout, msg: str, hint: str, icon: str = 'ERROR'):
+    if msg:
+        col = layout.column(align=True)
+        col.label(text=msg, icon=icon)
+        if hint:
+            col.label(text=hint, icon='INFO')
+
+
+class HEADSYNC_UL_subjects(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0, flt_flag=0):
+        row = layout.row()
+        row.label(text=item.name, icon='USER')
+        row.label(text=item.stage, icon=STAGE_ICONS.get(item.stage, 'DOT'))
+
+
+class HEADSYNC_UL_shots(bpy.types.UIList):
+    def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0, flt_flag=0):
+        row = layout.row()
+        row.label(text=item.name, icon='SEQUENCE')
+        row.label(text=f"{item.frame_start}+{item.frame_count}")
+        row.label(text=item.state, icon=SHOT_ICONS.get(item.state, 'DOT'))
+
+
+class _Base:
+    bl_region_type = 'UI'
+    bl_category = "HeadSync"
+
+    @classmethod
+    def poll(cls, context):
+        return context.scene is not None and hasattr(context.scene, "headsync")
+
+
+class HEADSYNC_PT_main(_Base, bpy.types.Panel):
+    bl_space_type = 'SEQUENCE_EDITOR'
+    bl_label = "HeadSync"
+
+    def draw(self, context):
+        layout = self.layout
+        prefs.draw_status(layout)
+        row = layout.row(align=True)
+        row.operator("headsync.check_connection", text="Check", icon='FILE_REFRESH')
+        row.operator("headsync.start_service", text="Start Service", icon='PLAY')
+        row.operator("headsync.refresh", text="", icon='TIME')
+        if not prefs.workspace(context):
+            layout.label(text="Set the workspace in the add-on preferences", icon='ERROR')
+
+
+class HEADSYNC_PT_subjects(_Base, bpy.types.Panel):
+    bl_space_type = 'SEQUENCE_EDITOR'
+    bl_label = "Subjects"
+    bl_parent_id = "HEADSYNC_PT_main"
+
+    def draw(self, context):
+        layout = self.layout
+        st = props.hs(context.scene)
+        layout.template_list("HEADSYNC_UL_subjects", "", st, "subjects", st, "subject_index", rows=3)
+        layout.operator("headsync.import_subject", icon='FILE_MOVIE')
+        if not (0 <= st.subject_index < len(st.subjects)):
+            return
+        subj = st.subjects[st.subject_index]
+        row = layout.row(align=True)
+        row.prop(st, "train_preset", text="")
+        op = row.operator("headsync.train_subject", text="Train", icon='PLAY')
+        op.subject, op.preset, op.resume = subj.name, st.train_preset, False
+        op = row.operator("headsync.train_subject", text="Resume", icon='LOOP_FORWARDS')
+        op.subject, op.preset, op.resume = subj.name, st.train_preset, True
+        row = layout.row(align=True)
+        op = row.operator("headsync.prepare_subject", text="Prepare Again", icon='FILE_REFRESH')
+        op.subject = subj.name
+        op = row.operator("headsync.new_shot", text="New Shot", icon='ADD')
+        op.subject = subj.name
+        for jid in (subj.prepare_job, subj.train_job):
+            job = props.get_job(context.scene, jid)
+            if job is not None and job.state in shotlib.ACTIVE_STATES:
+                _progress(layout, job)
+        _message(layout, subj.message, subj.hint)
+
+
+class HEADSYNC_PT_shots(_Base, bpy.types.Panel):
+    bl_space_type = 'SEQUENCE_EDITOR'
+    bl_label = "Shots"
+    bl_parent_id = "HEADSYNC_PT_main"
+
+    def draw(self, context):
+        draw_shots(self.layout, context)
+
+
+def draw_shots(layout, context):
+    st = props.hs(context.scene)
+    layout.template_list("HEADSYNC_UL_shots", "", st, "shots", st, "shot_index", rows=3)
+    row = layout.row(align=True)
+    row.operator("headsync.render_all", icon='RENDER_ANIMATION')
+    if 0 <= st.shot_index < len(st.shots):
+        shot = st.shots[st.shot_index]
+        box = layout.box()
+        box.label(text=f"{shot.subject} · {shot.sound_strip} · frames {shot.frame_start}–"
+                       f"{shot.frame_start + shot.frame_count - 1}")
+        row = box.row(align=True)
+        row.operator("headsync.select_shot", text="Edit Curves", icon='GRAPH').shot = shot.name
+        row.operator("headsync.render_shot", icon='RENDER_STILL').shot = shot.name
+        box.prop(shot, "use_head_pose")
+        job = props.get_job(context.scene, shot.render_job)
+        if job is not None and job.state in shotlib.ACTIVE_STATES:
+            _progress(box, job, f"render {shot.name}")
+        elif job is not None and job.state == "failed":
+            box.operator("headsync.open_log", text="Open Log", icon='TEXT').job_id = job.name
+        _message(box, shot.message, shot.hint, 'ERROR' if shot.state == "failed" else 'INFO')
+    if st.batch:
+        jobs = [j for j in st.jobs if j.batch == st.batch]
+        if any(j.state in shotlib.ACTIVE_STATES for j in jobs) and hasattr(layout, "progress"):
+            layout.progress(factor=polling.batch_fraction(context.scene), type='BAR',
+                            text=st.batch_report or "Render All")
+        elif st.batch_report:
+            layout.label(text=st.batch_report, icon='INFO')
+
+
+class HEADSYNC_PT_jobs(_Base, bpy.types.Panel):
+    bl_space_type = 'SEQUENCE_EDITOR'
+    bl_label = "Running Jobs"
+    bl_parent_id = "HEADSYNC_PT_main"
+    bl_options = {'DEFAULT_CLOSED'}
+
+    def draw(self, context):
+        layout = self.layout
+        active = [j for j in props.hs(context.scene).jobs if j.state in shotlib.ACTIVE_STATES]
+        if not active:
+            layout.label(text="No running jobs")
+        for job in active:
+            _progress(layout, job, f"{job.kind} {job.shot or job.subject}")
+
+
+class HEADSYNC_PT_graph_shot(_Base, bpy.types.Panel):
+    bl_space_type = 'GRAPH_EDITOR'
+    bl_label = "HeadSync Shots"
+
+    def draw(self, context):
+        draw_shots(self.layout, context)
+
+
+CLASSES = (HEADSYNC_UL_subjects, HEADSYNC_UL_shots, HEADSYNC_PT_main, HEADSYNC_PT_subjects, HEADSYNC_PT_shots,
+           HEADSYNC_PT_jobs, HEADSYNC_PT_graph_shot)
+
+
+def register():
+    for c in CLASSES:
+        bpy.utils.register_class(c)
+
+
+def unregister():
+    for c in reversed(CLASSES):
+        bpy.utils.unregister_class(c)

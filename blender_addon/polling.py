@@ -1,0 +1,308 @@
+"""Job polling from ``bpy.app.timers`` (never a thread, never a blocking wait) and applying job results.
+
+The state of every job lives in the scene (``props``), so a reopened .blend re-attaches to the jobs that
+were running: the ``load_post`` handler restarts the timer, which polls each job still queued or running
+and applies what finished while Blender was closed (a render's strip is placed then).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+
+import bpy
+from bpy.app.handlers import persistent
+
+from . import client, compat, prefs, props
+from . import shots as shotlib
+
+ACTIVE_INTERVAL = 1.0      # seconds between polls while jobs run
+DOWN_INTERVAL = 5.0        # while the service does not answer
+POLL_TIMEOUT = 1.0         # each request
+
+_state = {"proc": None, "waiting_since": 0.0}
+
+
+def _active_jobs(scene):
+    return [j for j in props.hs(scene).jobs if j.state in shotlib.ACTIVE_STATES or
+            (j.state == "succeeded" and not j.handled)]
+
+
+def any_active() -> bool:
+    return any(_active_jobs(s) for s in bpy.data.scenes if hasattr(s, "headsync"))
+
+
+def poll_once() -> int:
+    """Poll every job of every scene that is not finished; returns how many are still active. Never raises."""
+    scenes = [s for s in bpy.data.scenes if hasattr(s, "headsync")]
+    todo = [(s, j) for s in scenes for j in _active_jobs(s)]
+    if not todo:
+        return 0
+    try:
+        c = prefs.make_client(bpy.context, POLL_TIMEOUT)
+    except client.ServiceError as e:
+        prefs.STATUS.update(connected=False, message=e.message, hint=e.hint)
+        return len(todo)
+    for scene, job in todo:
+        try:
+            rec = c.job(job.name)
+        except client.NotFound:
+            _apply(scene, job, {"state": "failed", "error": {
+                "message": f"the service does not know job {job.name}",
+                "hint": "was the workspace changed? submit it again"}})
+            continue
+        except client.ServiceError as e:
+            prefs.STATUS.update(connected=False, message=e.message, hint=e.hint)
+            break
+        prefs.STATUS.update(connected=True, message="", hint="")
+        _apply(scene, job, rec)
+    for scene in scenes:
+        update_batch(scene)
+    _tag_redraw()
+    return sum(len(_active_jobs(s)) for s in scenes)
+
+
+def _apply(scene, job, rec: dict) -> None:
+    f = shotlib.job_fields(rec)
+    job.state, job.fraction, job.stage, job.message, job.eta = (f["state"], f["fraction"], f["stage"],
+                                                                f["message"], f["eta"])
+    job.error, job.hint = f["error"], f["hint"]
+    st = props.hs(scene)
+    if job.kind in ("prepare", "train"):
+        subj = st.subjects.get(job.subject)
+        if subj is not None:
+            _apply_subject(subj, job)
+        job.handled = job.state in shotlib.FINAL_STATES
+    elif job.kind == "render":
+        shot = st.shots.get(job.shot)
+        if shot is None or shot.render_job != job.name:  # the shot is gone or was re-rendered since
+            job.handled = True
+            return
+        if job.state == "running":
+            shot.state = "rendering"
+        elif job.state == "queued":
+            shot.state = "queued"
+        elif job.state == "succeeded" and not job.handled:
+            try:
+                place_result(scene, shot, f["artifacts"], job.name)
+                shot.state, shot.message, shot.hint = "rendered", shot.message, ""
+            except shotlib.ShotError as e:
+                shot.state, shot.message, shot.hint = "failed", e.message, e.hint
+            job.handled = True
+        elif job.state in ("failed", "cancelled"):
+            shot.state = job.state
+            shot.message = job.error or ("cancelled" if job.state == "cancelled" else "the render failed")
+            shot.hint = job.hint or ("open the job's log" if job.state == "failed" else "")
+            job.handled = True
+    else:
+        job.handled = job.state in shotlib.FINAL_STATES
+
+
+def _apply_subject(subj, job) -> None:
+    if job.kind == "prepare" and subj.prepare_job == job.name:
+        if job.state in ("queued", "running") and subj.stage not in ("training",):
+            subj.stage = "preparing"
+        elif job.state == "succeeded":
+            if subj.stage in ("new", "preparing", "failed"):
+                subj.stage = "prepared"
+            subj.message, subj.hint = "", ""
+        elif job.state in ("failed", "cancelled"):
+            subj.stage = "failed" if job.state == "failed" else "new"
+            subj.message = job.error or f"prepare {job.state}"
+            subj.hint = job.hint or ("open the job's log" if job.state == "failed" else "")
+    elif job.kind == "train" and subj.train_job == job.name:
+        if job.state in ("queued", "running"):
+            subj.stage = "training"
+        elif job.state == "succeeded":
+            subj.stage, subj.message, subj.hint = "trained", "", ""
+        elif job.state in ("failed", "cancelled"):
+            subj.stage = "prepared"
+            subj.message = job.error or f"training {job.state}"
+            subj.hint = job.hint or ("resume it with Train Subject > Resume" if job.state == "cancelled"
+                                     else "open the job's log; Train Subject > Resume continues from the last checkpoint")
+
+
+def place_result(scene, shot, artifacts: dict, job_id: str = ""):
+    """Add (or replace) the image-sequence strip of a finished render above the shot's source strip."""
+    frames_dir = shotlib.find_frames_dir(artifacts or {})
+    if frames_dir is None:
+        ws = prefs.workspace(bpy.context)
+        guess = shotlib.subject_dir(ws, shot.subject) / "renders" / job_id / "frames" if ws and job_id else None
+        frames_dir = str(guess) if guess is not None and guess.is_dir() else None
+    if frames_dir is None:
+        raise shotlib.ShotError(f"render job {job_id} names no frames folder", "open the job's log")
+    files = shotlib.frame_files(frames_dir)
+    if not files:
+        raise shotlib.ShotError(f"the rendered frames are missing from {frames_dir}",
+                                "was the workspace moved or cleaned? render the shot again")
+    note = ""
+    if len(files) != shot.frame_count:
+        note = f"the render has {len(files)} frames, the shot {shot.frame_count}"
+        files = files[:shot.frame_count] if len(files) > shot.frame_count else files
+    st = props.hs(scene)
+    subj = st.subjects.get(shot.subject)
+    source = None
+    if subj is not None:
+        source = compat.get_strip(scene, subj.movie_strip)
+    if source is None:
+        source = compat.get_strip(scene, shot.sound_strip)
+    start, end = shot.frame_start, shot.frame_start + len(files)
+    old = compat.get_strip(scene, shot.result_strip)
+    channel = None
+    if old is not None:
+        channel = old.channel
+        compat.remove_strip(scene, old)
+    if channel is None:
+        occupied = [(s.channel, s.frame_final_start, s.frame_final_end) for s in compat.all_strips(scene)]
+        channel = shotlib.free_channel(occupied, start, end, source.channel if source is not None else 1)
+    strip = compat.new_image_sequence(scene, f"HS_{shot.name}_render", frames_dir, files, channel, start)
+    snd = compat.get_strip(scene, shot.sound_strip)
+    if snd is not None:  # a trimmed dialogue strip trims its picture the same way
+        strip.frame_offset_start = min(snd.frame_offset_start, max(len(files) - 1, 0))
+        strip.frame_offset_end = min(snd.frame_offset_end, max(len(files) - 1 - strip.frame_offset_start, 0))
+    shot.result_strip, shot.frames_dir = strip.name, frames_dir
+    shot.message = note
+    return strip
+
+
+def update_batch(scene) -> None:
+    st = props.hs(scene)
+    if not st.batch:
+        return
+    jobs = [j for j in st.jobs if j.batch == st.batch]
+    if not jobs:
+        return
+    done = [j for j in jobs if j.state in shotlib.FINAL_STATES and j.handled]
+    failed = [j for j in done if j.state != "succeeded" or
+              (st.shots.get(j.shot) is not None and st.shots[j.shot].state == "failed")]
+    not_queued = [s for s in st.shots if s.state == "failed" and not any(j.shot == s.name for j in jobs)]
+    if len(done) < len(jobs):
+        st.batch_report = f"Render All: {len(done)}/{len(jobs)} finished"
+        return
+    parts = [f"Render All: {len(done) - len(failed)} rendered"]
+    if failed or not_queued:
+        parts.append(f"{len(failed) + len(not_queued)} failed (" + ", ".join(
+            [j.shot for j in failed] + [s.name for s in not_queued]) + ")")
+    st.batch_report = ", ".join(parts)
+
+
+def batch_fraction(scene) -> float:
+    st = props.hs(scene)
+    jobs = [j for j in st.jobs if j.batch == st.batch and st.batch]
+    if not jobs:
+        return 0.0
+    return sum(1.0 if j.state in shotlib.FINAL_STATES else j.fraction for j in jobs) / len(jobs)
+
+
+def _tag_redraw() -> None:
+    wm = getattr(bpy.context, "window_manager", None)
+    if wm is None:
+        return
+    for win in wm.windows:
+        for area in win.screen.areas:
+            if area.type in ('SEQUENCE_EDITOR', 'GRAPH_EDITOR', 'PREFERENCES'):
+                area.tag_redraw()
+
+
+# ---- the timer ---------------------------------------------------------------------------------
+def _timer():
+    try:
+        n = poll_once()
+    except Exception as e:  # a bug must not kill the timer silently nor spam tracebacks
+        print(f"HeadSync: polling failed: {e!r}")
+        return DOWN_INTERVAL
+    if n == 0:
+        return None
+    return ACTIVE_INTERVAL if prefs.STATUS["connected"] else DOWN_INTERVAL
+
+
+def ensure_timer() -> None:
+    if not bpy.app.timers.is_registered(_timer):
+        bpy.app.timers.register(_timer, first_interval=0.2, persistent=True)
+
+
+# ---- starting the service ---------------------------------------------------------------------
+def start_service(context=None) -> str:
+    """Start ``headsync serve`` unless a service already answers; returns a message. Raises ServiceError."""
+    if prefs.check(context, timeout=1.0):
+        return f"the HeadSync service already runs (device {prefs.STATUS['device']})"
+    p = prefs.get(context)
+    ws = prefs.workspace(context)
+    if p is None or not p.backend_python:
+        raise client.ServiceError("no backend Python is set",
+                                  "set it in the preferences: the .venv/bin/python of a HeadSync checkout")
+    proc = _state.get("proc")
+    if proc is not None and proc.poll() is None:
+        return "the HeadSync service is starting"
+    # A stale server.json (a service that died) would be read as the new one: remove it first.
+    sj = os.path.join(ws, client.SERVER_JSON) if ws else ""
+    if sj and os.path.exists(sj):
+        try:
+            if not client.pid_alive(client.read_server_json(ws).pid):
+                os.unlink(sj)
+        except (client.ServiceError, OSError):
+            pass
+    _state["proc"] = client.start_service(bpy.path.abspath(p.backend_python), ws)
+    _state["waiting_since"] = time.monotonic()
+    prefs.STATUS.update(connected=False, message="starting the service…", hint="")
+    if not bpy.app.timers.is_registered(_wait_for_service):
+        bpy.app.timers.register(_wait_for_service, first_interval=0.5)
+    return f"starting the HeadSync service on {ws}"
+
+
+def _wait_for_service():
+    proc = _state.get("proc")
+    if proc is not None and proc.poll() is not None:
+        ws = prefs.workspace(bpy.context)
+        prefs.STATUS.update(connected=False, message=f"the service exited (code {proc.returncode})",
+                            hint=f"see {os.path.join(ws, 'blender_service.log')}")
+        _state["proc"] = None
+        return None
+    if prefs.check(bpy.context, timeout=0.5):
+        ensure_timer()
+        _tag_redraw()
+        return None
+    if time.monotonic() - _state["waiting_since"] > 120:
+        prefs.STATUS.update(connected=False, message="the service did not come up within 2 minutes",
+                            hint="see blender_service.log in the workspace")
+        return None
+    return 0.5
+
+
+def stop_started_service() -> None:
+    """Stop a service this Blender session started (used on unregister, never for foreign ones)."""
+    proc = _state.get("proc")
+    if proc is not None and proc.poll() is None:
+        proc.terminate()
+    _state["proc"] = None
+
+
+@persistent
+def _load_post(*_args):
+    if any_active():
+        ensure_timer()
+    p = prefs.get(bpy.context)
+    if p is not None and p.auto_start and p.backend_python:
+        bpy.app.timers.register(_auto_start, first_interval=0.5)
+
+
+def _auto_start():
+    try:
+        start_service(bpy.context)
+    except client.ServiceError as e:
+        prefs.STATUS.update(connected=False, message=e.message, hint=e.hint)
+    return None
+
+
+def register():
+    if _load_post not in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.append(_load_post)
+    bpy.app.timers.register(_load_post, first_interval=1.0)  # the file open at enable time
+
+
+def unregister():
+    if _load_post in bpy.app.handlers.load_post:
+        bpy.app.handlers.load_post.remove(_load_post)
+    for fn in (_timer, _wait_for_service, _auto_start):
+        if bpy.app.timers.is_registered(fn):
+            bpy.app.timers.unregister(fn)

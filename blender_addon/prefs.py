@@ -1,0 +1,116 @@
+"""Add-on preferences: how to reach the backend (its Python, or a running service's URL), the workspace,
+and whether to start the service automatically. The status line shows what the last health check saw."""
+
+from __future__ import annotations
+
+import os
+
+import bpy
+from bpy.props import BoolProperty, StringProperty
+
+from . import client
+
+PACKAGE = __package__
+
+#: What the last health check saw (session state, not saved): connected, device, gpu, message, hint.
+STATUS: dict = {"connected": False, "device": "", "gpu": "", "version": "", "message": "not checked yet",
+                "hint": ""}
+
+
+class HEADSYNC_AP_preferences(bpy.types.AddonPreferences):
+    bl_idname = PACKAGE
+
+    backend_python: StringProperty(
+        name="Backend Python", subtype='FILE_PATH',
+        description="The .venv/bin/python of a HeadSync checkout; used to start the service")
+    service_url: StringProperty(
+        name="Service URL",
+        description="URL of a running service (http://127.0.0.1:PORT). Empty: read WORKSPACE/server.json")
+    token: StringProperty(
+        name="Token", subtype='PASSWORD',
+        description="Bearer token of the service at Service URL (empty: read from WORKSPACE/server.json)")
+    workspace: StringProperty(
+        name="Workspace", subtype='DIR_PATH', default=os.path.join(os.path.expanduser("~"), "HeadSync"),
+        description="The service's workspace folder: subjects, models, renders and server.json")
+    auto_start: BoolProperty(
+        name="Start Service Automatically", default=False,
+        description="Start `headsync serve` with the backend Python when Blender needs it and none runs")
+
+    def draw(self, context):
+        layout = self.layout
+        col = layout.column()
+        col.prop(self, "backend_python")
+        col.prop(self, "workspace")
+        col.prop(self, "auto_start")
+        box = col.box()
+        box.label(text="Or connect to a running service:")
+        box.prop(self, "service_url")
+        box.prop(self, "token")
+        draw_status(col)
+        row = col.row()
+        row.operator("headsync.check_connection", icon='FILE_REFRESH')
+        row.operator("headsync.start_service", icon='PLAY')
+
+
+def draw_status(layout):
+    if STATUS["connected"]:
+        gpu = STATUS["gpu"] or "no GPU"
+        layout.label(text=f"Connected  ·  device {STATUS['device'] or '?'}  ·  {gpu}", icon='CHECKMARK')
+    else:
+        layout.label(text=f"Not connected: {STATUS['message']}", icon='ERROR')
+        if STATUS.get("hint"):
+            layout.label(text=STATUS["hint"], icon='INFO')
+
+
+def get(context=None):
+    context = context or bpy.context
+    addon = context.preferences.addons.get(PACKAGE)
+    return addon.preferences if addon else None
+
+
+def workspace(context=None) -> str:
+    p = get(context)
+    ws = bpy.path.abspath(p.workspace) if p and p.workspace else ""
+    return os.path.normpath(ws) if ws else ""
+
+
+def make_client(context=None, timeout: float = client.DEFAULT_TIMEOUT) -> client.Client:
+    """A client for the configured service; raises :class:`client.ServiceError` with a clear message."""
+    p = get(context)
+    if p is None:
+        raise client.ServiceError("the HeadSync add-on is not enabled")
+    ws = workspace(context)
+    if p.service_url.strip():
+        token = p.token
+        if not token and ws:
+            try:
+                token = client.read_server_json(ws).token
+            except client.ServiceError:
+                token = ""
+        return client.Client(p.service_url, token, timeout)
+    return client.Client.from_workspace(ws, timeout)
+
+
+def check(context=None, timeout: float = 1.5) -> bool:
+    """Health check; updates :data:`STATUS`. Never raises."""
+    try:
+        h = make_client(context, timeout).health()
+    except client.ServiceError as e:
+        STATUS.update(connected=False, device="", gpu="", message=e.message, hint=e.hint)
+        return False
+    STATUS.update(connected=True, device=str(h.get("device") or ""), gpu=str(h.get("gpu") or ""),
+                  version=str(h.get("version") or ""), message="", hint="")
+    return True
+
+
+CLASSES = (HEADSYNC_AP_preferences,)
+
+
+def register():
+    for c in CLASSES:
+        bpy.utils.register_class(c)
+
+
+def unregister():
+    for c in reversed(CLASSES):
+        bpy.utils.unregister_class(c)
