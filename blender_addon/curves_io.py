@@ -8,7 +8,8 @@ Standard library only (no bpy, no numpy needed; numpy arrays are accepted where 
      "head_pose": {"rotation_euler_xyz": [[3 floats] * frame_count], "translation": [[3] * frame_count]},
      "source": "captured" | "generated" | "edited"}
 
-``head_pose`` is optional. On reading, the expression columns may come in any order as long as they are
+``head_pose`` is optional; when present it has both keys: the rotation as Blender's XYZ Euler angles
+(R = Rz @ Ry @ Rx) of the stabilised pose ``X_cam = R @ X_head + T`` and ``T``. On reading, the expression columns may come in any order as long as they are
 exactly the seven core names; they are returned in the core order.
 """
 
@@ -112,8 +113,8 @@ def validate(data: Any) -> dict[str, Any]:
         for key in ("rotation_euler_xyz", "translation"):
             if pose.get(key) is not None:
                 p[key] = _rows(pose[key], 3, f"head_pose.{key}", count)
-        if "rotation_euler_xyz" not in p:
-            raise CurvesError("head_pose needs rotation_euler_xyz")
+        if "rotation_euler_xyz" not in p or "translation" not in p:
+            raise CurvesError("head_pose needs both rotation_euler_xyz and translation")
         out["head_pose"] = p
     source = data.get("source", "edited")
     if source not in SOURCES:
@@ -129,10 +130,8 @@ def make(values: Any, fps: float, frame_start: int = 1, rotation: Any = None, tr
     doc: dict[str, Any] = {"schema": SCHEMA, "fps": float(fps), "frame_start": int(frame_start),
                            "frame_count": len(values), "expression": {"names": list(names), "values": values},
                            "source": source}
-    if rotation is not None:
-        doc["head_pose"] = {"rotation_euler_xyz": _tolist(rotation)}
-        if translation is not None:
-            doc["head_pose"]["translation"] = _tolist(translation)
+    if rotation is not None and translation is not None:
+        doc["head_pose"] = {"rotation_euler_xyz": _tolist(rotation), "translation": _tolist(translation)}
     return validate(doc)
 
 

@@ -162,14 +162,20 @@ def create_shot(scene, subject: str, strip_name: str = "", name: str = ""):
                             "was it moved? relink it (File > External Data > Find Missing Files)")
     ws = _require_workspace()
     cap = shotlib.load_captured(ws, subject)
-    fps = scene.render.fps / scene.render.fps_base
+    fps = cap["fps"]  # renders run at the subject's source frame rate
+    scene_fps = scene.render.fps / scene.render.fps_base
     start = int(round(strip.frame_start))
-    count = int(strip.frame_duration)
+    seconds = shotlib.audio_seconds(audio)
+    count = shotlib.render_frame_count(seconds, fps) if seconds else int(strip.frame_duration)
     if count < 1:
         raise HeadSyncError(f"strip {strip.name!r} is empty")
-    rows = shotlib.fit_to_length(cap["values"], cap["fps"], fps, count)
-    rot = shotlib.fit_to_length(cap["rotation"], cap["fps"], fps, count) if cap["rotation"] else None
-    trans = shotlib.fit_to_length(cap["translation"], cap["fps"], fps, count) if cap["translation"] else None
+    rows = shotlib.fit_to_length(cap["values"], fps, fps, count)
+    rot = shotlib.fit_to_length(cap["rotation"], fps, fps, count) if cap["rotation"] else None
+    trans = shotlib.fit_to_length(cap["translation"], fps, fps, count) if cap["translation"] else None
+    warning = ""
+    if abs(scene_fps - fps) > 1e-3:
+        warning = (f"the scene runs at {scene_fps:g} fps but subject {subject!r} at {fps:g} fps: set the "
+                   f"scene's frame rate to {fps:g} so the render lines up with the sound")
 
     base = shotlib.safe_name(name or os.path.splitext(strip.name)[0] or "shot", "shot")
     shot_name = shotlib.unique_name(base, [s.name for s in st.shots] +
@@ -185,8 +191,8 @@ def create_shot(scene, subject: str, strip_name: str = "", name: str = ""):
     shot.subject, shot.sound_strip, shot.audio = subject, strip.name, audio
     shot.frame_start, shot.frame_count, shot.fps = start, count, fps
     shot.controls = obj
-    shot.use_head_pose = rot is not None
-    shot.state, shot.message = "keyed", ""
+    shot.use_head_pose = rot is not None and trans is not None
+    shot.state, shot.message, shot.hint = "keyed", warning, ""
     st.shot_index = len(st.shots) - 1
     return shot
 
@@ -217,6 +223,8 @@ def sample_shot(shot) -> dict:
             lfc = [compat.find_fcurve(obj, "location", i) for i in range(3)]
             if all(fc is not None for fc in lfc):
                 trans = [list(r) for r in zip(*[[fc.evaluate(f) for f in frames] for fc in lfc])]
+            else:  # the pose needs both halves: the Empty's current location stands in
+                trans = [list(obj.location)] * shot.frame_count
     return curves_io.make(rows, shot.fps, shot.frame_start, rot, trans, source="edited")
 
 
@@ -488,6 +496,8 @@ class HEADSYNC_OT_new_shot(_Op, bpy.types.Operator):
         dt = time.perf_counter() - t0
         self.report({'INFO'}, f"shot {shot.name!r}: {shot.frame_count} frames keyed on "
                               f"{shot.controls.name} in {dt:.2f} s")
+        if shot.message:
+            self.report({'WARNING'}, shot.message)
         return {'FINISHED'}
 
 

@@ -6,10 +6,11 @@ Initial curves of a new shot
 ----------------------------
 A new shot is keyed from the subject's *captured* curves: ``WORKSPACE/subjects/NAME/expression.npy``
 (N x 7, the prepared frame rate) and ``pose.npz`` (``R`` N x 3 x 3, ``T`` N x 3), read straight from the
-workspace (the add-on never imports the backend). The captured sequence is resampled from the subject's
-frame rate to the scene's and played back and forth (ping-pong, so there is no jump at the loop point)
-until it covers the shot. This is what the renderer does itself without ``--curves``, so an untouched
-shot renders like a plain ``headsync render``; the filmmaker then edits the keys.
+workspace (the add-on never imports the backend). The captured sequence is played back and forth (ping-pong:
+0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...) until it covers the shot, one row per frame, exactly as the
+renderer loops it without ``--curves``; so an untouched shot renders like a plain ``headsync render``,
+and the filmmaker edits the keys from there. A shot has as many frames as the render of its sound will
+have: round(audio seconds x the subject's source fps), the backend's rule.
 """
 
 from __future__ import annotations
@@ -76,23 +77,33 @@ def subject_dir(workspace: str | os.PathLike, subject: str) -> Path:
 
 
 def subject_fps(sdir: Path, default: float = 25.0) -> float:
-    """The frame rate of the prepared subject (expression rows are one per prepared frame)."""
+    """The frame rate renders of the subject run at: its source video's (``subject.json`` source.fps)."""
     try:
         man = json.loads((sdir / "subject.json").read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return default
-    stages = man.get("stages") if isinstance(man, dict) else None
-    if isinstance(stages, dict):
-        for st in stages.values():
-            params = st.get("params") if isinstance(st, dict) else None
-            fps = params.get("fps") if isinstance(params, dict) else None
-            if isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0:
-                return float(fps)
-    for key in ("fps",):
-        v = man.get(key) if isinstance(man, dict) else None
-        if isinstance(v, (int, float)) and v > 0:
-            return float(v)
+    src = man.get("source") if isinstance(man, dict) else None
+    fps = src.get("fps") if isinstance(src, dict) else None
+    if isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0:
+        return float(fps)
     return default
+
+
+def audio_seconds(path: str | os.PathLike) -> float | None:
+    """The duration of a WAV file (standard library); None for other formats or unreadable files."""
+    import wave
+
+    try:
+        with wave.open(str(path), "rb") as w:
+            rate = w.getframerate()
+            return w.getnframes() / rate if rate > 0 else None
+    except (OSError, EOFError, wave.Error):
+        return None
+
+
+def render_frame_count(seconds: float, fps: float) -> int:
+    """Frames a render of ``seconds`` of audio has at ``fps`` (the backend rounds the same way)."""
+    return max(1, int(round(seconds * fps)))
 
 
 def load_captured(workspace: str | os.PathLike, subject: str) -> dict[str, Any]:

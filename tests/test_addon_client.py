@@ -1,0 +1,223 @@
+"""The add-on's HTTP client (no bpy) against a tiny standard-library fake service on 127.0.0.1."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from blender_addon import client  # noqa: E402
+
+TOKEN = "s3cret-token"
+
+
+class FakeService:
+    """Records requests; answers from ``routes[(method, path)] = (status, body, delay_s)``."""
+
+    def __init__(self):
+        self.requests: list[dict] = []
+        self.routes: dict[tuple[str, str], tuple[int, object, float]] = {}
+        outer = self
+
+        class H(BaseHTTPRequestHandler):
+            def log_message(self, *a):
+                pass
+
+            def _do(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else b""
+                outer.requests.append({"method": self.command, "path": self.path,
+                                       "auth": self.headers.get("Authorization"),
+                                       "body": json.loads(body) if body else None})
+                if self.headers.get("Authorization") != f"Bearer {TOKEN}":
+                    return self._send(401, {"message": "missing or wrong token", "hint": "read server.json"})
+                path = self.path.split("?")[0]
+                status, payload, delay = outer.routes.get((self.command, path), (404, {"message": "no route"}, 0))
+                if delay:
+                    time.sleep(delay)
+                self._send(status, payload)
+
+            def _send(self, status, payload):
+                if isinstance(payload, (bytes, str)):
+                    data = payload.encode() if isinstance(payload, str) else payload
+                    ctype = "text/plain"
+                else:
+                    data, ctype = json.dumps(payload).encode(), "application/json"
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", ctype)
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+
+            do_GET = do_POST = _do
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), H)
+        self.httpd.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self):
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture
+def fake():
+    f = FakeService()
+    yield f
+    f.close()
+
+
+def test_health_sends_bearer_token(fake):
+    fake.routes[("GET", "/api/v1/health")] = (200, {"version": "0.1.0", "device": "cpu", "gpu": None}, 0)
+    c = client.Client(fake.url, TOKEN)
+    assert c.health()["device"] == "cpu"
+    assert fake.requests[-1]["auth"] == f"Bearer {TOKEN}"
+    assert fake.requests[-1]["path"] == "/api/v1/health"
+
+
+def test_wrong_token_is_an_auth_error(fake):
+    c = client.Client(fake.url, "wrong")
+    with pytest.raises(client.AuthError) as e:
+        c.health()
+    assert "token" in e.value.message and e.value.status == 401
+    assert e.value.hint
+
+
+def test_submit_posts_kind_subject_params(fake):
+    fake.routes[("POST", "/api/v1/jobs")] = (201, {"id": "j123", "state": "queued"}, 0)
+    c = client.Client(fake.url, TOKEN)
+    assert c.submit("render", "astro", {"audio": "/a.wav", "curves": "/w/c.json"}) == "j123"
+    req = fake.requests[-1]
+    assert req["method"] == "POST"
+    assert req["body"] == {"kind": "render", "subject": "astro", "params": {"audio": "/a.wav", "curves": "/w/c.json"}}
+
+
+def test_errors_keep_the_services_message_and_hint(fake):
+    fake.routes[("POST", "/api/v1/jobs")] = (422, {"message": "parameter 'audio': no such file '/x.wav'",
+                                                   "hint": "give the absolute path of an existing file"}, 0)
+    fake.routes[("GET", "/api/v1/jobs/nope")] = (404, {"message": "no job 'nope'", "hint": "list the jobs"}, 0)
+    fake.routes[("GET", "/api/v1/jobs/boom")] = (500, {"message": "internal error"}, 0)
+    fake.routes[("POST", "/api/v1/jobs/j1/cancel")] = (409, {"message": "job j1 already succeeded"}, 0)
+    c = client.Client(fake.url, TOKEN)
+    with pytest.raises(client.BadRequest) as e:
+        c.submit("render", "astro", {"audio": "/x.wav"})
+    assert "no such file" in e.value.message and "absolute path" in e.value.hint and e.value.status == 422
+    with pytest.raises(client.NotFound):
+        c.job("nope")
+    with pytest.raises(client.ServerError) as e:
+        c.job("boom")
+    assert "internal error" in e.value.message
+    with pytest.raises(client.BadRequest):
+        c.cancel("j1")
+    # every error is a ServiceError with a one-line str, never a traceback for the UI
+    assert all(issubclass(k, client.ServiceError) for k in
+               (client.BadRequest, client.NotFound, client.ServerError, client.AuthError, client.ServiceUnavailable))
+
+
+def test_fastapi_style_error_bodies():
+    assert client._error_fields({"detail": "Not Found"}) == ("Not Found", "")
+    assert client._error_fields({"detail": [{"loc": ["body", "kind"], "msg": "field required"}]})[0] == \
+        "kind: field required"
+    assert client._error_fields({"error": {"message": "m", "hint": "h"}}) == ("m", "h")
+
+
+def test_job_log_and_lists(fake):
+    fake.routes[("GET", "/api/v1/jobs/j1")] = (200, {"id": "j1", "state": "running",
+                                                     "progress": {"fraction": 0.5, "stage": "train"}}, 0)
+    fake.routes[("GET", "/api/v1/jobs/j1/log")] = (200, "line 1\nline 2\n", 0)
+    fake.routes[("GET", "/api/v1/jobs")] = (200, [{"id": "j1"}], 0)
+    fake.routes[("GET", "/api/v1/subjects")] = (200, [{"name": "astro", "stages": [], "runs": ["default"]}], 0)
+    c = client.Client(fake.url, TOKEN)
+    assert c.job("j1")["progress"]["fraction"] == 0.5
+    assert c.log("j1", 7) == "line 1\nline 2\n"
+    assert fake.requests[-1]["path"] == "/api/v1/jobs/j1/log?offset=7"
+    assert c.jobs(state="running") == [{"id": "j1"}]
+    assert fake.requests[-1]["path"] == "/api/v1/jobs?state=running"
+    assert c.subjects()[0]["runs"] == ["default"]
+
+
+def test_non_json_answer_is_a_clear_error(fake):
+    fake.routes[("GET", "/api/v1/health")] = (200, "<html>not a service</html>", 0)
+    with pytest.raises(client.ServerError) as e:
+        client.Client(fake.url, TOKEN).health()
+    assert "not JSON" in e.value.message
+
+
+def test_timeout_is_short_and_clear(fake):
+    fake.routes[("GET", "/api/v1/health")] = (200, {"device": "cpu"}, 2.0)
+    c = client.Client(fake.url, TOKEN, timeout=0.3)
+    t = time.monotonic()
+    with pytest.raises(client.ServiceUnavailable) as e:
+        c.health()
+    assert time.monotonic() - t < 1.5
+    assert "did not answer within 0.3 s" in e.value.message
+
+
+def test_service_down_is_connection_refused():
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now
+    t = time.monotonic()
+    with pytest.raises(client.ServiceUnavailable) as e:
+        client.Client(f"http://127.0.0.1:{port}", TOKEN).health()
+    assert time.monotonic() - t < 1.0
+    assert "not running" in e.value.message and e.value.hint
+
+
+def test_proxy_environment_is_ignored(fake, monkeypatch):
+    monkeypatch.setenv("http_proxy", "http://10.255.255.1:3128")
+    monkeypatch.setenv("HTTP_PROXY", "http://10.255.255.1:3128")
+    fake.routes[("GET", "/api/v1/health")] = (200, {"device": "cpu"}, 0)
+    assert client.Client(fake.url, TOKEN, timeout=1.0).health() == {"device": "cpu"}
+
+
+def test_server_json_discovery(fake, tmp_path):
+    with pytest.raises(client.ServiceUnavailable) as e:
+        client.read_server_json(tmp_path)
+    assert "no HeadSync service is running" in e.value.message and "headsync serve" in e.value.hint
+    with pytest.raises(client.ServiceUnavailable):
+        client.read_server_json("")
+    (tmp_path / "server.json").write_text("{not json")
+    with pytest.raises(client.ServiceUnavailable):
+        client.read_server_json(tmp_path)
+    (tmp_path / "server.json").write_text(json.dumps({"url": fake.url + "/", "token": TOKEN, "pid": os.getpid()}))
+    info = client.read_server_json(tmp_path)
+    assert info.url == fake.url and info.token == TOKEN and client.pid_alive(info.pid)
+    fake.routes[("GET", "/api/v1/health")] = (200, {"device": "cpu", "gpu": None}, 0)
+    assert client.Client.from_workspace(tmp_path).health()["device"] == "cpu"
+
+
+def test_start_service_refuses_a_missing_python(tmp_path):
+    with pytest.raises(client.ServiceError) as e:
+        client.start_service(str(tmp_path / "nope" / "python"), tmp_path)
+    assert "does not exist" in e.value.message and ".venv/bin/python" in e.value.hint
+    with pytest.raises(client.ServiceError):
+        client.start_service("", tmp_path)
+
+
+def test_start_service_runs_the_serve_command(tmp_path):
+    # A stand-in "python" that records its arguments proves the command line without a real service.
+    fake_py = tmp_path / "python"
+    fake_py.write_text(f"#!/bin/sh\necho \"$@\" > {tmp_path}/args.txt\n")
+    fake_py.chmod(0o755)
+    proc = client.start_service(str(fake_py), tmp_path / "ws")
+    assert proc.wait(timeout=10) == 0
+    args = (tmp_path / "args.txt").read_text()
+    assert "headsync.cli" in args and "serve --workspace" in args and str(tmp_path / "ws") in args
+    assert (tmp_path / "ws" / "blender_service.log").exists()
