@@ -3,7 +3,8 @@
 Enabled only when the environment has ``HEADSYNC_TEST_TASKS=1`` (the service and its workers both read
 it): :func:`install` adds the kind ``test_sleep`` to :data:`headsync.tasks.TASKS`. It behaves like a
 stage: it creates its subject folder, holds a half-written ``.partial.tmp-PID`` file while it works,
-reports ``steps`` progress steps over ``seconds``, and writes ``result.json`` atomically at the end.
+reports ``steps`` progress steps over ``seconds`` (saving ``checkpoint.json`` after each, which
+``resume`` continues from), and writes ``result.json`` atomically at the end.
 ``mode`` makes it misbehave: ``user`` (bad input), ``crash`` (an internal error), ``enospc`` (disk full),
 ``cuda`` (asks PyTorch for a GPU it does not have), ``stubborn`` (ignores the stop request).
 """
@@ -11,6 +12,7 @@ reports ``steps`` progress steps over ``seconds``, and writes ``result.json`` at
 from __future__ import annotations
 
 import errno
+import json
 import os
 import time
 from pathlib import Path
@@ -32,14 +34,22 @@ def sleep_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     partial.write_text("half-written\n")
     steps, seconds = params["steps"], params["seconds"]
     reporter.message(f"sleeping {seconds}s in {steps} steps (mode {mode}, resume {params['resume']})")
+    ckpt = root / "checkpoint.json"
+    first = 0
+    if params["resume"] and ckpt.is_file():
+        first = json.loads(ckpt.read_text())["step"]  # continue where the interrupted job stopped
     reporter.start("sleep", steps)
-    for i in range(steps):
+    if first:
+        reporter.message(f"resuming at step {first}")
+        reporter.set(first)
+    for i in range(first, steps):
         t_end = time.monotonic() + seconds / steps
         while time.monotonic() < t_end:
             time.sleep(min(0.02, max(t_end - time.monotonic(), 0)))
         if mode == "stubborn":
             reporter.done += 1  # never calls check(): only SIGKILL stops it
             continue
+        write_json_atomic(ckpt, {"step": i + 1})
         reporter.advance(1, step=i)
         if i == steps // 2:
             if mode == "user":
