@@ -172,11 +172,10 @@ def build(workspace: Path, body: Any, job_id: str, active_subjects: set[str] | N
                 v = resolve_input(workspace, name, v)
         out[name] = v
     out["subject"] = str(sdir)
-    owned: list[str] = []
-    if "out" in spec and out.get("out") is None and kind == "render":
-        out["out"] = str(sdir / "renders" / job_id)
-    if kind == "render" and out.get("out"):
-        owned.append(out["out"])
+    # An output folder the request names is the job's own: removed unless the job succeeds (the scheduler
+    # keeps only those that did not exist when the job started). The default render folder is written
+    # through a staging folder, so an interrupted render leaves only a temporary name, swept by PID.
+    owned: list[str] = [out["out"]] if isinstance(out.get("out"), str) else []
     try:
         validated = tasks.validate(kind, out)
     except UserError as e:
