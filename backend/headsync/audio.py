@@ -60,7 +60,7 @@ def run_audio(subject: Subject, cfg: AudioConfig, reporter: Reporter) -> dict:
     media.write_wav(tmp, audio)
     tmp.replace(subject.path("audio.wav"))
     reporter.advance(1)
-    return {"seconds": round(audio.size / media.AUDIO_RATE, 3), "mismatch_s": round(diff, 3)}
+    return {"duration_s": round(audio.size / media.AUDIO_RATE, 3), "mismatch_s": round(diff, 3)}
 
 
 AUDIO = Stage("audio", 1, ("crop",), AudioConfig, run_audio)

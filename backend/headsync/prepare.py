@@ -9,7 +9,7 @@ interrupted run resumes where it stopped and a re-run with a new setting redoes 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +52,8 @@ def stage_configs(preset: Preset, video: Path, audio: Path | None, fps: float | 
         elif st is audio_stage.AUDIO:
             extra = {"path": str(sound), "sha256": sound_sha}
         cfgs[st.NAME] = section(preset, st.NAME, st.Config, **extra)
+    # Record the method actually used, so installing the blendshape model later redoes the stage.
+    cfgs[expression.NAME] = replace(cfgs[expression.NAME], method=expression.resolve_method(cfgs[expression.NAME].method)[0])
     return cfgs
 
 

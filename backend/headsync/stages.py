@@ -42,7 +42,7 @@ def run_stage(module: ModuleType | Stage, subject: Subject, cfg: Any, reporter: 
     subject.require(*module.REQUIRES)
     t0 = time.perf_counter()
     info = module.run(subject, cfg, reporter) or {}
-    subject.mark_done(module.NAME, params, module.VERSION, time.perf_counter() - t0, **info)
+    subject.mark_done(module.NAME, params, module.VERSION, time.perf_counter() - t0, info)
     return True
 
 

@@ -103,10 +103,12 @@ class Subject:
         st = self.load().get("stages", {}).get(name)
         return bool(st and st.get("done") and st.get("params") == params and st.get("version") == version)
 
-    def mark_done(self, name: str, params: dict[str, Any], version: int, seconds: float, **info: Any) -> None:
+    def mark_done(self, name: str, params: dict[str, Any], version: int, seconds: float,
+                  info: dict[str, Any] | None = None) -> None:
+        """Record a finished stage; ``info`` is what the stage reported (kept under ``info``)."""
         m = self.load()
         m.setdefault("stages", {})[name] = {
-            "done": True, "params": params, "version": version, "seconds": round(seconds, 3), **info,
+            "done": True, "params": params, "version": version, "seconds": round(seconds, 3), "info": info or {},
         }
         self.save(m)
 
