@@ -47,6 +47,7 @@ def main() -> int:
     ap.add_argument("--requests", type=int, default=500)
     ap.add_argument("--workspace", type=Path, default=None, help="default: a temporary folder")
     ap.add_argument("--preset", default="preview", help="preset of prepare and train")
+    ap.add_argument("--subject", default="bench", help="subject name (prepared from the sample if missing)")
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
     a = ap.parse_args()
     ws = (a.workspace or Path(tempfile.mkdtemp(prefix="headsync-bench-")) / "ws").resolve()
@@ -76,9 +77,9 @@ def main() -> int:
                 time.sleep(0.5)
             raise SystemExit(f"timed out: {j}")
 
-        if not (ws / "subjects" / "bench" / "subject.json").exists():
+        if not (ws / "subjects" / a.subject / "subject.json").exists():
             video = sorted(SAMPLE.glob("*.mp4"))[0]
-            r = c.post("/api/v1/jobs", json={"kind": "prepare", "subject": "bench",
+            r = c.post("/api/v1/jobs", json={"kind": "prepare", "subject": a.subject,
                                              "params": {"video": str(video), "preset": a.preset}})
             r.raise_for_status()
             t0 = time.monotonic()
@@ -87,7 +88,7 @@ def main() -> int:
             if j["state"] != "succeeded":
                 print(j["error"])
                 return 1
-        r = c.post("/api/v1/jobs", json={"kind": "train", "subject": "bench",
+        r = c.post("/api/v1/jobs", json={"kind": "train", "subject": a.subject,
                                          "params": {"preset": a.preset, "run": f"bench{int(time.time())}"}})
         r.raise_for_status()
         jid = r.json()["id"]
