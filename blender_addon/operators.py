@@ -331,6 +331,11 @@ class HEADSYNC_OT_refresh(_Op, bpy.types.Operator):
     bl_description = "Poll the service now for the state of every job of this file"
 
     def execute(self, context):
+        try:
+            if prefs.check(context):
+                polling.refresh_subjects(context)
+        except EXPECTED as e:
+            return self.fail(e)
         n = polling.poll_once()
         if not prefs.STATUS["connected"]:
             self.report({'WARNING'}, f"{prefs.STATUS['message']} — {prefs.STATUS['hint']}".rstrip(" —"))
@@ -434,6 +439,8 @@ class HEADSYNC_OT_train_subject(_Op, bpy.types.Operator):
 
     subject: StringProperty(name="Subject")
     preset: EnumProperty(name="Preset", items=props.PRESETS, default="preview")
+    preset_file: StringProperty(name="Custom Preset", subtype='FILE_PATH',
+                                description="A preset .toml file; overrides Preset when set")
     run: StringProperty(name="Run", default="default")
     resume: BoolProperty(name="Resume", default=False, description="Continue from the run's last checkpoint")
 
@@ -445,6 +452,7 @@ class HEADSYNC_OT_train_subject(_Op, bpy.types.Operator):
         col = self.layout.column()
         col.prop_search(self, "subject", props.hs(context.scene), "subjects")
         col.prop(self, "preset")
+        col.prop(self, "preset_file")
         col.prop(self, "run")
         col.prop(self, "resume")
 
@@ -453,11 +461,16 @@ class HEADSYNC_OT_train_subject(_Op, bpy.types.Operator):
         if subj is None:
             return self.fail(HeadSyncError(f"no subject {self.subject!r} in this scene" if self.subject
                                            else "no subject chosen", "import a subject first"))
+        preset = self.preset
+        if self.preset_file:
+            preset = os.path.abspath(bpy.path.abspath(self.preset_file))
+            if not (preset.endswith(".toml") and os.path.isfile(preset)):
+                return self.fail(HeadSyncError(f"no such preset file: {preset}", "pick a .toml preset or clear it"))
         try:
-            job = submit_train(context.scene, subj, self.preset, self.resume, self.run)
+            job = submit_train(context.scene, subj, preset, self.resume, self.run)
         except EXPECTED as e:
             return self.fail(e)
-        self.report({'INFO'}, f"train job {job} submitted for {subj.name!r} ({self.preset})")
+        self.report({'INFO'}, f"train job {job} submitted for {subj.name!r} ({os.path.basename(preset)})")
         return {'FINISHED'}
 
 

@@ -62,6 +62,33 @@ def poll_once() -> int:
     return sum(len(_active_jobs(s)) for s in scenes)
 
 
+def sync_subjects(scene, listing: list) -> int:
+    """Update the stage of the scene's subjects from ``GET /subjects`` (those without a running job)."""
+    by_name = {s.get("name"): s for s in listing if isinstance(s, dict)}
+    n = 0
+    for subj in props.hs(scene).subjects:
+        rec = by_name.get(subj.name)
+        if rec is None or subj.stage in ("preparing", "training"):
+            continue
+        if rec.get("runs"):
+            stage = "trained"
+        elif rec.get("prepared") or rec.get("stages"):
+            stage = "prepared"
+        else:
+            continue
+        if subj.stage != stage:
+            subj.stage, n = stage, n + 1
+    return n
+
+
+def refresh_subjects(context=None) -> None:
+    """Ask the service which subjects are prepared/trained (e.g. trained from a terminal). Raises ServiceError."""
+    listing = prefs.make_client(context, 2.0).subjects()
+    for scene in bpy.data.scenes:
+        if hasattr(scene, "headsync"):
+            sync_subjects(scene, listing)
+
+
 def _apply(scene, job, rec: dict) -> None:
     f = shotlib.job_fields(rec)
     job.state, job.fraction, job.stage, job.message, job.eta = (f["state"], f["fraction"], f["stage"],
@@ -267,14 +294,6 @@ def _wait_for_service():
                             hint="see blender_service.log in the workspace")
         return None
     return 0.5
-
-
-def stop_started_service() -> None:
-    """Stop a service this Blender session started (used on unregister, never for foreign ones)."""
-    proc = _state.get("proc")
-    if proc is not None and proc.poll() is None:
-        proc.terminate()
-    _state["proc"] = None
 
 
 @persistent
