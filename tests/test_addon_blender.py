@@ -349,6 +349,33 @@ def test_jobs_render_placement_failures_and_reattach(addon_zip, tmp_path):
         fake.jobs[a.render_job].update(state="failed", error={"message": "CUDA out of memory", "hint": "use a smaller preset"})
         polling.poll_once()
         RESULT["batch"] = [a.state, a.message, a.hint, st.batch_report]
+        # every panel draws with subjects, shots, running and failed jobs (a recording stand-in layout)
+        class Rec:
+            def __init__(self, log): self.log = log
+            def __getattr__(self, name):
+                def call(*a, **k):
+                    self.log.append((name, k.get("text")))
+                    return Rec(self.log)
+                return call
+            def __setattr__(self, k, v):
+                object.__setattr__(self, k, v)
+        j = st.jobs.add(); j.name = "jobX"; j.kind = "train"; j.subject = "astro"; j.state = "running"; j.fraction = 0.3
+        subj.train_job = "jobX"
+        drawn = {}
+        panels = mod("panels")
+        for cls in (panels.HEADSYNC_PT_main, panels.HEADSYNC_PT_subjects, panels.HEADSYNC_PT_shots,
+                    panels.HEADSYNC_PT_jobs, panels.HEADSYNC_PT_graph_shot):
+            log = []
+            holder = type("P", (), {})(); holder.layout = Rec(log)
+            cls.draw(holder, bpy.context)
+            drawn[cls.__name__] = log
+        log = []
+        holder = type("P", (), {})(); holder.layout = Rec(log)
+        type(prefs()).draw(holder, bpy.context)
+        drawn["prefs"] = log
+        RESULT["drawn"] = {k: [c[0] for c in v] for k, v in drawn.items()}
+        RESULT["progress_texts"] = [c[1] for v in drawn.values() for c in v if c[0] == "progress"]
+        st.jobs.remove(len(st.jobs) - 1); subj.train_job = ""
         # log and cancel
         bpy.ops.headsync.open_log(job_id=a.render_job)
         RESULT["log"] = bpy.data.texts[f"headsync-{a.render_job}.log"].as_string()
@@ -407,6 +434,9 @@ def test_jobs_render_placement_failures_and_reattach(addon_zip, tmp_path):
     assert res["batch"][:3] == ["failed", "CUDA out of memory", "use a smaller preset"]
     assert "0 rendered" in res["batch"][3] and "2 failed" in res["batch"][3]
     assert res["log"].startswith("the log of")
+    assert "progress" in res["drawn"]["HEADSYNC_PT_subjects"] and "template_list" in res["drawn"]["HEADSYNC_PT_shots"]
+    assert "progress" in res["drawn"]["HEADSYNC_PT_jobs"] and "prop" in res["drawn"]["prefs"]
+    assert any("30%" in (t or "") for t in res["progress_texts"])
     errs = res["errors"]
     assert "no such video" in errs["missing_video"]
     assert "not in this scene" in errs["missing_subject"]
