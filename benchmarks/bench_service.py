@@ -5,7 +5,8 @@
 Starts the service (``python -m headsync.service``) on a workspace, prepares the bundled sample into the
 subject ``bench`` unless it is prepared already, starts a ``train`` job, waits until it is training
 (progress past iteration 0), then times ``--requests`` polls of its job over loopback two ways: one
-kept-alive connection (httpx) and a new connection per request (urllib, as the add-on does). Prints
+kept-alive connection (httpx) and a new connection per request (urllib, as the add-on does),
+``--interval`` seconds apart. Prints
 p50/p90/p99/max in milliseconds and the train job's progress before and after, then cancels the job.
 """
 
@@ -48,6 +49,7 @@ def main() -> int:
     ap.add_argument("--workspace", type=Path, default=None, help="default: a temporary folder")
     ap.add_argument("--preset", default="preview", help="preset of prepare and train")
     ap.add_argument("--subject", default="bench", help="subject name (prepared from the sample if missing)")
+    ap.add_argument("--interval", type=float, default=0.02, help="seconds between polls (the add-on: 0.25-0.5)")
     ap.add_argument("--json", type=Path, help="also write the figures to this file")
     a = ap.parse_args()
     ws = (a.workspace or Path(tempfile.mkdtemp(prefix="headsync-bench-")) / "ws").resolve()
@@ -108,6 +110,7 @@ def main() -> int:
             r = c.get(path)
             keep.append(time.perf_counter() - t)
             assert r.status_code == 200 and r.json()["state"] == "running"
+            time.sleep(a.interval)
         fresh = []
         req = urllib.request.Request(url + path, headers={"Authorization": f"Bearer {token}"})
         for _ in range(a.requests):
@@ -116,13 +119,15 @@ def main() -> int:
                 body = resp.read()
             fresh.append(time.perf_counter() - t)
             assert json.loads(body)["state"] == "running"
+            time.sleep(a.interval)
         after = c.get(path).json()
         print(f"train still running: stage {after['progress']['stage']} {after['progress']['done']}/"
-              f"{after['progress']['total']} (it advanced while we measured)")
+              f"{after['progress']['total']}")
         res = {"keep_alive": summary("GET /jobs/ID, keep-alive", keep),
                "new_connection": summary("GET /jobs/ID, new connection", fresh),
                "during": {"kind": "train", "before": before["progress"], "after": after["progress"]},
-               "cpus": os.cpu_count()}
+               "cpus": os.cpu_count(), "load_avg": os.getloadavg()}
+        print(f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
         if a.json:
             a.json.write_text(json.dumps(res, indent=1))
         c.post(f"/api/v1/jobs/{jid}/cancel")
