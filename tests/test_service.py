@@ -207,6 +207,8 @@ def test_life_of_a_job(svc):
     result = Path(j["artifacts"]["result"])
     assert result == svc.workspace / "subjects" / "life" / "result.json" and result.is_file()
     assert j["params"]["subject"] == str(svc.workspace / "subjects" / "life")
+    assert j["artifacts"]["psnr"] is None  # a NaN metric comes out as null, not as invalid JSON
+    assert j["progress"]["extra"]["loss"] == 0.1
     assert not list(result.parent.glob(".*tmp*"))
     # the log, whole and from an offset
     full = svc.client.get(f"/api/v1/jobs/{jid}/log")
@@ -504,6 +506,16 @@ def test_sigterm_shuts_down_cleanly(tmp_path):
                                                   (jid,)).fetchone()
     assert row[0] == "failed" and row[1] == 1 and "interrupted" in row[2]
     assert not list((ws / "subjects" / "long").glob(".partial.tmp-*"))
+
+
+def test_too_little_free_disk_is_a_clear_job_error(tmp_path):
+    s = ServiceProc(tmp_path / "ws", extra_env={"HEADSYNC_MIN_FREE_MB": str(2**40)})
+    try:
+        j = s.wait(s.submit(subject="full", seconds=0.1, steps=1))
+        assert j["state"] == "failed" and j["error"]["message"].startswith("disk full: only"), j
+        assert "free some space" in j["error"]["hint"]
+    finally:
+        assert s.stop() == 0
 
 
 def test_refuses_a_non_loopback_host(tmp_path):

@@ -32,7 +32,7 @@ from .. import __version__
 from . import jobspec
 from .jobspec import ApiError
 from .scheduler import Scheduler
-from .store import STATES, Store, new_id, public
+from .store import STATES, Store, jsonsafe, new_id, public
 from .worker import resumable_kind
 
 log = logging.getLogger("headsync.service")
@@ -48,8 +48,11 @@ class ApiJSON(JSONResponse):
     """JSON that never fails to encode: ASCII only (user input may hold lone surrogates), no NaN."""
 
     def render(self, content: Any) -> bytes:
-        return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"),
-                          default=str).encode("ascii")
+        try:
+            return json.dumps(content, ensure_ascii=True, allow_nan=False, separators=(",", ":"),
+                              default=str).encode("ascii")
+        except ValueError:  # a NaN from a task's metrics: null instead
+            return json.dumps(jsonsafe(content), ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
 def _err(status: int, message: str, hint: str = "", headers: dict[str, str] | None = None) -> ApiJSON:
@@ -81,6 +84,7 @@ class ProgressOut(BaseModel):
     eta_s: float | None = Field(None, description="seconds left in the current stage")
     done: int = 0
     total: int = 0
+    extra: dict[str, Any] = Field(default_factory=dict, description="what the stage reports with its steps (loss, psnr)")
 
 
 class JobOut(BaseModel):

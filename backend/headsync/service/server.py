@@ -133,7 +133,8 @@ def serve(host: str = "127.0.0.1", port: int = 0, workspace: str | Path | None =
             pass
         echo("headsync: stopped")
 
-    service = Service(ws, token, max_jobs=max_jobs, grace_s=grace_s)
+    min_free_mb = float(os.environ.get("HEADSYNC_MIN_FREE_MB") or 64)
+    service = Service(ws, token, max_jobs=max_jobs, grace_s=grace_s, min_free_mb=min_free_mb)
     app = create_app(service, on_startup=started, on_shutdown=stopped)
     config = uvicorn.Config(app, log_level=os.environ.get("HEADSYNC_LOG_LEVEL", "warning"), access_log=False,
                             lifespan="on", timeout_graceful_shutdown=5, server_header=False)

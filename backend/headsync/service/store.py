@@ -13,6 +13,7 @@ Layout of the workspace (see docs/service.md)::
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
 import uuid
@@ -47,6 +48,22 @@ CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state);
 """
 
 _EMPTY_PROGRESS = {"fraction": 0.0, "stage": None, "message": None, "eta_s": None, "done": 0, "total": 0}
+
+
+def jsonsafe(obj: Any) -> Any:
+    """``obj`` with NaN/Infinity replaced by None and unknown objects by their str (strict JSON)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {str(k): jsonsafe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [jsonsafe(v) for v in obj]
+    if obj is None or isinstance(obj, (str, int, bool)):
+        return obj
+    try:  # numpy scalars and the like
+        return jsonsafe(obj.item())
+    except Exception:  # noqa: BLE001
+        return str(obj)
 
 
 def now_iso() -> str:

@@ -50,7 +50,7 @@ def sleep_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
             reporter.done += 1  # never calls check(): only SIGKILL stops it
             continue
         write_json_atomic(ckpt, {"step": i + 1})
-        reporter.advance(1, step=i)
+        reporter.advance(1, step=i, loss=float("nan") if i == 0 else 1.0 / (i + 1))
         if i == steps // 2:
             if mode == "user":
                 raise UserError("the test job was told to fail", "do not pass mode=user")
@@ -64,7 +64,7 @@ def sleep_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
                 torch.zeros(1, device="cuda")
     partial.unlink()
     write_json_atomic(root / "result.json", {"steps": steps, "resume": params["resume"]})
-    return {"result": str(root / "result.json"), "steps": steps}
+    return {"result": str(root / "result.json"), "steps": steps, "psnr": float("nan")}
 
 
 TASK = tasks.Task(KIND, (

@@ -118,7 +118,7 @@ def main(argv: list[str]) -> int:
     from ..errors import Cancelled
     from ..progress import Reporter
     from . import cleanup
-    from .store import Store
+    from .store import Store, jsonsafe
 
     if os.environ.get("HEADSYNC_TEST_TASKS") == "1":
         from . import testing
@@ -149,6 +149,7 @@ def main(argv: list[str]) -> int:
                         fraction=(round(min(max(done / total, 0.0), 1.0), 4) if total > 0 else None),
                         eta_s=ev.get("eta_s"))
             extras = {k: v for k, v in ev.items() if k not in ("event", "stage", "done", "total", "eta_s")}
+            prog["extra"] = jsonsafe(extras)  # loss, psnr, ... as the stage reports them
             now = time.monotonic()
             if stage_changed or done >= total or now - state["last_log"] >= 2.0:
                 state["last_log"] = now
@@ -158,7 +159,7 @@ def main(argv: list[str]) -> int:
         elif ev.get("event") == "message":
             prog["message"] = str(ev.get("message"))[:500]
             _log(f"{ev.get('level', 'info')}: {ev.get('message')}")
-        store.set_progress(job_id, prog)
+        store.set_progress(job_id, jsonsafe(prog))
 
     reporter = Reporter(sink=sink, should_stop=should_stop)
     error: dict[str, str] | None = None
@@ -167,7 +168,7 @@ def main(argv: list[str]) -> int:
     try:
         reporter.check()
         artifacts = tasks.run(kind, job["params"], reporter) or {}
-        artifacts = json.loads(json.dumps(artifacts, default=str))
+        artifacts = jsonsafe(artifacts)
         outcome = "succeeded"
     except BaseException as exc:  # noqa: BLE001 - everything becomes a job outcome
         if stop["flag"] or isinstance(exc, Cancelled):
@@ -195,7 +196,7 @@ def main(argv: list[str]) -> int:
         if outcome == "succeeded":
             prog.update(fraction=1.0, eta_s=0)
         resumable = outcome != "succeeded" and resumable_kind(kind)
-        store.transition(job_id, ["running"], outcome, progress=prog, error=error, artifacts=artifacts,
+        store.transition(job_id, ["running"], outcome, progress=jsonsafe(prog), error=error, artifacts=artifacts,
                          resumable=int(resumable))
         _log(f"job {job_id}: {outcome}")
     except BaseException as exc:  # noqa: BLE001 - cannot record (disk full?): the scheduler will
