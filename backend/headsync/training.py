@@ -330,7 +330,7 @@ def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, res
             g = int(data.train[rng.integers(data.train.size)])
             model.eval()
             occupied = model.update_grid(frame_conditions(model, ft, g, None, cfg.smooth_window))
-        lv = float(pix_loss)
+        lv = pix_loss.item()
         ema_loss = lv if ema_loss is None else 0.9 * ema_loss + 0.1 * lv
         done = it + 1
         rate = (done - it0) / max(time.monotonic() - t0, 1e-6)
@@ -342,7 +342,7 @@ def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, res
             log.flush()
         if done % cfg.checkpoint_every == 0 and done < total:
             checkpoint(done, last)
-        reporter.set(done, loss=last["loss"], psnr=last["psnr"], stage_name=last["stage"])
+        reporter.set(done, loss=last["loss"], psnr=last["psnr"], phase=last["stage"])
     hold = heldout_psnr(model, data, ft, cfg)
     metrics = {**last, "iterations": total, "heldout_psnr": None if hold is None else round(hold, 3),
                "perceptual": perc_name, "device": str(device), "resumed_from": start or None,
