@@ -194,6 +194,8 @@ def create_shot(scene, subject: str, strip_name: str = "", name: str = ""):
     shot.use_head_pose = rot is not None and trans is not None
     shot.state, shot.message, shot.hint = "keyed", warning, ""
     st.shot_index = len(st.shots) - 1
+    if start + count - 1 > scene.frame_end:
+        scene.frame_end = start + count - 1
     return shot
 
 
@@ -393,6 +395,13 @@ class HEADSYNC_OT_import_subject(_Op, bpy.types.Operator):
             fps = float(movie.fps)
             scene.render.fps, scene.render.fps_base = round(fps), round(fps) / fps
             scene.frame_start, scene.frame_end = movie.frame_final_start, movie.frame_final_end - 1
+            try:  # and its picture size, so the rendered plates line up pixel for pixel
+                elem = movie.elements[0]
+                if elem.orig_width and elem.orig_height:
+                    scene.render.resolution_x, scene.render.resolution_y = elem.orig_width, elem.orig_height
+                    scene.render.resolution_percentage = 100
+            except (AttributeError, IndexError):
+                pass
         subj = st.subjects.add()
         subj.name, subj.video, subj.audio, subj.preset = name, video, audio, self.preset
         subj.movie_strip = movie.name

@@ -322,6 +322,6 @@ def register():
 def unregister():
     if _load_post in bpy.app.handlers.load_post:
         bpy.app.handlers.load_post.remove(_load_post)
-    for fn in (_timer, _wait_for_service, _auto_start):
+    for fn in (_timer, _wait_for_service, _auto_start, _load_post):
         if bpy.app.timers.is_registered(fn):
             bpy.app.timers.unregister(fn)

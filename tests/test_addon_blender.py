@@ -302,6 +302,7 @@ def test_jobs_render_placement_failures_and_reattach(addon_zip, tmp_path):
         RESULT["import"] = sorted(r)
         RESULT["strips"] = sorted((s.type, s.channel) for s in compat.all_strips(scene))
         RESULT["scene_fps"] = scene.render.fps / scene.render.fps_base
+        RESULT["scene_res"] = [scene.render.resolution_x, scene.render.resolution_y, scene.frame_start, scene.frame_end]
         RESULT["prepare_body"] = fake.submitted[-1]
         subj = st.subjects["astro"]
         fake.jobs["job1"].update(state="running", progress={"fraction": 0.4, "stage": "landmarks", "message": "", "eta_s": 30})
@@ -415,7 +416,7 @@ def test_jobs_render_placement_failures_and_reattach(addon_zip, tmp_path):
     ''', {"zip": str(addon_zip), "tmp": str(tmp_path), **w}, extra=FAKE_SERVICE)
     assert res["import"] == ["FINISHED"]
     assert res["strips"] == [["MOVIE", 2], ["SOUND", 1]]
-    assert res["scene_fps"] == 25.0
+    assert res["scene_fps"] == 25.0 and res["scene_res"] == [512, 512, 1, 654]
     assert res["prepare_body"] == {"kind": "prepare", "subject": "astro",
                                    "params": {"video": res["prepare_body"]["params"]["video"], "preset": "preview"}}
     assert os.path.isabs(res["prepare_body"]["params"]["video"])
