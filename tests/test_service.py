@@ -258,6 +258,9 @@ def test_a_worker_that_ignores_cancel_is_killed_after_the_grace_period(svc):
     assert j["state"] == "cancelled"
     assert 1.5 < time.monotonic() - t0 < 6, "SIGKILL after the 2 s grace period"
     assert "killed by signal 9" in j["error"]["message"]
+    assert j["resumable"] is False  # it never saved a checkpoint
+    r = svc.client.post(f"/api/v1/jobs/{jid}/resume")
+    assert r.status_code == 409 and "no checkpoint" in r.json()["message"]
     assert not pid_alive(pid)
     assert not list((svc.workspace / "subjects" / "stubborn").glob(".partial.tmp-*")), "partial output swept"
 

@@ -33,7 +33,7 @@ from . import jobspec
 from .jobspec import ApiError
 from .scheduler import Scheduler
 from .store import STATES, Store, jsonsafe, new_id, public
-from .worker import resumable_kind
+from .worker import can_resume, checkpoint_of, resumable_kind
 
 log = logging.getLogger("headsync.service")
 
@@ -337,6 +337,9 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         sdir = Path(params["subject"])
         if not (sdir / "subject.json").is_file() and job["kind"] not in jobspec.CREATES_SUBJECT:
             raise ApiError(404, f"subject {job['subject']!r} no longer exists", "prepare it again")
+        if not can_resume(job["kind"], job["params"]):
+            raise ApiError(409, f"job {job_id} left no checkpoint to resume from "
+                                f"({checkpoint_of(job['kind'], job['params'])})", "submit the job again")
         new = store.create(job["kind"], job["subject"], params, owned=job.get("owned"), resumed_from=job_id)
         scheduler.wake()
         return ApiJSON({"id": new["id"], "state": new["state"], "resumed_from": job_id}, status_code=201,

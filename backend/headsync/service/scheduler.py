@@ -30,7 +30,7 @@ from typing import IO
 
 from . import cleanup
 from .store import Store, now_iso
-from .worker import EXIT_DISK_FULL, resumable_kind
+from .worker import EXIT_DISK_FULL, can_resume, resume_hint
 
 log = logging.getLogger("headsync.service")
 
@@ -138,12 +138,12 @@ class Scheduler:
                     if not _is_our_worker(pid, job["id"]):
                         break
                     time.sleep(0.05)
-            resumable = resumable_kind(job["kind"])
+            self._cleanup(job, pid)
+            resumable = can_resume(job["kind"], job["params"])
             self.store.transition(job["id"], ["running"], "failed", resumable=int(resumable), error={
                 "message": "interrupted: the service stopped while the job was running",
-                "hint": "resume it: POST /api/v1/jobs/ID/resume" if resumable else "submit the job again",
+                "hint": resume_hint(job["kind"], job["params"]),
             })
-            self._cleanup(job, pid)
             self._append_log(job["id"], "service restarted: the job was running and is marked failed")
 
     # ---- the tick ------------------------------------------------------------------------------
@@ -181,19 +181,19 @@ class Scheduler:
                     reason = "disk full: the worker could not record its result"
                 else:
                     reason = f"worker died: exit code {rc}"
-                resumable = resumable_kind(job["kind"])
+                resumable = can_resume(job["kind"], job["params"])
+                hint = resume_hint(job["kind"], job["params"])
                 if job.get("stop_reason") == "cancel":
                     state, error = "cancelled", {"message": f"cancelled by request ({reason})", "hint": ""}
                 elif job.get("stop_reason") == "shutdown" or shutting_down:
                     state, error = "failed", {
                         "message": f"interrupted: the service stopped while the job was running ({reason})",
-                        "hint": "resume it: POST /api/v1/jobs/ID/resume" if resumable else "submit the job again"}
+                        "hint": hint}
                 else:
                     state = "failed"
                     error = {"message": reason,
                              "hint": ("free some space on the workspace's disk" if rc == EXIT_DISK_FULL else
-                                      "see the job log; " + ("resume it: POST /api/v1/jobs/ID/resume"
-                                                             if resumable else "submit the job again"))}
+                                      "see the job log; " + hint)}
                 self.store.transition(w.job_id, ["running"], state, error=error, resumable=int(resumable))
                 self._append_log(w.job_id, f"{error['message']} -> {state}")
             job = self.store.get(w.job_id) or job

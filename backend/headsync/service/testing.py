@@ -77,7 +77,8 @@ TASK = tasks.Task(KIND, (
 
 
 def install() -> None:
-    from . import jobspec
+    from . import jobspec, worker
 
     tasks.TASKS.setdefault(KIND, TASK)
     jobspec.CREATES_SUBJECT.add(KIND)
+    worker.CHECKPOINTS[KIND] = lambda p: Path(p["subject"]) / "checkpoint.json"

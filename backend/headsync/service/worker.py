@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 EXIT_DISK_FULL = 75
 
@@ -87,10 +87,34 @@ def is_disk_full(exc: BaseException) -> bool:
 
 
 def resumable_kind(kind: str) -> bool:
+    """Kinds that take ``resume`` (train): an interrupted job of theirs can continue."""
     from .. import tasks
 
     t = tasks.TASKS.get(kind)
     return bool(t and any(p.name == "resume" for p in t.params))
+
+
+#: Where each resumable kind keeps the file a resumed job continues from (DESIGN.md "Subject folder").
+CHECKPOINTS: dict[str, Callable[[dict[str, Any]], Path]] = {
+    "train": lambda p: Path(p["subject"]) / "models" / str(p.get("run") or "default") / "checkpoint.pt",
+}
+
+
+def checkpoint_of(kind: str, params: dict[str, Any]) -> Path | None:
+    f = CHECKPOINTS.get(kind)
+    return f(params) if f else None
+
+
+def can_resume(kind: str, params: dict[str, Any]) -> bool:
+    """True when an interrupted job of ``kind`` has a checkpoint to continue from."""
+    if not resumable_kind(kind):
+        return False
+    ckpt = checkpoint_of(kind, params)
+    return ckpt is None or ckpt.is_file()
+
+
+def resume_hint(kind: str, params: dict[str, Any]) -> str:
+    return "resume it: POST /api/v1/jobs/ID/resume" if can_resume(kind, params) else "submit the job again"
 
 
 def main(argv: list[str]) -> int:
@@ -178,8 +202,7 @@ def main(argv: list[str]) -> int:
             else:
                 outcome = "failed"
                 error = {"message": "interrupted: the service stopped while the job was running",
-                         "hint": ("resume it: POST /api/v1/jobs/ID/resume" if resumable_kind(kind)
-                                  else "submit the job again")}
+                         "hint": resume_hint(kind, job["params"])}
             _log(f"stopped: {exc!r}")
         else:
             error = classify(exc, kind)
@@ -195,7 +218,7 @@ def main(argv: list[str]) -> int:
         prog = state["progress"]
         if outcome == "succeeded":
             prog.update(fraction=1.0, eta_s=0)
-        resumable = outcome != "succeeded" and resumable_kind(kind)
+        resumable = outcome != "succeeded" and can_resume(kind, job["params"])
         store.transition(job_id, ["running"], outcome, progress=jsonsafe(prog), error=error, artifacts=artifacts,
                          resumable=int(resumable))
         _log(f"job {job_id}: {outcome}")
