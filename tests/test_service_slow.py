@@ -1,5 +1,6 @@
 """The service running the real pipeline: prepare the bundled sample, train it with a tiny preset
-(cancelled once and resumed from its checkpoint), list the subject; and a schema-driven fuzz run.
+(cancelled once and resumed from its checkpoint), render new dialogue, eval, list the subject; and a
+schema-driven fuzz run.
 
 Both are ``slow``: minutes on two CPU cores.
 """
@@ -23,10 +24,10 @@ SAMPLE = REPO / "sample_projects" / "astronaut"
 
 
 def tiny_preset(path: Path) -> Path:
-    """The ``preview`` preset with a few dozen training iterations (a checkpoint every 10)."""
+    """The ``preview`` preset with a few dozen training iterations of a 64-pixel head (a checkpoint every 10)."""
     tables = tomllib.loads((REPO / "presets" / "preview.toml").read_text())
     tables.setdefault("train", {}).update(coarse_iters=30, fine_iters=6, checkpoint_every=10, log_every=5,
-                                          rays=512)
+                                          rays=256, resolution=64)
     lines = []
     for name, table in tables.items():
         lines.append(f"[{name}]")
@@ -44,7 +45,7 @@ def test_prepare_and_train_the_sample_through_the_service(tmp_path):
     s = ServiceProc(tmp_path / "ws", max_jobs=1, grace_s=5.0, test_tasks=False)
     try:
         # prepare: the sample video -> WORKSPACE/subjects/astro
-        pid = s.submit("prepare", "astro", video=str(videos[0]), preset="preview")
+        pid = s.submit("prepare", "astro", video=str(videos[0]), preset="preview", fps=5.0, resolution=128)
         # a train submitted while its subject's prepare is still queued/running is accepted
         early = s.client.post("/api/v1/jobs", json={"kind": "train", "subject": "astro",
                                                     "params": {"preset": str(preset), "run": "tiny"}})
@@ -78,6 +79,18 @@ def test_prepare_and_train_the_sample_through_the_service(tmp_path):
         assert art["metrics"].get("resumed_from"), art["metrics"]
         assert j["progress"]["fraction"] == 1.0
 
+        # render the new dialogue into a folder of the workspace, then eval the run
+        rj = s.submit("render", "astro", audio=str(SAMPLE / "dub.wav"), run="tiny", out="renders/dub")
+        ej = s.submit("eval", "astro", run="tiny")
+        j = s.wait(rj, timeout=900)
+        assert j["state"] == "succeeded", (j, s.log(rj)[-3000:])
+        out = s.workspace / "renders" / "dub"
+        assert Path(j["artifacts"]["out"]) == out
+        assert Path(j["artifacts"]["video"]).is_file() and Path(j["artifacts"]["curves"]).is_file()
+        assert len(list(Path(j["artifacts"]["frames"]).glob("*.png"))) == j["artifacts"]["frame_count"]
+        j = s.wait(ej, timeout=900)
+        assert j["state"] == "succeeded", (j, s.log(ej)[-3000:])
+
         subjects = {x["name"]: x for x in s.client.get("/api/v1/subjects").json()}
         assert subjects["astro"]["prepared"] and "tiny" in subjects["astro"]["runs"]
         assert "landmarks" in subjects["astro"]["stages"]
@@ -90,7 +103,7 @@ def test_fuzz_the_api_with_schemathesis():
     schema, nothing queued with an output outside the workspace."""
     pytest.importorskip("schemathesis")
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "fuzz_service.py"),
-                        "--max-examples", os.environ.get("HEADSYNC_FUZZ_EXAMPLES", "30")],
+                        "--max-examples", os.environ.get("HEADSYNC_FUZZ_EXAMPLES", "100")],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
     assert "5xx: 0" in r.stdout and "outputs outside the workspace: 0" in r.stdout
