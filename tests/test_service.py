@@ -311,6 +311,23 @@ def assert_resumes_from_checkpoint(svc, jid, step):
     assert svc.wait(jid, timeout=10)["state"] == "cancelled"
 
 
+def test_an_output_folder_the_job_created_is_removed_when_it_fails(svc):
+    kept = svc.workspace / "renders" / "kept"
+    kept.mkdir(parents=True)
+    (kept / "mine.txt").write_text("the user's")
+    a = svc.submit(subject="outs", seconds=60.0, steps=60, out="renders/new")
+    b = svc.submit(subject="outs2", seconds=60.0, steps=60, out=str(kept))
+    for jid in (a, b):
+        svc.wait(jid, states=("running",))
+        wait_for(lambda: svc.job(jid)["progress"]["done"] >= 1, what="a step")
+    assert (svc.workspace / "renders" / "new" / "000000.txt").exists()
+    os.kill(wait_for(lambda: worker_pid(a), what="worker"), signal.SIGKILL)
+    svc.client.post(f"/api/v1/jobs/{b}/cancel")
+    assert svc.wait(a)["state"] == "failed" and svc.wait(b)["state"] == "cancelled"
+    assert not (svc.workspace / "renders" / "new").exists(), "the unfinished output folder is removed"
+    assert (kept / "mine.txt").read_text() == "the user's", "a folder that existed before is kept"
+
+
 @pytest.mark.parametrize("mode,message,hint", [
     ("user", "the test job was told to fail", "do not pass mode=user"),
     ("enospc", "disk full: [Errno 28] No space left on device", "free some space"),

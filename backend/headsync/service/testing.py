@@ -42,7 +42,12 @@ def sleep_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     if first:
         reporter.message(f"resuming at step {first}")
         reporter.set(first)
+    out = Path(params["out"]) if params.get("out") else None
+    if out:
+        out.mkdir(parents=True, exist_ok=True)
     for i in range(first, steps):
+        if out:
+            (out / f"{i:06d}.txt").write_text(str(i))
         t_end = time.monotonic() + seconds / steps
         while time.monotonic() < t_end:
             time.sleep(min(0.02, max(t_end - time.monotonic(), 0)))
@@ -73,6 +78,7 @@ TASK = tasks.Task(KIND, (
     tasks.Param("steps", int, default=10),
     tasks.Param("mode", str, default="ok", choices=("ok", "user", "crash", "enospc", "cuda", "stubborn")),
     tasks.Param("resume", bool, default=False),
+    tasks.Param("out", str, path=True, help="a folder it fills with one file per step (like a render)"),
 ), "service.testing:sleep_task", "test only: sleeps, reporting progress")
 
 
