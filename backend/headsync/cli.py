@@ -55,6 +55,9 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--subject", required=True)
     sp.add_argument("--run", default="default")
     sp.add_argument("--json", action="store_true", help="print the metrics as JSON")
+    sp.add_argument("--sync", nargs="?", const="latest", metavar="VIDEO",
+                    help="judge lip sync of VIDEO (default: the newest render) with the subject's discriminator")
+    sp.add_argument("--audio", help="with --sync: judge against this sound instead of the video's own")
 
     sp = common(sub.add_parser("demo", help="the whole pipeline on the bundled sample"))
     sp.add_argument("--out", default=str(REPO / "out" / "demo"))
@@ -120,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
         reporter = _reporter(args)
         if args.command == "demo":
             result = _demo(args, reporter)
+        elif args.command == "eval" and args.sync:
+            from .sync_judge import sync_task
+
+            result = sync_task({"subject": args.subject, "video": args.sync, "audio": args.audio}, reporter)
         else:
             result = tasks.run(args.command, _params(args), reporter)
         if json_mode:
