@@ -78,6 +78,7 @@ class Scheduler:
         self.min_free_mb = float(min_free_mb)
         self.env = env
         self.workers: dict[str, Worker] = {}
+        self._unrecorded: list[Worker] = []  # exited workers whose outcome could not be written yet
         self._lock = threading.Lock()
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -164,41 +165,51 @@ class Scheduler:
             done = [w for w in self.workers.values() if w.proc.poll() is not None]
             for w in done:
                 del self.workers[w.job_id]
+            done += self._unrecorded
+            self._unrecorded = []
         for w in done:
-            rc = w.proc.returncode
             try:
-                w.logf.close()
-            except OSError:
-                pass
-            _kill_group(w.proc.pid)  # children it left behind (ffmpeg, ...)
-            job = self.store.get(w.job_id)
-            if job is None:
-                continue
-            if job["state"] == "running":
-                if rc is not None and rc < 0:
-                    reason = f"worker died: killed by signal {-rc} ({_signal_name(-rc)})"
-                elif rc == EXIT_DISK_FULL:
-                    reason = "disk full: the worker could not record its result"
-                else:
-                    reason = f"worker died: exit code {rc}"
-                resumable = can_resume(job["kind"], job["params"])
-                hint = resume_hint(job["kind"], job["params"])
-                if job.get("stop_reason") == "cancel":
-                    state, error = "cancelled", {"message": f"cancelled by request ({reason})", "hint": ""}
-                elif job.get("stop_reason") == "shutdown" or shutting_down:
-                    state, error = "failed", {
-                        "message": f"interrupted: the service stopped while the job was running ({reason})",
-                        "hint": hint}
-                else:
-                    state = "failed"
-                    error = {"message": reason,
-                             "hint": ("free some space on the workspace's disk" if rc == EXIT_DISK_FULL else
-                                      "see the job log; " + hint)}
-                self.store.transition(w.job_id, ["running"], state, error=error, resumable=int(resumable))
-                self._append_log(w.job_id, f"{error['message']} -> {state}")
-            job = self.store.get(w.job_id) or job
-            if job["state"] != "succeeded":
-                self._cleanup(job, w.proc.pid)
+                self._reaped(w, shutting_down)
+            except Exception:  # noqa: BLE001 - e.g. the disk is full: try again at the next tick
+                log.exception("could not record the end of job %s; will retry", w.job_id)
+                with self._lock:
+                    self._unrecorded.append(w)
+
+    def _reaped(self, w: Worker, shutting_down: bool) -> None:
+        rc = w.proc.returncode
+        try:
+            w.logf.close()
+        except OSError:
+            pass
+        _kill_group(w.proc.pid)  # children it left behind (ffmpeg, ...)
+        job = self.store.get(w.job_id)
+        if job is None:
+            return
+        if job["state"] == "running":
+            if rc is not None and rc < 0:
+                reason = f"worker died: killed by signal {-rc} ({_signal_name(-rc)})"
+            elif rc == EXIT_DISK_FULL:
+                reason = "disk full: the worker could not record its result"
+            else:
+                reason = f"worker died: exit code {rc}"
+            resumable = can_resume(job["kind"], job["params"])
+            hint = resume_hint(job["kind"], job["params"])
+            if job.get("stop_reason") == "cancel":
+                state, error = "cancelled", {"message": f"cancelled by request ({reason})", "hint": ""}
+            elif job.get("stop_reason") == "shutdown" or shutting_down:
+                state, error = "failed", {
+                    "message": f"interrupted: the service stopped while the job was running ({reason})",
+                    "hint": hint}
+            else:
+                state = "failed"
+                error = {"message": reason,
+                         "hint": ("free some space on the workspace's disk" if rc == EXIT_DISK_FULL else
+                                  "see the job log; " + hint)}
+            self.store.transition(w.job_id, ["running"], state, error=error, resumable=int(resumable))
+            self._append_log(w.job_id, f"{error['message']} -> {state}")
+        job = self.store.get(w.job_id) or job
+        if job["state"] != "succeeded":
+            self._cleanup(job, w.proc.pid)
 
     def _cleanup(self, job: dict, pid: int | None) -> None:
         try:

@@ -183,7 +183,10 @@ def main(argv: list[str]) -> int:
         elif ev.get("event") == "message":
             prog["message"] = str(ev.get("message"))[:500]
             _log(f"{ev.get('level', 'info')}: {ev.get('message')}")
-        store.set_progress(job_id, jsonsafe(prog))
+        try:
+            store.set_progress(job_id, jsonsafe(prog))
+        except Exception as e:  # noqa: BLE001 - progress is best effort: never fail a job over it
+            _log(f"could not record progress: {e!r}")
 
     reporter = Reporter(sink=sink, should_stop=should_stop)
     error: dict[str, str] | None = None
