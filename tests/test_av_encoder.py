@@ -161,7 +161,8 @@ def test_stage_loads_a_pretrained_encoder_instead_of_training(tiny_subject, tmp_
     spec = av_encoder.EncoderSpec(width=4, feature_dim=5)
     enc = spec.build()
     av_encoder.save_encoder(enc, spec, tmp_path / "pre.pt", FPS)
-    info = av_encoder.run(tiny_subject, av_encoder.Config(**{**TINY, "checkpoint": str(tmp_path / "pre.pt")}), silent())
+    cfg = av_encoder.Config(**{**TINY, "checkpoint": str(tmp_path / "pre.pt")})
+    info = av_encoder.run(tiny_subject, cfg, silent())
     assert info["pretrained"].endswith("pre.pt") and "recon_l1_heldout" not in info
     assert np.load(tiny_subject.path("audio_features/ave.npy")).shape == (120, 5)
 

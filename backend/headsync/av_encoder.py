@@ -37,7 +37,7 @@ from .errors import UserError
 from .mouth_crops import Clip, audio_windows, holdout_start, subject_clip, video_clip, video_windows
 from .progress import Reporter
 from .subject import Subject, save_npy_atomic
-from .syncnet import AudioEncoder, PairSampler, _block, load_state, sync_loss, to_face_tensor
+from .syncnet import AudioEncoder, PairSampler, conv_block, load_state, sync_loss, to_face_tensor
 
 NAME = "ave"
 VERSION = 1
@@ -105,10 +105,10 @@ class AVEncoder(nn.Module):
         super().__init__()
         c, d = spec.width, spec.feature_dim
         self.audio = spec.build()
-        self.enc = nn.ModuleList([_block(2 * frames, c, 2), _block(c, 2 * c, 2), _block(2 * c, 4 * c, 2),
-                                  _block(4 * c, 4 * c, 2)])
-        self.fuse = _block(4 * c + d, 4 * c)
-        self.dec = nn.ModuleList([_block(8 * c, 4 * c), _block(6 * c, 2 * c), _block(3 * c, c)])
+        self.enc = nn.ModuleList([conv_block(2 * frames, c, 2), conv_block(c, 2 * c, 2), conv_block(2 * c, 4 * c, 2),
+                                  conv_block(4 * c, 4 * c, 2)])
+        self.fuse = conv_block(4 * c + d, 4 * c)
+        self.dec = nn.ModuleList([conv_block(8 * c, 4 * c), conv_block(6 * c, 2 * c), conv_block(3 * c, c)])
         self.out = nn.Conv2d(c, frames, 3, 1, 1)
 
     def forward(self, masked: torch.Tensor, reference: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
@@ -212,7 +212,8 @@ def train_encoder(sampler: PairSampler, disc: syncnet.SyncNet, spec: EncoderSpec
 
 
 @torch.no_grad()
-def heldout_recon(model: AVEncoder, clip: Clip, lo: int, hi: int, frames: int, rows: int, shift: int) -> dict[str, float]:
+def heldout_recon(model: AVEncoder, clip: Clip, lo: int, hi: int, frames: int, rows: int,
+                  shift: int) -> dict[str, float]:
     """Eq. 3 on held-out windows with their own audio and with audio ``shift`` frames off: the gap shows
     how much of the mouth Conv(A) carries (each reference window is ``shift`` frames away as well)."""
     c = np.arange(lo + frames // 2, hi - frames // 2)

@@ -76,7 +76,8 @@ def crop_affines(landmarks: np.ndarray, height: int, width: int, smooth_frames: 
     if not ok.any():
         raise UserError("no face landmarks in this clip, so the mouth cannot be located",
                         "use footage where the speaker's face is visible and frontal")
-    params = np.stack([anchor[:, 0], anchor[:, 1], np.log(np.where(ok, iod, 1.0)), np.unwrap(np.where(ok, angle, 0))], 1)
+    log_iod = np.log(np.where(ok, iod, 1.0))
+    params = np.stack([anchor[:, 0], anchor[:, 1], log_iod, np.unwrap(np.where(ok, angle, 0))], 1)
     params = _fill_gaps(params, ok)
     if smooth_frames > 0 and params.shape[0] > 1:
         from scipy.ndimage import gaussian_filter1d
@@ -169,7 +170,8 @@ def crops_from_frames(frames: Iterable[np.ndarray], landmarks: np.ndarray, heigh
 
 
 def subject_clip(subject: Subject, height: int, width: int, reporter: Reporter | None = None) -> Clip:
-    """The prepared subject as a :class:`Clip`: crops from ``frames/*.jpg`` + ``landmarks.npy``, mel of ``audio.wav``."""
+    """The prepared subject as a :class:`Clip`: crops from ``frames/*.jpg`` and ``landmarks.npy``, log-mel of
+    ``audio.wav``."""
     import soundfile as sf
 
     n = subject.frame_count()
@@ -190,7 +192,8 @@ def subject_clip(subject: Subject, height: int, width: int, reporter: Reporter |
     crops = crops_from_frames(frames(), lms, height, width, reporter)
     audio, rate = sf.read(str(subject.path("audio.wav")), dtype="float32")
     if rate != AUDIO_RATE:
-        raise UserError(f"{subject.path('audio.wav')} is {rate} Hz, expected {AUDIO_RATE}", "prepare the subject again")
+        raise UserError(f"{subject.path('audio.wav')} is {rate} Hz, expected {AUDIO_RATE}",
+                        "prepare the subject again")
     return Clip(crops, log_mel(audio), float(subject.source()["fps"]), np.isfinite(lms).all(axis=(1, 2)))
 
 
@@ -224,6 +227,9 @@ def video_clip(path: str | Path, fps: float, height: int, width: int, audio: str
                 reporter.advance(1)
     if not found:
         raise UserError(f"{path} has no video frames", "pass a video of a speaking face")
+    if reporter:  # the count from the container's duration is an estimate: close the bar on the real one
+        reporter.total = len(found)
+        reporter.set(len(found))
     lms = np.stack(found)
     valid = np.isfinite(lms).all(axis=(1, 2))
     if valid.mean() < 0.5:

@@ -59,7 +59,7 @@ def sync_loss(sim: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
 
 
 # ---- encoders ------------------------------------------------------------------------------------------
-def _block(cin: int, cout: int, stride: int | tuple[int, int] = 1) -> nn.Sequential:
+def conv_block(cin: int, cout: int, stride: int | tuple[int, int] = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
@@ -77,8 +77,8 @@ class FaceEncoder(nn.Module):
         c = channels
         # Striding from the first layer: the mouth's opening is a coarse shape, and full-resolution
         # layers would cost most of the (CPU) time.
-        self.convs = nn.Sequential(_block(frames, c, 2), _block(c, 2 * c, 2), _block(2 * c, 4 * c, 2),
-                                   _block(4 * c, 8 * c, 2))
+        self.convs = nn.Sequential(conv_block(frames, c, 2), conv_block(c, 2 * c, 2), conv_block(2 * c, 4 * c, 2),
+                                   conv_block(4 * c, 8 * c, 2))
         self.fc = nn.Linear(8 * c * _out_size(height, 4) * _out_size(width, 4), embed_dim)
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
@@ -98,8 +98,8 @@ class AudioEncoder(nn.Module):
         self.register_buffer("mel_mean", torch.zeros(()))
         self.register_buffer("mel_std", torch.ones(()))
         # The first halvings are along frequency only: 0.2 s is just 20 rows, and timing is what matters.
-        self.convs = nn.Sequential(_block(1, c, (2, 1)), _block(c, 2 * c, (2, 1)), _block(2 * c, 4 * c, 2),
-                                   _block(4 * c, 8 * c, 2))
+        self.convs = nn.Sequential(conv_block(1, c, (2, 1)), conv_block(c, 2 * c, (2, 1)), conv_block(2 * c, 4 * c, 2),
+                                   conv_block(4 * c, 8 * c, 2))
         self.fc = nn.Linear(8 * c * _out_size(n_mels, 4) * _out_size(rows, 2), out_dim)
         self.relu = relu
 
