@@ -42,8 +42,14 @@ def test_prepare_and_train_the_sample_through_the_service(tmp_path):
     if not videos:
         pytest.skip("the bundled sample video is missing (run sample_projects/make_sample.py)")
     preset = tiny_preset(tmp_path / "tiny.toml")
-    s = ServiceProc(tmp_path / "ws", max_jobs=1, grace_s=5.0, test_tasks=False)
+    # the real device probe (a short-lived Python importing torch), done before server.json appears
+    s = ServiceProc(tmp_path / "ws", max_jobs=1, grace_s=5.0, test_tasks=False,
+                    extra_env={"HEADSYNC_SERVICE_DEVICE": ""})
     try:
+        t0 = time.monotonic()
+        h = s.client.get("/api/v1/health").json()
+        assert time.monotonic() - t0 < 1.0, "health never waits for the probe"
+        assert h["device"] in ("cpu", "cuda") and (h["gpu"] is None) == (h["device"] == "cpu"), h
         # prepare: the sample video -> WORKSPACE/subjects/astro
         pid = s.submit("prepare", "astro", video=str(videos[0]), preset="preview", fps=5.0, resolution=128)
         # a train submitted while its subject's prepare is still queued/running is accepted

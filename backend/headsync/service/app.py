@@ -179,6 +179,9 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         service.start()
+        # Announce the service (server.json) only once the device is known, so that /health, the first
+        # thing a client asks, never waits on the probe.
+        await run_in_threadpool(service._device_ready.wait, 180)
         if on_startup:
             on_startup()
         try:
