@@ -502,6 +502,25 @@ def test_restart_marks_running_jobs_failed_resumable_and_keeps_the_rest(tmp_path
     assert s.stop() == 0
 
 
+def test_restart_kills_a_worker_that_outlived_its_service(tmp_path):
+    ws = tmp_path / "ws"
+    s = ServiceProc(ws, max_jobs=1)
+    jid = s.submit(subject="orphan", seconds=120.0, steps=120, mode="stubborn")  # never checks for a stop
+    s.wait(jid, states=("running",))
+    wait_for(lambda: list((ws / "subjects" / "orphan").glob(".partial.tmp-*")), what="the job at work")
+    wpid = wait_for(lambda: worker_pid(jid), what="worker")
+    s.stop(signal.SIGKILL)
+    time.sleep(0.5)
+    assert pid_alive(wpid), "the stubborn worker ignores its parent's death"
+    s.start()
+    assert not pid_alive(wpid), "the new service killed the orphan before failing its job"
+    j = s.job(jid)
+    assert j["state"] == "failed" and "interrupted" in j["error"]["message"]
+    assert j["resumable"] is False and j["error"]["hint"] == "submit the job again"  # no checkpoint
+    assert not list((ws / "subjects" / "orphan").glob(".partial.tmp-*"))
+    assert s.stop() == 0
+
+
 def test_sigterm_shuts_down_cleanly(tmp_path):
     ws = tmp_path / "ws"
     s = ServiceProc(ws, max_jobs=1)
