@@ -557,6 +557,14 @@ def test_too_little_free_disk_is_a_clear_job_error(tmp_path):
         assert s.stop() == 0
 
 
+def test_sigint_shuts_down_cleanly(tmp_path):
+    s = ServiceProc(tmp_path / "ws")
+    assert s.client.get("/api/v1/health").status_code == 200
+    assert s.stop(signal.SIGINT) == 0
+    assert not (tmp_path / "ws" / "server.json").exists()
+    assert "Traceback" not in s.output() and "headsync: stopped" in s.output()
+
+
 def test_refuses_a_non_loopback_host(tmp_path):
     r = subprocess.run([sys.executable, "-m", "headsync.service", "--workspace", str(tmp_path),
                         "--host", "0.0.0.0"], env={**os.environ, "PYTHONPATH": str(BACKEND)},
