@@ -111,7 +111,7 @@ def make_subject(root: Path, n_frames: int = 40, size: int = 48, fps: float = 25
     mouth = np.array([env[min(int(i / fps * sr), n_audio - 1)] for i in range(n_frames)])
     # expression: blinks on a few frames, brows still
     expr = np.zeros((n_frames, 7), np.float32)
-    for start in rng.choice(np.arange(2, n_frames - 4), size=max(1, n_frames // 12), replace=False):
+    for start in rng.choice(np.arange(2, n_frames - 4), size=max(1, n_frames // 8), replace=False):
         expr[start:start + 3, 5:7] = 1.0
     # pose: a small smooth sway
     k = np.arange(n_frames)

@@ -118,7 +118,7 @@ class TalkingHead(nn.Module):
         ``depth`` (M,), ``samples`` (int, field evaluations).
         """
         mc = self.cfg.march
-        s = sample_occupied(origins, dirs, self.grid, mc.samples, mc.probes, perturb)
+        s = sample_occupied(origins, dirs, self.grid, mc.samples, mc.probes, perturb, mc.depth)
         if s.points.shape[0] > 0:
             sigma, geo, _ = self.density(s.points, cond)
             rgb = self.field.color(geo, dirs[s.ray], cond["code"])

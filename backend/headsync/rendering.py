@@ -108,11 +108,17 @@ def load_curves(subject: Subject, curves_path: Path | None, n_frames: int) -> Cu
 
 def render_frames(subject: Subject, model, meta: dict[str, Any], train_res: int, smooth_window: int,
                   feats: np.ndarray, curves: Curves, portrait: bool, rcfg: RenderConfig, device: torch.device,
-                  reporter: Reporter) -> Iterator[np.ndarray]:
-    """Yield the output frames (uint8 RGB): full-resolution portraits, or crops when ``portrait`` is False."""
+                  reporter: Reporter, src_idx: np.ndarray | None = None, feat_rows: np.ndarray | None = None
+                  ) -> Iterator[np.ndarray]:
+    """Yield the output frames (uint8 RGB): full-resolution portraits, or crops (S, S) when ``portrait`` is False.
+
+    Output frame ``t`` uses source frame ``src_idx[t]`` (default: the ping-pong loop) for camera, torso and
+    plate, and audio-feature row ``feat_rows[t]`` (default ``t``) of ``feats``.
+    """
     n_src = subject.frame_count()
     n_out = curves.frame_count
-    src_idx = ping_pong(n_src, n_out)
+    src_idx = ping_pong(n_src, n_out) if src_idx is None else np.asarray(src_idx)
+    feat_rows = np.arange(n_out) if feat_rows is None else np.asarray(feat_rows)
     pose = load_pose(subject)
     S = pose.K.size
     K = pose.K.scaled(train_res)
@@ -137,7 +143,7 @@ def render_frames(subject: Subject, model, meta: dict[str, Any], train_res: int,
             raise UserError(f"the subject's source video {path} is missing, so the portrait cannot be composited",
                             "put the video back at that path, or render with --no-portrait")
         size = (int(src["width"]), int(src["height"])) if src.get("width") else None
-        source = SourceFrames(path, float(src["fps"]), min(n_src, n_out), size)
+        source = SourceFrames(path, float(src["fps"]), int(src_idx.max()) + 1, size)
     pcfg = PortraitConfig(blur=rcfg.blur, grow=rcfg.grow)
     reporter.start("render", n_out)
     for t in range(n_out):
@@ -146,7 +152,7 @@ def render_frames(subject: Subject, model, meta: dict[str, Any], train_res: int,
         labels = read_labels(subject.mask_path(j), S)
         bg = background_layer(crop, labels, plate)
         bg_r = cv2.resize(bg, (train_res, train_res), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
-        win = torch.as_tensor(window_indices(np.array([t]), n_out, smooth_window), device=device)
+        win = torch.as_tensor(window_indices(feat_rows[t:t + 1], feats.shape[0], smooth_window), device=device)
         code = torch.tensor([j], device=device) if j < n_codes else None
         with torch.no_grad():
             cond = model.frame_conditions(feats_t[win], expr_t[t:t + 1], code)
