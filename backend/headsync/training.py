@@ -54,11 +54,15 @@ class TrainConfig:
     patch: int = 64  # fine stage: side of the random head patch (pixels at ``resolution``)
     lips_patch: int = 32  # fine stage: side of the lips patch
     perceptual_weight: float = 0.01  # lambda of Eq. 12/13
+    # Weight of the silhouette term: opacity vs the head mask (labels 1-4). Without it the field may learn
+    # a faint dark layer over the bright plate that reproduces the frame but cannot be composited.
+    mask_weight: float = 0.1
     lr_hash: float = 1e-2
     lr_net: float = 1e-3
     lr_final_ratio: float = 0.1
     weight_decay: float = 1e-4  # AdamW's, on the MLPs only (hash tables are sparse lookups)
     holdout_fraction: float = 0.1
+    heldout_eval_frames: int = 8  # held-out crops rendered at the end for metrics.json (0: none)
     audio_feature: str = "mel"  # audio_features/KIND.npy
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -204,13 +208,14 @@ class FrameTensors:
     expression: torch.Tensor  # (N, 7)
     images: torch.Tensor  # (N, S, S, 3) uint8
     backgrounds: torch.Tensor  # (N, S, S, 3) uint8
+    head: torch.Tensor  # (N, S, S) bool
 
     @staticmethod
     def of(data: SubjectData, device: torch.device) -> "FrameTensors":
         Rc, o = camera_to_head(data.pose.R, data.pose.T)
         f = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
         return FrameTensors(f(Rc), f(o), f(data.audio), f(data.expression), f(data.images, torch.uint8),
-                            f(data.backgrounds, torch.uint8))
+                            f(data.backgrounds, torch.uint8), f(data.head, torch.bool))
 
 
 def frame_conditions(model: TalkingHead, ft: FrameTensors, frame: int, code: int | None, window: int
@@ -222,13 +227,16 @@ def frame_conditions(model: TalkingHead, ft: FrameTensors, frame: int, code: int
 
 
 def render_pixels(model: TalkingHead, data: SubjectData, ft: FrameTensors, frame: int, pix: np.ndarray,
-                  cond: dict[str, torch.Tensor], perturb: bool) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-    """Render pixels (M, 2) of ``frame``; returns the render and the target colours (M, 3) in [0, 1]."""
+                  cond: dict[str, torch.Tensor], perturb: bool
+                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Render pixels (M, 2) of ``frame``; returns the render, the target colours (M, 3) in [0, 1] and the
+    head mask (M,) as 0/1."""
     p = torch.as_tensor(pix, device=ft.audio.device)
     o, d = rays(data.K, ft.R_c2h[frame], ft.origin[frame], p)
     bg = ft.backgrounds[frame, p[:, 1], p[:, 0]].float() / 255.0
     target = ft.images[frame, p[:, 1], p[:, 0]].float() / 255.0
-    return model.render_rays(o, d, cond, bg, perturb=perturb), target
+    mask = ft.head[frame, p[:, 1], p[:, 0]].float()
+    return model.render_rays(o, d, cond, bg, perturb=perturb), target, mask
 
 
 # ---- the loop ------------------------------------------------------------------------------------------
@@ -321,18 +329,18 @@ def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, res
         fine = it >= cfg.coarse_iters
         if not fine:
             pix = sample_rays(data.head[frame], cfg.rays, cfg.inside_fraction, rng)
-            out_r, target = render_pixels(model, data, ft, frame, pix, cond, perturb=True)
-            loss = mse(out_r["rgb"], target)
-            pix_loss = loss
+            out_r, target, mask = render_pixels(model, data, ft, frame, pix, cond, perturb=True)
+            pix_loss = mse(out_r["rgb"], target)
+            loss = pix_loss + cfg.mask_weight * mse(out_r["opacity"], mask)
         else:
             patches = [random_patch(data.head[frame], min(cfg.patch, data.size), rng)]
             lp = lips_patch(data.lips_box[frame], min(cfg.lips_patch, data.size), data.size, rng)
             if lp is not None:
                 patches.append(lp)
             pix = np.concatenate(patches)
-            out_r, target = render_pixels(model, data, ft, frame, pix, cond, perturb=True)
+            out_r, target, mask = render_pixels(model, data, ft, frame, pix, cond, perturb=True)
             pix_loss = mse(out_r["rgb"], target)
-            loss = pix_loss
+            loss = pix_loss + cfg.mask_weight * mse(out_r["opacity"], mask)
             start_px = 0
             for p in patches:
                 side = int(round(np.sqrt(p.shape[0])))
@@ -362,7 +370,7 @@ def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, res
         if done % cfg.checkpoint_every == 0 and done < total:
             checkpoint(done, last)
         reporter.set(done, loss=last["loss"], psnr=last["psnr"], phase=last["stage"])
-    hold = heldout_psnr(model, data, ft, cfg)
+    hold = heldout_psnr(model, data, ft, cfg, cfg.heldout_eval_frames) if cfg.heldout_eval_frames else None
     metrics = {**last, "iterations": total, "heldout_psnr": None if hold is None else round(hold, 3),
                "perceptual": perc_name, "device": str(device), "resumed_from": start or None,
                "train_frames": int(data.train.size), "heldout_frames": int(data.holdout.size)}

@@ -1,0 +1,97 @@
+"""Benchmark of the Dynamic Portrait Renderer: training iterations/s and rendering frames/s.
+
+Runs the real training loop (:func:`headsync.training.train`) for a fixed number of iterations and then
+renders whole frames with the trained model, for each resolution asked for, with the network and
+sampling of a preset. Without ``--subject`` it builds the tests' synthetic subject at each resolution
+(ray-cast ellipsoid head, same file layout as a prepared subject), so it needs no media.
+
+    .venv/bin/python benchmarks/bench_renderer.py                      # preview table at 96 and 512 px
+    .venv/bin/python benchmarks/bench_renderer.py --subject DIR --preset preview --sizes 96
+
+Prints one JSON object per configuration and a Markdown table for docs/benchmarks.md. The machine's
+load average is printed with the figures: on a shared machine they move with it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))  # the synthetic subject lives with the tests
+
+
+def bench(subject_dir: Path, preset: str, size: int, iters: int, frames: int, device: str) -> dict:
+    from headsync.config import load_preset, section
+    from headsync.progress import silent
+    from headsync.subject import Subject
+    from headsync.training import (FrameTensors, TrainConfig, frame_conditions, load_subject_data,
+                                   model_from_checkpoint, set_threads, train)
+
+    cfg = section(load_preset(preset), "train", TrainConfig)
+    cfg = dataclasses.replace(cfg, resolution=size, coarse_iters=iters, fine_iters=0, checkpoint_every=10 ** 9,
+                              heldout_eval_frames=0, device=device, log_every=max(iters, 1))
+    subject = Subject(subject_dir)
+    out = Path(tempfile.mkdtemp(prefix="bench-run-"))
+    load = os.getloadavg()[0]
+    m = train(subject, cfg, out, silent())
+    threads = set_threads(cfg.threads)
+    model, tcfg, meta = model_from_checkpoint(out / "checkpoint.pt", device)
+    data = load_subject_data(subject, size, tcfg.audio_feature, tcfg.holdout_fraction)
+    ft = FrameTensors.of(data, torch.device(device))
+    times = []
+    with torch.no_grad():
+        for k in range(frames + 1):
+            f = int(data.train[k % data.train.size])
+            t0 = time.perf_counter()
+            cond = frame_conditions(model, ft, f, f, tcfg.smooth_window)
+            model.render_image(data.K, ft.R_c2h[f], ft.origin[f], cond, ft.backgrounds[f].float() / 255.0)
+            if device == "cuda":
+                torch.cuda.synchronize()
+            if k:  # the first frame warms caches up
+                times.append(time.perf_counter() - t0)
+    return {"preset": preset, "resolution": size, "device": device, "threads": threads,
+            "train_iters": iters, "rays_per_iter": cfg.rays, "train_it_per_s": m["it_per_s"],
+            "render_fps": round(1.0 / float(np.mean(times)), 3), "render_frames": frames,
+            "samples_per_ray": m["samples_per_ray"], "loadavg_1min": round(load, 2)}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--subject", type=Path, help="a prepared subject (default: a synthetic one per size)")
+    ap.add_argument("--preset", default="preview")
+    ap.add_argument("--sizes", type=int, nargs="+", default=[96, 512])
+    ap.add_argument("--iters", type=int, default=60)
+    ap.add_argument("--frames", type=int, default=3)
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = ap.parse_args(argv)
+    rows = []
+    for size in args.sizes:
+        if args.subject:
+            subject_dir = args.subject
+        else:
+            from synthetic_head import make_subject
+
+            subject_dir = make_subject(Path(tempfile.mkdtemp(prefix="bench-subject-")) / "s", n_frames=20, size=size)
+        r = bench(subject_dir, args.preset, size, args.iters, args.frames, args.device)
+        print(json.dumps(r), flush=True)
+        rows.append(r)
+    print("\n| preset | resolution | device | threads | rays/iter | train it/s | render fps | load avg |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for r in rows:
+        print(f"| {r['preset']} | {r['resolution']}² | {r['device']} | {r['threads']} | {r['rays_per_iter']} | "
+              f"{r['train_it_per_s']} | {r['render_fps']} | {r['loadavg_1min']} |")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
