@@ -80,6 +80,19 @@ def _clean_url(url: str) -> str:
     return url.rstrip("/")
 
 
+def is_loopback_url(url: str) -> bool:
+    """True for http://127.x.x.x, http://[::1] and http://localhost (the service's only addresses)."""
+    import ipaddress
+
+    host = urllib.parse.urlsplit(_clean_url(url)).hostname or ""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def read_server_json(workspace: str | os.PathLike) -> ServerInfo:
     """The service's address and token from ``WORKSPACE/server.json``; raises :class:`ServiceUnavailable`."""
     if not workspace:

@@ -305,7 +305,8 @@ class HEADSYNC_OT_check_connection(_Op, bpy.types.Operator):
     bl_description = "Ask the HeadSync service for its health (device, GPU)"
 
     def execute(self, context):
-        if prefs.check(context):
+        # an explicit click may wait a little longer: a fresh service answers once it has probed its device
+        if prefs.check(context, timeout=5.0):
             s = prefs.STATUS
             self.report({'INFO'}, f"HeadSync service: device {s['device']}, GPU {s['gpu'] or 'none'}")
             return {'FINISHED'}

@@ -302,7 +302,10 @@ def _load_post(*_args):
         ensure_timer()
     p = prefs.get(bpy.context)
     if p is not None and p.auto_start and p.backend_python:
-        bpy.app.timers.register(_auto_start, first_interval=0.5)
+        if not bpy.app.timers.is_registered(_auto_start):
+            bpy.app.timers.register(_auto_start, first_interval=0.5)
+    elif p is not None and (p.workspace or p.service_url):
+        prefs.check(bpy.context, timeout=0.5)  # fills the status line; a service that is down refuses at once
 
 
 def _auto_start():

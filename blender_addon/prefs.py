@@ -81,6 +81,10 @@ def make_client(context=None, timeout: float = client.DEFAULT_TIMEOUT) -> client
         raise client.ServiceError("the HeadSync add-on is not enabled")
     ws = workspace(context)
     if p.service_url.strip():
+        if not client.is_loopback_url(p.service_url) and not getattr(bpy.app, "online_access", True):
+            raise client.ServiceUnavailable(
+                f"the service URL {p.service_url} is not on this computer and online access is disabled",
+                "use the local service (127.0.0.1), or allow online access in Preferences > System > Network")
         token = p.token
         if not token and ws:
             try:

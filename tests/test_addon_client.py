@@ -221,3 +221,9 @@ def test_start_service_runs_the_serve_command(tmp_path):
     args = (tmp_path / "args.txt").read_text()
     assert "headsync.cli" in args and "serve --workspace" in args and str(tmp_path / "ws") in args
     assert (tmp_path / "ws" / "blender_service.log").exists()
+
+
+def test_loopback_urls():
+    assert client.is_loopback_url("http://127.0.0.1:8000") and client.is_loopback_url("localhost:1")
+    assert client.is_loopback_url("http://[::1]:9") and not client.is_loopback_url("http://example.com:80")
+    assert not client.is_loopback_url("http://192.168.1.5:80")

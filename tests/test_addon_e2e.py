@@ -124,7 +124,16 @@ def job_failed(job_id):
         raise SystemExit(f"job {job_id} ({j.kind}) {j.state}: {j.error} / {j.hint}\n{log[-3000:]}")
     return False
 
-assert bpy.ops.headsync.check_connection() == {'FINISHED'}
+t0 = time.monotonic()
+while True:  # a fresh service answers its health check once it has probed its device
+    try:
+        if bpy.ops.headsync.check_connection() == {'FINISHED'}:
+            break
+    except RuntimeError:
+        pass
+    if time.monotonic() - t0 > 120:
+        raise SystemExit("the service never answered its health check: " + json.dumps(mod("prefs").STATUS))
+    time.sleep(1.0)
 RESULT["status"] = dict(mod("prefs").STATUS)
 assert bpy.ops.headsync.import_subject(filepath=ARGS["video"], name="astronaut", preset="preview",
                                        frame_start=1) == {'FINISHED'}
@@ -198,6 +207,24 @@ def eye_boxes(subject_dir: Path, frames: list[int], pad: float = 0.6) -> list[tu
     return boxes
 
 
+def eye_region_diffs(a_dir: Path, b_dir: Path, subject_dir: Path, edited: list[int], far: list[int]) -> dict:
+    """Mean absolute differences between two renders: in the eye box and outside it, per frame."""
+    boxes = eye_boxes(subject_dir, edited + far)
+    out: dict = {"eye": [], "rest": [], "far_eye": [], "eye_max": 0.0}
+    for k, i in enumerate(edited + far):
+        x0, y0, x1, y1 = boxes[k]
+        d = np.abs(_read(a_dir / f"{i:06d}.png") - _read(b_dir / f"{i:06d}.png")).mean(-1)
+        mask = np.zeros(d.shape, bool)
+        mask[max(y0, 0):y1, max(x0, 0):x1] = True
+        if k < len(edited):
+            out["eye"].append(float(d[mask].mean()))
+            out["rest"].append(float(d[~mask].mean()))
+            out["eye_max"] = max(out["eye_max"], float(d[mask].max()))
+        else:
+            out["far_eye"].append(float(d[mask].mean()))
+    return {k: (np.array(v) if isinstance(v, list) else v) for k, v in out.items()}
+
+
 def _read(path: Path) -> np.ndarray:
     import cv2
 
@@ -236,27 +263,16 @@ def test_end_to_end_with_a_real_service(service, tmp_path):
     assert all(sent["expression"]["values"][i][col] == 1.0 for i in edited)
 
     # ... and the pictures: the eye region of those frames changed, far more than elsewhere
-    a_dir, b_dir = Path(res["plain"]["frames_dir"]), Path(res["edited_render"]["frames_dir"])
     far = [i for i in range(count) if min(abs(i - e) for e in edited) > 15][:10]
-    boxes = eye_boxes(service / "subjects" / "astronaut", edited + far)
-    def diffs(frames, bxs):
-        inside, outside = [], []
-        for i, (x0, y0, x1, y1) in zip(frames, bxs):
-            a, b = _read(a_dir / f"{i:06d}.png"), _read(b_dir / f"{i:06d}.png")
-            d = np.abs(a - b).mean(-1)
-            x0, y0 = max(x0, 0), max(y0, 0)
-            m = np.zeros(d.shape, bool)
-            m[y0:y1, x0:x1] = True
-            inside.append(float(d[m].mean()))
-            outside.append(float(d[~m].mean()))
-        return np.array(inside), np.array(outside)
-    ins, outs = diffs(edited, boxes[:10])
-    far_ins, _ = diffs(far, boxes[10:])
-    print(f"eye-region |diff| on edited frames {ins.round(2).tolist()}, elsewhere {outs.round(3).tolist()}, "
-          f"eye region on far frames {far_ins.round(3).tolist()}")
-    assert ins.mean() > 1.0                 # grey levels: visibly different
-    assert ins.mean() > 5 * outs.mean()     # and the difference sits in the eye region
-    assert ins.mean() > 5 * (far_ins.mean() + 0.05)  # frames away from the edit are (nearly) unchanged
+    m = eye_region_diffs(Path(res["plain"]["frames_dir"]), Path(res["edited_render"]["frames_dir"]),
+                         service / "subjects" / "astronaut", edited, far)
+    print("eye-region mean |diff| (grey levels) on the edited frames", m["eye"].round(3).tolist(),
+          "| rest of those frames", m["rest"].round(4).tolist(), "| eye region of frames far from the edit",
+          m["far_eye"].round(4).tolist(), "| largest pixel change in the eye region", m["eye_max"])
+    assert (m["eye"] > 0.2).all()                       # every edited frame changed in the eye region
+    assert m["eye"].mean() > 10 * m["rest"].mean()      # ... and the change sits there
+    assert m["far_eye"].max() < 0.05                    # frames away from the edit are unchanged
+    assert m["eye_max"] >= 10                           # some eye pixels changed visibly
 
     rname, rstate, rcount, rvals, rstrip = res["reloaded"]
     assert (rname, rstate, rcount, rstrip) == (name, "rendered", count, True)
