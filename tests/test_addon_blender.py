@@ -127,6 +127,29 @@ def test_build_install_enable(addon_zip, tmp_path):
         p.workspace = ARGS["tmp"]
         RESULT["check"] = sorted(bpy.ops.headsync.check_connection())
         RESULT["status"] = mod("prefs").STATUS["message"]
+        # the 4.2 branches of compat, against stand-ins with the 4.2 API (sequences, action.fcurves)
+        compat = mod("compat")
+        class Coll(dict):
+            def new_sound(self, name, filepath, channel, frame_start):
+                self[name] = ("sound", filepath, channel, frame_start); return self[name]
+            def find(self, path, index=0):
+                return self.get((path, index))
+            def new(self, path, index=0, action_group=""):
+                self[(path, index)] = ("fcurve", path, index, action_group); return self[(path, index)]
+        class NS:
+            def __init__(self, **k): self.__dict__.update(k)
+        seqs = Coll()
+        scene42 = NS(sequence_editor=NS(sequences=seqs, sequences_all=seqs, active_strip=None))
+        compat.new_sound(scene42, "dub", "/a.wav", 2, 5)
+        action = NS(fcurves=Coll())
+        obj42 = NS(animation_data=NS(action=action), name="HS_x")
+        real = compat.has_slotted_actions
+        compat.has_slotted_actions = lambda: False
+        try:
+            fc = compat.ensure_fcurve(obj42, '["eyeBlinkLeft"]', 0, "HeadSync Expression")
+            RESULT["compat42"] = [list(compat.all_strips(scene42)), fc, compat.find_fcurve(obj42, '["eyeBlinkLeft"]') is fc]
+        finally:
+            compat.has_slotted_actions = real
         bpy.ops.preferences.addon_disable(module=PKG)
         RESULT["disabled"] = PKG not in bpy.context.preferences.addons and not hasattr(bpy.context.scene, "headsync")
     ''', {"zip": str(addon_zip), "tmp": str(tmp_path)})
@@ -137,6 +160,7 @@ def test_build_install_enable(addon_zip, tmp_path):
     assert "HEADSYNC_PT_main" in res["panels"] and res["has_scene_props"]
     assert res["check"] == ["CANCELLED"] and "no HeadSync service is running" in res["status"]
     assert res["disabled"]
+    assert res["compat42"] == [["dub"], ["fcurve", '["eyeBlinkLeft"]', 0, "HeadSync Expression"], True]
 
 
 @needs_bpy
