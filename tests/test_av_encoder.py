@@ -221,7 +221,7 @@ def test_sample_discriminator_and_judge(prepared_sample):
 
     from conftest import sample_video
 
-    st = prepared_sample.load()["stages"]["ave"]
+    st = prepared_sample.load()["stages"]["ave"]["info"]
     assert st["sync_auc_heldout"] >= 0.85, st
     assert np.load(prepared_sample.path("audio_features/ave.npy")).shape[0] == prepared_sample.frame_count()
     net, fps = syncnet.load(prepared_sample.path("audio_features/syncnet.pt"))

@@ -105,8 +105,8 @@ class AVEncoder(nn.Module):
         super().__init__()
         c, d = spec.width, spec.feature_dim
         self.audio = spec.build()
-        self.enc = nn.ModuleList([conv_block(2 * frames, c, 2), conv_block(c, 2 * c, 2), conv_block(2 * c, 4 * c, 2),
-                                  conv_block(4 * c, 4 * c, 2)])
+        self.enc = nn.ModuleList([conv_block(2 * frames, c, 2), conv_block(c, 2 * c, 2),
+                                  conv_block(2 * c, 4 * c, 2), conv_block(4 * c, 4 * c, 2)])
         self.fuse = conv_block(4 * c + d, 4 * c)
         self.dec = nn.ModuleList([conv_block(8 * c, 4 * c), conv_block(6 * c, 2 * c), conv_block(3 * c, c)])
         self.out = nn.Conv2d(c, frames, 3, 1, 1)

@@ -98,8 +98,8 @@ class AudioEncoder(nn.Module):
         self.register_buffer("mel_mean", torch.zeros(()))
         self.register_buffer("mel_std", torch.ones(()))
         # The first halvings are along frequency only: 0.2 s is just 20 rows, and timing is what matters.
-        self.convs = nn.Sequential(conv_block(1, c, (2, 1)), conv_block(c, 2 * c, (2, 1)), conv_block(2 * c, 4 * c, 2),
-                                   conv_block(4 * c, 8 * c, 2))
+        self.convs = nn.Sequential(conv_block(1, c, (2, 1)), conv_block(c, 2 * c, (2, 1)),
+                                   conv_block(2 * c, 4 * c, 2), conv_block(4 * c, 8 * c, 2))
         self.fc = nn.Linear(8 * c * _out_size(n_mels, 4) * _out_size(rows, 2), out_dim)
         self.relu = relu
 
