@@ -208,6 +208,7 @@ def train_encoder(sampler: PairSampler, disc: syncnet.SyncNet, spec: EncoderSpec
             reporter.advance(1, l1=avg)
     for p in disc.parameters():
         p.requires_grad_(True)
+    disc.cpu()
     return model.cpu().eval()
 
 
