@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import audio as audio_stage
-from . import audio_features, av_encoder, expression, masks, stabilizer, tracking
+from . import audio_features, av_encoder, expression, masks, registry, stabilizer, tracking
 from .config import Preset, load_preset, section
 from .errors import UserError
 from .progress import Reporter
@@ -53,8 +53,11 @@ def stage_configs(preset: Preset, video: Path, audio: Path | None, fps: float | 
         elif st is audio_stage.AUDIO:
             extra = {"path": str(sound), "sha256": sound_sha}
         cfgs[st.NAME] = section(preset, st.NAME, st.Config, **extra)
-    # Record the method actually used, so installing the blendshape model later redoes the stage.
-    cfgs[expression.NAME] = replace(cfgs[expression.NAME], method=expression.resolve_method(cfgs[expression.NAME].method)[0])
+    # Record what the installed models make of "auto" settings, so installing the face_landmarker model
+    # later redoes the capture (blendshapes) and the pose (canonical template, focal search).
+    exp, pose = cfgs[expression.NAME], cfgs[stabilizer.NAME]
+    cfgs[expression.NAME] = replace(exp, method=expression.resolve_method(exp.method)[0])
+    cfgs[stabilizer.NAME] = replace(pose, use_canonical=pose.use_canonical and registry.find("face_landmarker") is not None)
     return cfgs
 
 
