@@ -2,6 +2,7 @@
 curves overrides (an eyeBlinkLeft edit changes the eyes and not the mouth), evaluation, bad input."""
 
 import json
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -100,3 +101,28 @@ def test_eval_reports_heldout_metrics(subject):
     assert m["heldout_frames"] == 4 and 10 < m["psnr"] < 60 and 0 < m["ssim"] <= 1
     saved = json.loads((subject / "models/default/metrics.json").read_text())
     assert saved["eval"]["psnr"] == m["psnr"] and "heldout_psnr" in saved  # training's metrics kept
+
+
+@pytest.mark.slow
+def test_sample_end_to_end_tiny(prepared_sample, tmp_path):
+    """The real sample: a few iterations of training, a one-second dub render into the 512x512 plate, eval."""
+    import shutil
+
+    from headsync.evaluation import evaluate
+    from synthetic_head import write_preset
+
+    root = tmp_path / "astronaut"
+    shutil.copytree(prepared_sample.root, root, ignore=shutil.ignore_patterns("models", "renders"))
+    preset = write_preset(tmp_path / "tiny.toml", resolution=48, coarse_iters=30, fine_iters=6, rays=256,
+                          heldout_eval_frames=2)
+    art = tasks.run("train", {"subject": str(root), "preset": str(preset)}, silent())
+    assert art["metrics"]["iterations"] == 36 and art["metrics"]["heldout_frames"] > 0
+    src = json.loads((root / "subject.json").read_text())["source"]
+    audio = media.read_audio(Path(src["path"]).parent / "dub.wav")[: media.AUDIO_RATE]
+    media.write_wav(tmp_path / "dub1s.wav", audio)
+    r = tasks.run("render", {"subject": str(root), "audio": str(tmp_path / "dub1s.wav"), "out": str(tmp_path / "r")},
+                  silent())
+    assert r["frame_count"] == 25
+    assert cv2.imread(str(tmp_path / "r/frames/000000.png")).shape == (src["height"], src["width"], 3)
+    m = evaluate(Subject(root), max_frames=4, dub=False)
+    assert m["heldout_frames"] == 4 and np.isfinite(m["psnr"]) and "mouth_corr_vs_ground_truth" in m
