@@ -273,6 +273,16 @@ def render_all(scene) -> tuple[list[str], list[tuple[str, str]], str]:
 
 
 # ---- operators --------------------------------------------------------------------------------
+def _preset_choice(op) -> str:
+    """The operator's preset: its custom .toml file when set (absolute), else the named preset."""
+    if getattr(op, "preset_file", ""):
+        path = os.path.abspath(bpy.path.abspath(op.preset_file))
+        if not (path.endswith(".toml") and os.path.isfile(path)):
+            raise HeadSyncError(f"no such preset file: {path}", "pick a .toml preset or clear the field")
+        return path
+    return op.preset
+
+
 class _Op:
     bl_options = {'REGISTER'}
 
@@ -360,6 +370,8 @@ class HEADSYNC_OT_import_subject(_Op, bpy.types.Operator):
     audio: StringProperty(name="Audio", subtype='FILE_PATH', description="Optional audio replacing the video's")
     name: StringProperty(name="Subject", description="Name in the workspace (default: from the file name)")
     preset: EnumProperty(name="Preset", items=props.PRESETS, default="preview")
+    preset_file: StringProperty(name="Custom Preset", subtype='FILE_PATH',
+                                description="A preset .toml file; overrides Preset when set")
     channel: IntProperty(name="Channel", default=1, min=1, max=125)
     frame_start: IntProperty(name="Start Frame", default=-1, description="-1: the current frame")
     submit: BoolProperty(name="Prepare Now", default=True, description="Submit the 'prepare' job")
@@ -371,6 +383,10 @@ class HEADSYNC_OT_import_subject(_Op, bpy.types.Operator):
     def execute(self, context):
         scene = context.scene
         st = props.hs(scene)
+        try:
+            preset = _preset_choice(self)
+        except HeadSyncError as e:
+            return self.fail(e)
         video = os.path.abspath(bpy.path.abspath(self.filepath)) if self.filepath else ""
         if not video or not os.path.isfile(video):
             return self.fail(HeadSyncError(f"no such video: {video or '(none chosen)'}", "pick a video file"))
@@ -404,7 +420,7 @@ class HEADSYNC_OT_import_subject(_Op, bpy.types.Operator):
             except (AttributeError, IndexError):
                 pass
         subj = st.subjects.add()
-        subj.name, subj.video, subj.audio, subj.preset = name, video, audio, self.preset
+        subj.name, subj.video, subj.audio, subj.preset = name, video, audio, preset
         subj.movie_strip = movie.name
         subj.sound_strip = sound.name if sound else ""
         subj.stage = "new"
@@ -413,7 +429,7 @@ class HEADSYNC_OT_import_subject(_Op, bpy.types.Operator):
             self.report({'INFO'}, f"subject {name!r} added; prepare it when ready")
             return {'FINISHED'}
         try:
-            job = submit_prepare(scene, subj, self.preset)
+            job = submit_prepare(scene, subj, preset)
         except EXPECTED as e:
             subj.message, subj.hint = getattr(e, "message", str(e)), getattr(e, "hint", "")
             self.report({'WARNING'}, f"subject {name!r} added, but 'prepare' was not submitted: {_text(e)}")
@@ -429,13 +445,15 @@ class HEADSYNC_OT_prepare_subject(_Op, bpy.types.Operator):
 
     subject: StringProperty(name="Subject")
     preset: EnumProperty(name="Preset", items=props.PRESETS, default="preview")
+    preset_file: StringProperty(name="Custom Preset", subtype='FILE_PATH',
+                                description="A preset .toml file; overrides Preset when set")
 
     def execute(self, context):
         subj = _scene_subject(context, self.subject)
         if subj is None:
             return self.fail(HeadSyncError("no subject chosen", "import a subject first"))
         try:
-            job = submit_prepare(context.scene, subj, self.preset)
+            job = submit_prepare(context.scene, subj, _preset_choice(self))
         except EXPECTED as e:
             return self.fail(e)
         self.report({'INFO'}, f"prepare job {job} submitted for {subj.name!r}")
@@ -471,12 +489,8 @@ class HEADSYNC_OT_train_subject(_Op, bpy.types.Operator):
         if subj is None:
             return self.fail(HeadSyncError(f"no subject {self.subject!r} in this scene" if self.subject
                                            else "no subject chosen", "import a subject first"))
-        preset = self.preset
-        if self.preset_file:
-            preset = os.path.abspath(bpy.path.abspath(self.preset_file))
-            if not (preset.endswith(".toml") and os.path.isfile(preset)):
-                return self.fail(HeadSyncError(f"no such preset file: {preset}", "pick a .toml preset or clear it"))
         try:
+            preset = _preset_choice(self)
             job = submit_train(context.scene, subj, preset, self.resume, self.run)
         except EXPECTED as e:
             return self.fail(e)
