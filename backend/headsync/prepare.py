@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from . import audio as audio_stage
-from . import audio_features, av_encoder, expression, masks, registry, stabilizer, tracking
+from . import audio_features, av_encoder, expression, landmarks68, masks, registry, stabilizer, tracking
 from .config import Preset, load_preset, section
 from .errors import UserError
 from .progress import Reporter
@@ -31,8 +31,8 @@ class PrepareConfig:
 
 
 #: The stages in the order they run.
-STAGES = (tracking.CROP, audio_stage.AUDIO, tracking.LANDMARKS, masks, expression, stabilizer, audio_features,
-          av_encoder)
+STAGES = (tracking.CROP, audio_stage.AUDIO, tracking.LANDMARKS, landmarks68, masks, expression, stabilizer,
+          audio_features, av_encoder)
 
 
 def stage_configs(preset: Preset, video: Path, audio: Path | None, fps: float | None,
