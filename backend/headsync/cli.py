@@ -178,7 +178,8 @@ def _models(args: argparse.Namespace) -> int:
         for m in registry.MODELS.values():
             where = registry.find(m.name)
             print(f"{m.name}: {'installed at ' + str(where) if where else 'not installed'}")
-            print(f"  file {m.filename}, sha256 {m.sha256}, licence {m.licence}")
+            digest = f"sha256 {m.sha256}" if m.sha256 else f"sha256 starts with {m.sha256_prefix} (no published full hash)"
+            print(f"  file {m.filename}, {digest}, licence {m.licence}")
             print(f"  url  {m.url}")
             print(f"  used by: {m.used_by}")
             print(f"  without it: {m.default}")
