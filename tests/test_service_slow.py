@@ -24,10 +24,12 @@ SAMPLE = REPO / "sample_projects" / "astronaut"
 
 
 def tiny_preset(path: Path) -> Path:
-    """The ``preview`` preset with a few dozen training iterations of a 64-pixel head (a checkpoint every 10)."""
+    """The ``preview`` preset with a few dozen training iterations of a 64-pixel head (a checkpoint every 10)
+    and a few dozen steps of the audio-visual encoder."""
     tables = tomllib.loads((REPO / "presets" / "preview.toml").read_text())
     tables.setdefault("train", {}).update(coarse_iters=30, fine_iters=6, checkpoint_every=10, log_every=5,
                                           rays=256, resolution=64)
+    tables.setdefault("ave", {}).update(sync_steps=20, ave_steps=30, sync_batch=16, ave_batch=8)  # briefly
     lines = []
     for name, table in tables.items():
         lines.append(f"[{name}]")
@@ -51,7 +53,7 @@ def test_prepare_and_train_the_sample_through_the_service(tmp_path):
         assert time.monotonic() - t0 < 1.0, "health never waits for the probe"
         assert h["device"] in ("cpu", "cuda") and (h["gpu"] is None) == (h["device"] == "cpu"), h
         # prepare: the sample video -> WORKSPACE/subjects/astro
-        pid = s.submit("prepare", "astro", video=str(videos[0]), preset="preview", fps=5.0, resolution=128)
+        pid = s.submit("prepare", "astro", video=str(videos[0]), preset=str(preset), fps=5.0, resolution=128)
         # a train submitted while its subject's prepare is still queued/running is accepted
         early = s.client.post("/api/v1/jobs", json={"kind": "train", "subject": "astro",
                                                     "params": {"preset": str(preset), "run": "tiny"}})
