@@ -83,7 +83,8 @@ def prepare_subject(video: str | Path, subject_dir: str | Path, audio: str | Pat
     subject.root.mkdir(parents=True, exist_ok=True)
     cfgs = stage_configs(preset, video, audio, fps, resolution)
     t0 = time.perf_counter()
-    for st in STAGES:
+    for i, st in enumerate(STAGES):
+        reporter.begin_step(i, len(STAGES))
         run_stage(st, subject, cfgs[st.NAME], reporter, force=force)
     subject.update(preset=preset.name)
     reporter.message(f"prepared {subject.frame_count()} frames into {subject.root} in {time.perf_counter() - t0:.1f} s")

@@ -29,6 +29,8 @@ class Reporter:
     stage: str = ""
     done: int = 0
     total: int = 0
+    step: int = 0  # index of the current step of a multi-step job (prepare's stages), 0-based
+    steps: int = 0  # number of steps; 0 when the job is a single step
     _t0: float = field(default_factory=time.monotonic)
     _last_emit: float = 0.0
 
@@ -37,6 +39,17 @@ class Reporter:
         self.stage, self.done, self.total = stage, 0, int(total)
         self._t0 = time.monotonic()
         self._emit(force=True)
+
+    def begin_step(self, index: int, count: int) -> None:
+        """Enter step ``index`` of ``count`` (a stage of prepare), so events carry an overall fraction."""
+        self.step, self.steps = int(index), int(count)
+
+    def overall(self) -> float | None:
+        """Fraction of the whole job done, 0..1: finished steps plus the current one's share."""
+        if self.steps <= 0:
+            return None
+        part = min(self.done / self.total, 1.0) if self.total > 0 else 0.0
+        return (self.step + part) / self.steps
 
     def advance(self, n: int = 1, **extra) -> None:
         """Mark ``n`` more units done; ``extra`` (loss, psnr, ...) rides along in the event."""
@@ -74,6 +87,9 @@ class Reporter:
             return
         self._last_emit = now
         ev = {"event": "progress", "stage": self.stage, "done": self.done, "total": self.total}
+        overall = self.overall()
+        if overall is not None:
+            ev.update(step=self.step + 1, steps=self.steps, overall=round(overall, 4))
         eta = self.eta_s()
         if eta is not None:
             ev["eta_s"] = round(eta, 1)
@@ -111,9 +127,11 @@ def terminal_sink(stream: TextIO = sys.stderr) -> Callable[[dict], None]:
         extras = " ".join(
             f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}"
             for k, v in ev.items()
-            if k not in ("event", "stage", "done", "total", "eta_s")
+            if k not in ("event", "stage", "done", "total", "eta_s", "step", "steps", "overall")
         )
         eta = f" eta {ev['eta_s']:.0f}s" if "eta_s" in ev else ""
+        if "steps" in ev:
+            extras = f"[step {ev['step']}/{ev['steps']}] {extras}"
         if tty:
             bar = "#" * int(frac * 30)
             stream.write(f"\r{ev['stage']:>14} [{bar:<30}] {done}/{total}{eta} {extras}\033[K")

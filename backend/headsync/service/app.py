@@ -78,7 +78,7 @@ class ErrorOut(BaseModel):
 
 
 class ProgressOut(BaseModel):
-    fraction: float | None = Field(None, description="done/total of the current stage, 0..1")
+    fraction: float | None = Field(None, description="fraction of the whole job done, 0..1 (prepare: over all its stages)")
     stage: str | None = None
     message: str | None = Field(None, description="the last message the job printed")
     eta_s: float | None = Field(None, description="seconds left in the current stage")

@@ -170,9 +170,11 @@ def main(argv: list[str]) -> int:
             done, total = int(ev.get("done", 0)), int(ev.get("total", 0))
             stage_changed = ev.get("stage") != prog.get("stage")
             prog.update(stage=ev.get("stage"), done=done, total=total,
-                        fraction=(round(min(max(done / total, 0.0), 1.0), 4) if total > 0 else None),
+                        # the whole job's fraction when the job has steps (prepare), else the stage's
+                        fraction=(ev["overall"] if "overall" in ev else
+                                  round(min(max(done / total, 0.0), 1.0), 4) if total > 0 else None),
                         eta_s=ev.get("eta_s"))
-            extras = {k: v for k, v in ev.items() if k not in ("event", "stage", "done", "total", "eta_s")}
+            extras = {k: v for k, v in ev.items() if k not in ("event", "stage", "done", "total", "eta_s", "overall")}
             prog["extra"] = jsonsafe(extras)  # loss, psnr, ... as the stage reports them
             now = time.monotonic()
             if stage_changed or done >= total or now - state["last_log"] >= 2.0:

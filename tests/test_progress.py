@@ -1,0 +1,36 @@
+import json
+import pytest
+
+from headsync.errors import Cancelled
+from headsync.progress import Reporter, json_lines_sink
+
+
+def test_overall_fraction_over_steps():
+    evs = []
+    r = Reporter(sink=evs.append, min_interval_s=0)
+    r.start("single", 4)
+    r.advance(1)
+    assert "overall" not in evs[-1]  # a one-step job reports only its stage
+    r.begin_step(2, 4)
+    r.start("masks", 10)
+    r.advance(5)
+    assert evs[-1]["overall"] == pytest.approx((2 + 0.5) / 4) and (evs[-1]["step"], evs[-1]["steps"]) == (3, 4)
+
+
+def test_should_stop_raises_cancelled():
+    stop = {"v": False}
+    r = Reporter(sink=None, should_stop=lambda: stop["v"])
+    r.start("train", 10)
+    r.advance()
+    stop["v"] = True
+    with pytest.raises(Cancelled, match="train"):
+        r.advance()
+
+
+def test_json_lines_are_the_design_events(capsys):
+    r = Reporter(sink=json_lines_sink(), min_interval_s=0)
+    r.start("landmarks", 750)
+    r.set(120)
+    lines = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert lines[-1]["event"] == "progress" and lines[-1]["stage"] == "landmarks"
+    assert (lines[-1]["done"], lines[-1]["total"]) == (120, 750)
