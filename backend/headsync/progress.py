@@ -97,12 +97,13 @@ class Reporter:
         self.sink(ev)
 
 
-def json_lines_sink(stream: TextIO = sys.stdout) -> Callable[[dict], None]:
-    """A sink that prints one JSON object per line (``--json-progress``)."""
+def json_lines_sink(stream: TextIO | None = None) -> Callable[[dict], None]:
+    """A sink that prints one JSON object per line (``--json-progress``); default: the current stdout."""
 
     def sink(ev: dict) -> None:
-        stream.write(json.dumps(ev) + "\n")
-        stream.flush()
+        out = stream or sys.stdout
+        out.write(json.dumps(ev) + "\n")
+        out.flush()
 
     return sink
 
