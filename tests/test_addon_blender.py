@@ -472,3 +472,37 @@ def test_jobs_render_placement_failures_and_reattach(addon_zip, tmp_path):
     assert res["reopened_state"] == "rendering"
     assert res["timer_after_load_post"]
     assert res["reattached"] == ["rendered", True]
+
+
+@needs_bpy
+def test_start_service_from_blender(addon_zip, tmp_path):
+    """Start Service runs the real ``headsync serve`` with the backend Python and connects to it."""
+    if not (REPO / "backend" / "headsync" / "service" / "server.py").is_file():
+        pytest.skip("backend/headsync/service/server.py is missing (the service is not written yet)")
+    ws = tmp_path / "ws"
+    try:
+        res = run_blender(tmp_path, r'''
+            install(ARGS["zip"])
+            p = prefs(); p.workspace = ARGS["ws"]; p.backend_python = sys.executable
+            polling = mod("polling"); status = mod("prefs").STATUS
+            r = bpy.ops.headsync.start_service()
+            RESULT["start"] = sorted(r)
+            t0 = time.monotonic()
+            # timers do not fire without Blender's event loop: run the waiting timer by hand, as it would run
+            while polling._wait_for_service() is not None and time.monotonic() - t0 < 180:
+                time.sleep(0.5)
+            RESULT["status"] = dict(status)
+            RESULT["again"] = sorted(bpy.ops.headsync.start_service())  # already running: no second service
+            RESULT["subjects"] = mod("prefs").make_client(bpy.context).subjects()
+        ''', {"zip": str(addon_zip), "ws": str(ws)})
+    finally:
+        try:
+            pid = json.loads((ws / "server.json").read_text())["pid"]
+            os.kill(pid, 15)
+        except (OSError, ValueError, KeyError):
+            pass
+    assert res["start"] == ["FINISHED"] and res["again"] == ["FINISHED"]
+    assert res["status"]["connected"], res["status"]
+    assert res["status"]["device"] in ("cpu", "cuda")
+    assert res["subjects"] == []
+    assert (ws / "blender_service.log").exists()
