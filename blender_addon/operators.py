@@ -396,7 +396,10 @@ class HEADSYNC_OT_import_subject(_Op, bpy.types.Operator):
         base = shotlib.safe_name(self.name or os.path.splitext(os.path.basename(video))[0], "subject")
         if self.name and base != self.name:
             self.report({'INFO'}, f"subject name {self.name!r} became {base!r}")
-        name = base if st.subjects.get(base) is None else shotlib.unique_name(base, [s.name for s in st.subjects])
+        name = shotlib.free_subject_name(base, prefs.workspace(context), video, [s.name for s in st.subjects])
+        if name != base:
+            self.report({'INFO'}, f"subject {base!r} is taken (another video or already in this scene): "
+                                  f"importing as {name!r}")
         start = scene.frame_current if self.frame_start < 0 else self.frame_start
         first_import = not list(compat.all_strips(scene))
         try:

@@ -89,6 +89,33 @@ def subject_fps(sdir: Path, default: float = 25.0) -> float:
     return default
 
 
+def workspace_subject_video(workspace: str | os.PathLike, subject: str) -> str | None:
+    """The source video a subject of the workspace was prepared from (None when there is no such subject)."""
+    try:
+        man = json.loads((subject_dir(workspace, subject) / "subject.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    src = man.get("source") if isinstance(man, dict) else None
+    path = src.get("path") if isinstance(src, dict) else None
+    return str(path) if path else ""
+
+
+def free_subject_name(base: str, workspace: str | os.PathLike | None, video: str, taken: Iterable[str]) -> str:
+    """``base``, or a numbered variant when the scene has it or the workspace has it for another video.
+
+    Re-importing the same video under the same name reuses the workspace's subject (its finished stages are
+    kept); another video never overwrites it."""
+    taken = set(taken)
+    name, i = base, 1
+    while True:
+        other = workspace_subject_video(workspace, name) if workspace else None
+        same_video = other is None or other == "" or os.path.realpath(other) == os.path.realpath(video)
+        if name not in taken and same_video:
+            return name
+        i += 1
+        name = f"{base[:58]}_{i:03d}"
+
+
 def audio_seconds(path: str | os.PathLike) -> float | None:
     """The duration of a WAV file (standard library); None for other formats or unreadable files."""
     import wave

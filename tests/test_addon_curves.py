@@ -199,3 +199,14 @@ def test_audio_frame_count(tmp_path):
     assert shots.render_frame_count(4.0, 25.0) == 100
     assert shots.audio_seconds(tmp_path / "none.wav") is None
     assert math.isclose(shots.audio_seconds(REPO / "sample_projects" / "astronaut" / "dub.wav") or 4.0, 4.0)
+
+
+def test_subject_names_never_overwrite_another_video(tmp_path):
+    sd = tmp_path / "subjects" / "astro"
+    sd.mkdir(parents=True)
+    (sd / "subject.json").write_text(json.dumps({"source": {"path": "/videos/a.mp4"}}))
+    assert shots.free_subject_name("astro", tmp_path, "/videos/a.mp4", []) == "astro"      # same video: reuse
+    assert shots.free_subject_name("astro", tmp_path, "/videos/b.mp4", []) == "astro_002"  # another video
+    assert shots.free_subject_name("astro", tmp_path, "/videos/a.mp4", ["astro"]) == "astro_002"
+    assert shots.free_subject_name("new", tmp_path, "/videos/b.mp4", []) == "new"
+    assert shots.free_subject_name("astro", None, "/videos/b.mp4", []) == "astro"
