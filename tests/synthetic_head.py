@@ -167,7 +167,7 @@ def make_subject(root: Path, n_frames: int = 40, size: int = 48, fps: float = 25
 
 #: A [train] table small enough for tests (a 32-pixel head, a few hundred iterations in seconds).
 TINY_TRAIN = {
-    "resolution": 32, "coarse_iters": 200, "fine_iters": 40, "rays": 512, "patch": 16, "lips_patch": 8,
+    "resolution": 32, "coarse_iters": 200, "fine_iters": 40, "rays": 384, "patch": 16, "lips_patch": 8,
     "hash_levels": 8, "hash_base_resolution": 8, "hash_finest_resolution": 64, "hash_log2_table_size": 12,
     "hidden": 32, "geo_feat_dim": 16, "samples": 24, "probes": 64, "grid_resolution": 32,
     "checkpoint_every": 100, "log_every": 20, "threads": 2,

@@ -206,10 +206,20 @@ def load_subject_data(subject: Subject, size: int, audio_kind: str, holdout_frac
 
 
 # ---- samplers (pure) ----------------------------------------------------------------------------------
-def sample_rays(head: np.ndarray, n: int, inside_fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Pixel coordinates (n, 2) as (x, y): ``inside_fraction`` of them inside the head mask (S, S) grown by a
-    few pixels (the silhouette edge is where the head must learn to stop), the rest anywhere."""
+def sample_rays(head: np.ndarray, n: int, inside_fraction: float, rng: np.random.Generator,
+                lips: np.ndarray | None = None, lips_fraction: float = 0.0) -> np.ndarray:
+    """Pixel coordinates (n, 2) as (x, y): ``lips_fraction`` of them in the lips box (x0, y0, x1, y1) grown
+    by half its size (the audio-driven region is small, yet it is what the audio must learn to move),
+    ``inside_fraction`` of the rest inside the head mask (S, S) grown by a few pixels (the silhouette edge
+    is where the head must learn to stop), the remainder anywhere."""
     size = head.shape[0]
+    if lips is not None and lips[0] >= 0 and lips_fraction > 0:
+        n_lips = int(round(n * lips_fraction))
+        w, h = lips[2] - lips[0], lips[3] - lips[1]
+        lo = np.array([lips[0] - w // 4, lips[1] - h // 4])
+        hi = np.array([lips[2] + w // 4, lips[3] + h // 4])
+        around = np.clip(rng.integers(lo, np.maximum(hi, lo + 1), (n_lips, 2)), 0, size - 1)
+        return np.concatenate([around, sample_rays(head, n - n_lips, inside_fraction, rng)])
     grown = cv2.dilate(head.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     ys, xs = np.nonzero(grown)
     n_in = int(round(n * inside_fraction)) if xs.size else 0

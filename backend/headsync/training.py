@@ -51,6 +51,7 @@ class TrainConfig:
     fine_iters: int = 25_000
     rays: int = 65_536  # rays per coarse iteration (256^2)
     inside_fraction: float = 0.75  # share of coarse rays drawn inside the (grown) head mask
+    lips_fraction: float = 0.0  # share of coarse rays drawn around the lips (short schedules need the push)
     patch: int = 64  # fine stage: side of the random head patch (pixels at ``resolution``)
     lips_patch: int = 32  # fine stage: side of the lips patch
     perceptual_weight: float = 0.01  # lambda of Eq. 12/13
@@ -328,7 +329,8 @@ def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, res
         cond = frame_conditions(model, ft, frame, slot, cfg.smooth_window)
         fine = it >= cfg.coarse_iters
         if not fine:
-            pix = sample_rays(data.head[frame], cfg.rays, cfg.inside_fraction, rng)
+            pix = sample_rays(data.head[frame], cfg.rays, cfg.inside_fraction, rng, data.lips_box[frame],
+                              cfg.lips_fraction)
             out_r, target, mask = render_pixels(model, data, ft, frame, pix, cond, perturb=True)
             pix_loss = mse(out_r["rgb"], target)
             loss = pix_loss + cfg.mask_weight * mse(out_r["opacity"], mask)
