@@ -104,14 +104,10 @@ class RegionAttention(nn.Module):
     (eye blink / expression, ER-NeRF Eq. 10).
     """
 
-    def __init__(self, in_dim: int, out_dim: int, hidden: int, gate: str = "none", init_bias: float = 0.0):
+    def __init__(self, in_dim: int, out_dim: int, hidden: int, gate: str = "none"):
         super().__init__()
         self.net = mlp(in_dim, out_dim, hidden, 2)
         self.gate = gate
-        # Starting near a constant weight lets the condition reach the field from the first iteration; the
-        # attention then learns where to suppress it. (From a random small v the condition's gradient is
-        # scaled down by v itself, and a short schedule never learns to use it.)
-        nn.init.constant_(self.net[-1].bias, init_bias)
 
     def forward(self, fx: torch.Tensor) -> torch.Tensor:
         v = self.net(fx)
@@ -152,7 +148,7 @@ class Conditioning(nn.Module):
 
     def __init__(self, feat_dim: int, expr_dim: int, template: np.ndarray, cfg: ConditioningConfig):
         super().__init__()
-        self.audio_att = RegionAttention(feat_dim, cfg.audio_dim, cfg.attention_hidden, gate="none", init_bias=1.0)
+        self.audio_att = RegionAttention(feat_dim, cfg.audio_dim, cfg.attention_hidden, gate="none")
         self.expr_att = RegionAttention(feat_dim, expr_dim, cfg.attention_hidden, gate="sigmoid")
         self.split = FaceSplit(template, cfg.split_softness) if cfg.use_face_split else None
 
