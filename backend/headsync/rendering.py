@@ -20,7 +20,7 @@ import cv2
 import numpy as np
 import torch
 
-from . import audio_features, media
+from . import lip_features, media
 from .cameras import camera_to_head
 from .conditioning import window_indices
 from .config import load_preset, section
@@ -46,18 +46,9 @@ class RenderConfig:
 
 
 def features_for_audio(subject: Subject, kind: str, audio: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
-    """Per-frame audio features (n_frames, D) of a new audio track, of the kind the model was trained on.
-
-    ``mel`` is computed here; a learned kind is computed by ``audio_features.features_for(kind, audio, fps,
-    n_frames, subject=...)`` when the audio-feature module provides it.
-    """
-    if kind == "mel":
-        return audio_features.mel_features(audio, fps, n_frames)
-    fn = getattr(audio_features, "features_for", None)
-    if fn is None:
-        raise UserError(f"this model was trained on '{kind}' audio features, which this build cannot compute "
-                        "for new audio", "train the run with audio_feature = \"mel\"")
-    return np.asarray(fn(kind, audio, fps, n_frames, subject=subject), np.float32)
+    """Per-frame audio features (n_frames, D) of a new audio track, of the kind the model was trained on
+    (``mel``, ``ave`` with the subject's own audio-visual encoder, or ``hubert``): see ``lip_features``."""
+    return lip_features.for_audio(subject, kind, audio, fps, n_frames)
 
 
 class SourceFrames:
