@@ -126,3 +126,21 @@ def test_sample_end_to_end_tiny(prepared_sample, tmp_path):
     assert cv2.imread(str(tmp_path / "r/frames/000000.png")).shape == (src["height"], src["width"], 3)
     m = evaluate(Subject(root), max_frames=4, dub=False)
     assert m["heldout_frames"] == 4 and np.isfinite(m["psnr"]) and "mouth_corr_vs_ground_truth" in m
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not __import__("os").environ.get("HEADSYNC_ACCEPTANCE"),
+                    reason="full preview training (minutes): set HEADSYNC_ACCEPTANCE=1")
+def test_preview_acceptance_on_sample(prepared_sample, tmp_path):
+    """Issue 3's measured acceptance: preview training on the sample, thresholds from docs/renderer.md."""
+    import shutil
+
+    from headsync.evaluation import evaluate
+
+    root = tmp_path / "astronaut"
+    shutil.copytree(prepared_sample.root, root, ignore=shutil.ignore_patterns("models", "renders"))
+    tasks.run("train", {"subject": str(root), "preset": "preview"}, silent())
+    m = evaluate(Subject(root))
+    assert m["psnr"] >= 25.0, m
+    assert m["mouth_corr_vs_ground_truth"] >= 0.5, m
+    assert m["dub_mouth_corr_vs_ground_truth"] >= 0.45, m

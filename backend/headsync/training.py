@@ -70,7 +70,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads for torch (0 = the idle cores, see auto_threads)
-    compile: bool = False  # torch.compile the field (GPU; CPU compile time outweighs preview runs)
     # model
     hash_levels: int = 14
     hash_features: int = 1
