@@ -25,7 +25,6 @@ from typing import Any
 
 import cv2
 import numpy as np
-import torch
 
 from . import media
 from .curves import Curves, matrix_to_euler_xyz
