@@ -123,10 +123,6 @@ def main(argv: list[str] | None = None) -> int:
         reporter = _reporter(args)
         if args.command == "demo":
             result = _demo(args, reporter)
-        elif args.command == "eval" and args.sync:
-            from .sync_judge import sync_task
-
-            result = sync_task({"subject": args.subject, "video": args.sync, "audio": args.audio}, reporter)
         else:
             result = tasks.run(args.command, _params(args), reporter)
         if json_mode:

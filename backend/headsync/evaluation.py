@@ -208,7 +208,14 @@ def _round(v: float | None) -> float | None:
 
 
 def eval_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
-    """Entry of the ``eval`` job: ``subject``, ``run``. Writes the metrics into the run's metrics.json."""
+    """Entry of the ``eval`` job: ``subject``, ``run``. Writes the metrics into the run's metrics.json.
+
+    With ``sync`` (a video path or ``latest``) it judges that video's lip sync instead (``sync_judge``)."""
+    if params.get("sync"):
+        from .sync_judge import sync_task
+
+        return sync_task({"subject": params["subject"], "video": params["sync"], "audio": params.get("audio")},
+                         reporter)
     subject = Subject(Path(params["subject"]).expanduser().resolve())
     if not subject.exists():
         raise UserError(f"subject {subject.root} is not prepared (no subject.json)",

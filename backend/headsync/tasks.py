@@ -69,7 +69,9 @@ TASKS: dict[str, Task] = {
         Task("eval", (
             Param("subject", str, True, path=True),
             Param("run", str, default="default"),
-        ), "evaluation:eval_task", "held-out metrics of a trained model"),
+            Param("sync", str, help="judge the lip sync of this video ('latest': the newest render) instead"),
+            Param("audio", str, path=True, help="with sync: judge against this sound instead of the video's own"),
+        ), "evaluation:eval_task", "held-out metrics of a trained model, or the lip sync of a video"),
     ]
 }
 
