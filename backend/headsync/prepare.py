@@ -3,7 +3,8 @@
 Stages run in order; each is skipped when already done with the same inputs and settings, so an
 interrupted run resumes where it stopped and a re-run with a new setting redoes only what it affects.
 
-    crop -> audio -> landmarks -> masks, expression, pose (Head-Sync Stabilizer), mel
+    crop -> audio -> landmarks -> landmarks68 (optional face-alignment tracker) -> masks,
+    expression (Facial Animation Capturer), pose (Head-Sync Stabilizer), mel, ave (audio-visual encoder)
 """
 
 from __future__ import annotations
