@@ -175,11 +175,4 @@ CLASSES = (HEADSYNC_UL_subjects, HEADSYNC_UL_shots, HEADSYNC_PT_main, HEADSYNC_P
            HEADSYNC_PT_jobs, HEADSYNC_PT_graph_shot)
 
 
-def register():
-    for c in CLASSES:
-        bpy.utils.register_class(c)
-
-
-def unregister():
-    for c in reversed(CLASSES):
-        bpy.utils.unregister_class(c)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

@@ -110,11 +110,4 @@ def check(context=None, timeout: float = 1.5) -> bool:
 CLASSES = (HEADSYNC_AP_preferences,)
 
 
-def register():
-    for c in CLASSES:
-        bpy.utils.register_class(c)
-
-
-def unregister():
-    for c in reversed(CLASSES):
-        bpy.utils.unregister_class(c)
+register, unregister = bpy.utils.register_classes_factory(CLASSES)

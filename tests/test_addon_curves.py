@@ -210,3 +210,10 @@ def test_subject_names_never_overwrite_another_video(tmp_path):
     assert shots.free_subject_name("astro", tmp_path, "/videos/a.mp4", ["astro"]) == "astro_002"
     assert shots.free_subject_name("new", tmp_path, "/videos/b.mp4", []) == "new"
     assert shots.free_subject_name("astro", None, "/videos/b.mp4", []) == "astro"
+
+
+def test_addon_and_backend_agree_on_the_seven_names():
+    """The add-on may not import the backend (bpy + stdlib only), so the names live twice: keep them equal."""
+    from headsync.subject import CORE_EXPRESSIONS
+
+    assert tuple(CORE_NAMES) == tuple(CORE_EXPRESSIONS)
