@@ -245,7 +245,7 @@ def test_sample_masks_are_complete_and_steady(prepared_sample):
     other crops and codecs while still catching a flickering segmentation.
     """
     s = prepared_sample
-    info = s.load()["stages"]["masks"]
+    info = s.load()["stages"]["masks"]["info"]
     assert info["label_fractions"]["face"] > 0.05 and info["label_fractions"]["background"] > 0.05
     assert s.path("background.jpg").exists()
     labels = [cv2.imread(str(s.mask_path(i)), cv2.IMREAD_UNCHANGED) for i in range(min(s.frame_count(), 200))]

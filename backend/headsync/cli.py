@@ -102,8 +102,13 @@ def _demo(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     result: dict[str, Any] = {}
     result["prepare"] = tasks.run("prepare", {"video": str(videos[0]), "subject": str(subject),
                                               "preset": args.preset}, reporter)
+    from .subject import Subject
+    from .training import run_dir
+
+    # A demo stopped during training picks up from its checkpoint when run again.
+    resume = (run_dir(Subject(subject), args.preset) / "checkpoint.pt").exists()
     result["train"] = tasks.run("train", {"subject": str(subject), "preset": args.preset, "run": args.preset,
-                                          "resume": True}, reporter)
+                                          "resume": resume}, reporter)
     result["render"] = tasks.run("render", {"subject": str(subject), "audio": str(SAMPLE / "dub.wav"),
                                             "run": args.preset, "out": str(out / "render")}, reporter)
     return result
