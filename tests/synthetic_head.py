@@ -171,6 +171,7 @@ TINY_TRAIN = {
     "hash_levels": 8, "hash_base_resolution": 8, "hash_finest_resolution": 64, "hash_log2_table_size": 12,
     "hidden": 32, "geo_feat_dim": 16, "samples": 24, "probes": 64, "grid_resolution": 32,
     "checkpoint_every": 100, "log_every": 20, "threads": 2,
+    "audio_feature": "mel",  # the synthetic subject has no audio-visual encoder
 }
 
 
@@ -179,7 +180,7 @@ def write_preset(path: Path, **overrides) -> Path:
     table = {**TINY_TRAIN, **overrides}
     lines = ["[train]"]
     for k, v in table.items():
-        lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else v}")
+        lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else json.dumps(v) if isinstance(v, str) else v}")
     path.write_text("\n".join(lines) + "\n")
     return path
 

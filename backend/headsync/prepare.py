@@ -87,6 +87,7 @@ def prepare_subject(video: str | Path, subject_dir: str | Path, audio: str | Pat
     for i, st in enumerate(STAGES):
         reporter.begin_step(i, len(STAGES))
         run_stage(st, subject, cfgs[st.NAME], reporter, force=force)
+    reporter.begin_step(0, 0)  # what follows (train, render) is not a step of prepare
     subject.update(preset=preset.name)
     reporter.message(f"prepared {subject.frame_count()} frames into {subject.root} in {time.perf_counter() - t0:.1f} s")
     return subject

@@ -64,7 +64,7 @@ class TrainConfig:
     weight_decay: float = 1e-4  # AdamW's, on the MLPs only (hash tables are sparse lookups)
     holdout_fraction: float = 0.1
     heldout_eval_frames: int = 8  # held-out crops rendered at the end for metrics.json (0: none)
-    audio_feature: str = "mel"  # audio_features/KIND.npy
+    audio_feature: str = "ave"  # audio_features/KIND.npy; ave beat mel on lip sync (docs/benchmarks.md)
     checkpoint_every: int = 1000
     log_every: int = 50
     seed: int = 0
