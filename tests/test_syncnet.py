@@ -246,3 +246,17 @@ def test_judge_finds_the_known_offset(synthetic_net, delay):
 
 def test_mel_hop_is_ten_ms():
     assert RATE / HOP == 100  # the windows above assume 100 log-mel rows per second
+
+
+@pytest.mark.parametrize("steps", [1, 3, 10, 300])
+def test_one_cycle_handles_short_schedules(steps):
+    """CPU-sized presets train for a handful of steps: the warm-up must never be empty (ZeroDivisionError)."""
+    p = torch.nn.Parameter(torch.zeros(1))
+    opt = torch.optim.AdamW([p], lr=1e-3)
+    sched = syncnet.one_cycle(opt, 1e-3, steps)
+    lrs = []
+    for _ in range(steps):
+        opt.step()
+        sched.step()
+        lrs.append(opt.param_groups[0]["lr"])
+    assert all(np.isfinite(lrs)) and max(lrs) <= 1e-3 + 1e-12

@@ -178,7 +178,7 @@ def train_encoder(sampler: PairSampler, disc: syncnet.SyncNet, spec: EncoderSpec
     for p in disc.parameters():
         p.requires_grad_(False)
     opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    sched = syncnet.one_cycle(opt, lr, steps)
     if reporter:
         reporter.start("av encoder", steps)
     avg = None

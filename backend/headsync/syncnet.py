@@ -43,6 +43,14 @@ class Spec:
 
 
 # ---- losses (Eq. 1-2) ----------------------------------------------------------------------------------
+
+def one_cycle(opt: torch.optim.Optimizer, lr: float, steps: int) -> torch.optim.lr_scheduler.OneCycleLR:
+    """One-cycle learning-rate schedule over ``steps`` (10% warm-up, at least 2 steps of it, so short
+    CPU-sized schedules do not divide by a zero-length warm-up)."""
+    steps = max(int(steps), 4)
+    return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=max(0.1, 2.5 / steps))
+
+
 def cosine_sim(f: torch.Tensor, a: torch.Tensor) -> torch.Tensor:
     """Eq. 1: ``F . A / (|F| |A|)`` per row of (B, E) embeddings -> (B,)."""
     return (f * a).sum(-1) / (f.norm(dim=-1) * a.norm(dim=-1)).clamp_min(EPS)
@@ -266,7 +274,7 @@ def train(sampler: PairSampler, steps: int, batch: int, lr: float, seed: int = 0
     net.audio.set_normalisation(np.concatenate([c.mel for c in sampler.clips]))
     net.to(device).train()
     opt = torch.optim.Adam(net.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=max(steps, 1), pct_start=0.1)
+    sched = one_cycle(opt, lr, steps)
     if reporter:
         reporter.start("sync discriminator", steps)
     avg = None
