@@ -52,3 +52,14 @@ def prepared_sample(tmp_path_factory):
     from headsync.prepare import prepare_subject
 
     return prepare_subject(sample_video(), tmp_path_factory.mktemp("sample") / "subject", preset="preview")
+
+
+@pytest.fixture
+def one_torch_thread():
+    """Train on one thread (the suite shares a small machine), then give the setting back."""
+    import torch
+
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)

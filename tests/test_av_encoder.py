@@ -22,12 +22,7 @@ FPS = 25.0
 RATE = 16000
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- Eq. 3 and the network -----------------------------------------------------------------------------

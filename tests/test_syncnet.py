@@ -23,13 +23,7 @@ RATE = 16000
 H, W = 32, 64
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """The suite shares a small machine: train on one thread, then give the setting back."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 # ---- Eq. 1 and Eq. 2 -----------------------------------------------------------------------------------
