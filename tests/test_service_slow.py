@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from test_service import REPO, ServiceProc, wait_for
+from service_harness import REPO, ServiceProc, wait_for
 
 pytestmark = pytest.mark.slow
 

@@ -29,7 +29,9 @@ from .dataset import background_layer, check_prepared, load_pose, read_labels, r
 from .errors import UserError
 from .portrait import PortraitConfig, compose, fill_gaps, neck_colour
 from .progress import Reporter
-from .subject import Subject, staging_dir
+from .render.folder import MANIFEST as RENDER_MANIFEST, RENDERS, check_render_folder, manifest as render_manifest
+from .subject import Subject, staging_dir, write_json_atomic
+from .tasks import shot_of
 from .training import model_from_checkpoint, pick_device, run_dir, set_threads
 
 
@@ -163,10 +165,12 @@ def render_frames(subject: Subject, model, meta: dict[str, Any], train_res: int,
 
 def render(subject: Subject, audio_path: Path, run: str = "default", curves_path: Path | None = None,
            out: Path | None = None, portrait: bool = True, rcfg: RenderConfig | None = None,
-           reporter: Reporter | None = None) -> dict[str, Any]:
+           reporter: Reporter | None = None, shot: str | None = None) -> dict[str, Any]:
     """Render ``audio_path`` with run ``run``; returns the artifacts (paths, frame count, timing).
 
-    ``rcfg`` defaults to the ``[render]`` table of the preset the run was trained with.
+    ``rcfg`` defaults to the ``[render]`` table of the preset the run was trained with. ``out`` must be a
+    folder :func:`headsync.render.folder.check_render_folder` allows for ``shot`` (default: the audio file);
+    the folder gets a ``render.json`` naming the subject and the shot.
     """
     from .progress import silent
 
@@ -184,9 +188,13 @@ def render(subject: Subject, audio_path: Path, run: str = "default", curves_path
         raise UserError(f"the audio {audio_path} is shorter than one frame", "pass a longer dialogue clip")
     curves = load_curves(subject, curves_path, n_out)
     feats = features_for_audio(subject, tcfg.audio_feature, audio, fps, n_out)
-    out = out or subject.path(f"renders/{render_id(audio_path, curves_path, run)}")
+    out = out or subject.path(f"{RENDERS}/{render_id(audio_path, curves_path, run)}")
+    shot = shot or str(Path(audio_path).resolve())
+    check_render_folder(out, subject.root, shot)
     t0 = time.monotonic()
     with staging_dir(out) as tmp:
+        write_json_atomic(tmp / RENDER_MANIFEST, render_manifest(subject.root, shot, run=run, audio=str(audio_path),
+                                                                 curves=str(curves_path) if curves_path else None))
         (tmp / "frames").mkdir()
         frames = render_frames(subject, model, meta, tcfg.resolution, tcfg.smooth_window, feats, curves, portrait,
                                rcfg, device, reporter)
@@ -197,6 +205,7 @@ def render(subject: Subject, audio_path: Path, run: str = "default", curves_path
         pngs = sorted((tmp / "frames").glob("*.png"))
         media.write_video(tmp / "render.mp4", (cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in pngs),
                           fps, audio=audio_path, crf=rcfg.crf)
+        check_render_folder(out, subject.root, shot)  # again: the folder may have changed while rendering
     return {"out": str(out), "frames": str(out / "frames"), "video": str(out / "render.mp4"),
             "curves": str(out / "curves.json"), "frame_count": n_out, "fps": fps,
             "render_fps": round(n_out / max(seconds, 1e-6), 3), "portrait": portrait,
@@ -228,4 +237,4 @@ def render_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     curves = Path(params["curves"]).expanduser().resolve() if params.get("curves") else None
     out = Path(params["out"]).expanduser().resolve() if params.get("out") else None
     return render(subject, audio, params.get("run") or "default", curves, out,
-                  bool(params.get("portrait", True)), None, reporter)
+                  bool(params.get("portrait", True)), None, reporter, shot=shot_of(params))

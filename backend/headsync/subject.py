@@ -21,6 +21,8 @@ import numpy as np
 from .errors import UserError
 
 SCHEMA = "headsync.subject/1"
+#: The manifest's file name: a folder holding it is a subject folder.
+MANIFEST = "subject.json"
 
 #: Seven core expression coefficients, always in this order (ARKit names).
 CORE_EXPRESSIONS = (
@@ -46,7 +48,7 @@ class Subject:
     # ---- paths -----------------------------------------------------------------------------
     @property
     def manifest_path(self) -> Path:
-        return self.root / "subject.json"
+        return self.root / MANIFEST
 
     @property
     def frames_dir(self) -> Path:

@@ -1,15 +1,19 @@
 """The HTTP API of the local service (FastAPI): the contract is DESIGN.md, "Local service".
 
 Every request needs ``Authorization: Bearer TOKEN`` (the token is in ``WORKSPACE/server.json``), the
-OpenAPI document included (``GET /api/v1/openapi.json``). Every error is JSON ``{"message", "hint"}``
-with a 4xx status; a request body is parsed and checked here and by :func:`headsync.tasks.validate`
-(the command line's own check), so the service and the command line accept exactly the same jobs.
+OpenAPI document included (``GET /api/v1/openapi.json``), and a ``Host`` header naming this machine
+(127.0.0.0/8, ``localhost`` or ``[::1]``, any port): a web page cannot reach the service by pointing a
+name of its own at 127.0.0.1 (DNS rebinding). Every error is JSON ``{"message", "hint"}`` with a 4xx
+status; a request body is parsed and checked here and by :func:`headsync.tasks.validate` (the command
+line's own check, one pydantic schema per kind), so the service and the command line accept exactly the
+same jobs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import hmac
+import ipaddress
 import json
 import logging
 import os
@@ -28,7 +32,7 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .. import __version__, tasks
 from . import jobspec
 from .jobspec import ApiError
 from .scheduler import Scheduler
@@ -40,7 +44,7 @@ log = logging.getLogger("headsync.service")
 API = "/api/v1"
 MAX_BODY = 1 << 20  # 1 MiB: a job request is a few hundred bytes
 MAX_LOG_CHUNK = 1 << 20
-JOB_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+JOB_ID_RE = re.compile(r"[0-9a-f]{16}")
 
 
 # ---- JSON in and out ---------------------------------------------------------------------------
@@ -53,6 +57,30 @@ class ApiJSON(JSONResponse):
                               default=str).encode("ascii")
         except ValueError:  # a NaN from a task's metrics: null instead
             return json.dumps(jsonsafe(content), ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def loopback_host(host: bytes | None) -> bool:
+    """True when a ``Host`` header names this machine: 127.0.0.0/8, ``localhost``, ``[::1]``; any port."""
+    if not host:
+        return False
+    try:
+        h = host.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return False
+    if h.startswith("["):  # [v6]:port
+        name, sep, rest = h[1:].partition("]")
+        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return False
+    else:
+        name, _, port = h.partition(":")
+        if port and not port.isdigit():
+            return False
+    if name in ("localhost", "localhost."):
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
 
 
 def _err(status: int, message: str, hint: str = "", headers: dict[str, str] | None = None) -> ApiJSON:
@@ -126,7 +154,8 @@ class SubjectOut(BaseModel):
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {400: "malformed request", 401: "missing or wrong token", 404: "not found",
+    text = {400: "malformed request (or a Host header that is not this machine)", 401: "missing or wrong token",
+            404: "not found",
             409: "not possible in the job's state", 413: "request body too large",
             422: "invalid request"}
     return {c: {"model": ErrorOut, "description": text[c]} for c in codes}
@@ -141,7 +170,7 @@ class Service:
         self.workspace = Path(workspace).resolve()
         (self.workspace / "subjects").mkdir(parents=True, exist_ok=True)
         self.token = token
-        self.store = Store(self.workspace)
+        self.store = Store(self.workspace, check=True)  # a damaged jobs.db: refuse, never start empty
         self.scheduler = Scheduler(self.store, self.workspace, max_jobs=max_jobs, grace_s=grace_s,
                                    min_free_mb=min_free_mb)
         self.device: dict[str, Any] | None = None
@@ -235,12 +264,19 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
             if scope["type"] != "http":
                 return await self.app(scope, receive, send)
             auth = b""
-            clen = None
+            clen = host = None
             for k, v in scope["headers"]:
                 if k == b"authorization":
                     auth = v
                 elif k == b"content-length":
                     clen = v
+                elif k == b"host":
+                    host = v
+            if not loopback_host(host):
+                resp = _err(400, f"refused Host header {(host or b'').decode('latin-1')[:100]!r}: the service "
+                                 "answers only requests addressed to this machine",
+                            "address it as http://127.0.0.1:PORT (the url in WORKSPACE/server.json)")
+                return await resp(scope, receive, send)
             scheme, _, given = auth.strip().partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), token):
                 resp = _err(401, "missing or wrong token",
@@ -266,7 +302,7 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         return b"".join(chunks)
 
     def get_job(job_id: str) -> dict[str, Any]:
-        job = store.get(job_id) if JOB_ID_RE.match(job_id) else None
+        job = store.get(job_id) if JOB_ID_RE.fullmatch(job_id) else None
         if job is None:
             raise ApiError(404, f"no job {job_id[:40]!r}", "list the jobs: GET /api/v1/jobs")
         return job
@@ -281,7 +317,7 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
                         "workspace": str(ws), "running": scheduler.running_count(),
                         "max_jobs": scheduler.max_jobs})
 
-    request_schema = jobspec.json_schema_for_requests()
+    request_schema, request_components = jobspec.json_schema_for_requests()
 
     @app.post(f"{API}/jobs", status_code=201, response_model=CreatedOut,
               responses=_responses(400, 401, 404, 413, 422),
@@ -293,7 +329,7 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         job_id = new_id()
 
         def make():
-            active = store.active_subjects(kinds=jobspec.CREATES_SUBJECT)
+            active = store.active_subjects(kinds=jobspec.creating_kinds())
             spec = jobspec.build(ws, body, job_id, active_subjects=active)
             return store.create(spec.kind, spec.subject, spec.params, owned=spec.owned, job_id=job_id)
 
@@ -338,8 +374,9 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
             raise ApiError(409, f"job {job_id} is {job['state']}", "only a failed or cancelled job is resumed")
         params = {**job["params"], "resume": True}
         sdir = Path(params["subject"])
-        if not (sdir / "subject.json").is_file() and job["kind"] not in jobspec.CREATES_SUBJECT:
+        if not (sdir / "subject.json").is_file() and not jobspec.creates_subject(job["kind"]):
             raise ApiError(404, f"subject {job['subject']!r} no longer exists", "prepare it again")
+        jobspec.check_writes(ws, job["kind"], params)  # its folders may have become links out since
         if not can_resume(job["kind"], job["params"]):
             raise ApiError(409, f"job {job_id} left no checkpoint to resume from "
                                 f"({checkpoint_of(job['kind'], job['params'])})", "submit the job again")
@@ -378,7 +415,7 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         out = []
         root = ws / "subjects"
         for d in sorted(root.iterdir()) if root.is_dir() else []:
-            if not d.is_dir() or not jobspec.NAME_RE.match(d.name):
+            if not d.is_dir() or not tasks.is_name(d.name):
                 continue
             try:
                 m = json.loads((d / "subject.json").read_text())
@@ -398,8 +435,9 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
 
         schema = get_openapi(title=app.title, version=app.version, description=app.description,
                              routes=app.routes)
-        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
-            "type": "http", "scheme": "bearer"}
+        components = schema.setdefault("components", {})
+        components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+        components.setdefault("schemas", {}).update(request_components)  # the kinds' parameter schemas
         schema["security"] = [{"bearer": []}]
         app.openapi_schema = schema
         return schema

@@ -1,0 +1,1 @@
+"""Rendering new dialogue with a trained subject, and the folders renders go into."""
