@@ -95,6 +95,32 @@ def test_bad_input(subject, tmp_path):
         tasks.run("render", {"subject": str(tmp_path / "nothing"), "audio": str(audio)}, silent())
 
 
+def test_render_replaces_only_an_earlier_render_of_its_shot(subject, tmp_path):
+    """Issue 9: the staging swap replaces a folder whole, so only a render of the same shot may be replaced."""
+    audio = speech(tmp_path / "a.wav", 0.2)
+    out = tmp_path / "shot"
+    params = {"subject": str(subject), "audio": str(audio), "out": str(out), "shot": "take", "portrait": False}
+    tasks.run("render", params, silent())
+    m = json.loads((out / "render.json").read_text())
+    assert m["shot"] == "take" and m["subject"] == str(subject.resolve()) and m["schema"] == "headsync.render/1"
+    (out / "frames" / "000000.png").unlink()
+    tasks.run("render", params, silent())  # the same shot again: replaced whole
+    assert (out / "frames" / "000000.png").is_file()
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(UserError, match="another shot"):
+        tasks.run("render", {**params, "shot": "other"}, silent())
+    assert sorted(p.name for p in out.rglob("*")) == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    for bad, words in [(mine, "files in it"), (subject, "inside the subject"), (subject / "models", "inside the subject")]:
+        with pytest.raises(UserError, match=words):
+            tasks.run("render", {**params, "out": str(bad)}, silent())
+    assert (mine / "notes.txt").read_text() == "the user's" and (subject / "models" / "default" / "checkpoint.pt").is_file()
+    default = tasks.run("render", {"subject": str(subject), "audio": str(audio), "portrait": False}, silent())
+    assert json.loads((Path(default["out"]) / "render.json").read_text())["shot"] == str(audio.resolve())
+
+
 def test_eval_reports_heldout_metrics(subject):
     art = tasks.run("eval", {"subject": str(subject)}, silent())
     m = art["metrics"]

@@ -74,6 +74,8 @@ class Stage:
         half = fake_subject(subjects / "half", checkpoint=None)
         shutil.rmtree(half / "models")
         (half / "models").symlink_to(self.outside / "models", target_is_directory=True)
+        deep = fake_subject(subjects / "deep")  # a run folder (models/RUN) that leads out
+        (deep / "models" / "linked").symlink_to(self.outside / "models", target_is_directory=True)
         (self.ws / "exports").symlink_to(self.outside / "exports", target_is_directory=True)
         self.svc = ServiceProc(self.ws, max_jobs=2, grace_s=2.0, **service_kw)
 
@@ -284,6 +286,7 @@ def test_2_render_folder_rule(tmp_path):
     ({"kind": "render", "subject": "evil", "params": {"audio": AUDIO}}, "symbolic link out of the workspace"),
     ({"kind": "eval", "subject": "evil"}, "symbolic link out of the workspace"),
     ({"kind": "train", "subject": "half"}, "symbolic link out of the workspace"),
+    ({"kind": "train", "subject": "deep", "params": {"run": "linked"}}, "symbolic link out of the workspace"),
     ({"kind": "test_sleep", "subject": "ok", "params": {"out": "exports/x"}}, "outside the workspace"),
     ({"kind": "test_sleep", "subject": "ok", "params": {"out": "subjects/evil/x"}}, "outside the workspace"),
 ])
@@ -307,6 +310,7 @@ def test_3_a_subject_turned_into_a_link_after_submission_is_refused_by_the_worke
         stage.svc.client.post(f"/api/v1/jobs/{jid}/cancel")
     j = stage.svc.wait(b)
     assert j["state"] == "failed" and "symbolic link out of the workspace" in j["error"]["message"], j
+    assert "not swept" in stage.svc.log(b)  # its cleanup does not follow the link either
     for jid in busy:
         assert stage.svc.wait(jid)["state"] == "cancelled"
     assert changes(before, tree_digest(stage.outside)) == []

@@ -9,7 +9,7 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from . import __version__, tasks
 from .errors import Cancelled, UserError
@@ -61,9 +61,7 @@ def _job_flags(sp: argparse.ArgumentParser, task: tasks.Task) -> None:
         shown = f"{f.description} (default {f.default})" if f.default is not None and f.annotation is not bool \
             and not f.is_required() else f.description
         kw: dict[str, Any] = {"help": shown, "dest": name, "default": None}
-        ann = f.annotation
-        base = next((t for t in (bool, int, float, str) if ann is t or t in getattr(ann, "__args__", ())), str)
-        choices = [c for c in getattr(ann, "__args__", ()) if isinstance(c, str)] if base is str else None
+        base, choices = _flag_type(f.annotation)
         if base is bool:
             if cli.flag:
                 sp.add_argument(cli.flag, action="store_false", **kw)
@@ -81,6 +79,19 @@ def _job_flags(sp: argparse.ArgumentParser, task: tasks.Task) -> None:
         if cli.nargs:
             kw.update(nargs=cli.nargs, const=cli.const, metavar=name.upper())
         sp.add_argument(cli.flag or f"--{name.replace('_', '-')}", required=f.is_required(), **kw)
+
+
+def _flag_type(ann: Any) -> tuple[type, list[str] | None]:
+    """The flag's Python type (bool, int, float or str) and its choices (a Literal's values), through
+    ``Optional`` and ``Annotated``."""
+    if ann in (bool, int, float, str):
+        return ann, None
+    if get_origin(ann) is Literal:
+        return str, [str(a) for a in get_args(ann)]
+    for a in get_args(ann):  # Optional[X] / Annotated[X, ...]
+        if a is not type(None):
+            return _flag_type(a)
+    return str, None
 
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:

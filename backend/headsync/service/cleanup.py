@@ -40,8 +40,10 @@ def _report(p: Path, what: str = "removed") -> str:
     return f"{what} {p}" if why is None else f"could not remove {p} ({why})"
 
 
-def sweep_temp(roots: Iterable[Path], pid: int | None, max_entries: int = 200_000) -> list[str]:
+def sweep_temp(roots: Iterable[Path], pid: int | None, max_entries: int = 200_000,
+               inside: Path | None = None) -> list[str]:
     """Remove ``.NAME.tmp-PID`` files/folders under ``roots``; put ``.NAME.old-PID`` back when NAME is gone.
+    A root that leads out of ``inside`` (the workspace; a subject folder swapped for a link) is left alone.
 
     Returns one line per path: ``removed P``, ``restored P`` or ``could not remove P (why)``. Symbolic
     links are not followed.
@@ -51,9 +53,13 @@ def sweep_temp(roots: Iterable[Path], pid: int | None, max_entries: int = 200_00
     pat = re.compile(rf"^\.(?P<name>.+)\.(?P<kind>tmp|old)-{int(pid)}$")
     done: list[str] = []
     seen = 0
+    ws = Path(inside).resolve() if inside is not None else None
     for root in roots:
         root = Path(root)
         if not root.is_dir():
+            continue
+        if ws is not None and ws != root.resolve() and ws not in root.resolve().parents:
+            done.append(f"not swept {root}: it leads out of the workspace (to {root.resolve()})")
             continue
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             seen += len(dirnames) + len(filenames)

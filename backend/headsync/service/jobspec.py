@@ -165,18 +165,25 @@ def check_subject_dir(workspace: Path, subject: str) -> Path:
     if not _inside(real, ws) or real == ws or any(_inside(real, ws / r) for r in RESERVED):
         raise ApiError(422, f"subject {subject!r}: its folder leads out of the workspace ({_short(str(real))})",
                        "move the subject's folder into the workspace")
-    try:
-        entries = list(os.scandir(real)) if real.is_dir() else []
-    except OSError:
-        entries = []
-    for e in entries:  # the folders stages write into (frames/, models/, renders/, ...)
-        if e.is_symlink():
-            target = Path(e.path).resolve()
-            if not _inside(target, ws):
-                raise ApiError(422, f"subject {subject!r}: {e.path} is a symbolic link out of the workspace "
-                                    f"(to {_short(str(target))})",
-                               "jobs write only inside the workspace; replace the link by a folder")
+    for link in _links_out(real, ws, depth=2):  # where stages write: frames/, models/RUN/, renders/ID/, ...
+        raise ApiError(422, f"subject {subject!r}: {link} is a symbolic link out of the workspace "
+                            f"(to {_short(str(link.resolve()))})",
+                       "jobs write only inside the workspace; replace the link by a folder")
     return real
+
+
+def _links_out(folder: Path, ws: Path, depth: int):
+    """Symbolic links within ``depth`` levels of ``folder`` that lead out of ``ws`` (not followed)."""
+    try:
+        entries = list(os.scandir(folder)) if depth > 0 else []
+    except OSError:
+        return
+    for e in entries:
+        if e.is_symlink():
+            if not _inside(Path(e.path).resolve(), ws):
+                yield Path(e.path)
+        elif e.is_dir(follow_symlinks=False):
+            yield from _links_out(Path(e.path), ws, depth - 1)
 
 
 def resolve_preset(value: str) -> str:

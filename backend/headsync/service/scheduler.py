@@ -217,7 +217,7 @@ class Scheduler:
             out = job["params"].get("out")
             if out:
                 roots.append(Path(out).parent)
-            for line in cleanup.sweep_temp(roots, pid):
+            for line in cleanup.sweep_temp(roots, pid, inside=self.workspace):
                 self._append_log(job["id"], f"cleanup: {line}")
             for line in cleanup.remove_owned(job.get("owned") or [], self.workspace):
                 self._append_log(job["id"], f"cleanup: {line}")

@@ -243,7 +243,7 @@ def main(argv: list[str]) -> int:
             sys.stdout.flush()
     try:
         if outcome != "succeeded":
-            for line in cleanup.sweep_temp([Path(job["params"]["subject"])], os.getpid()):
+            for line in cleanup.sweep_temp([Path(job["params"]["subject"])], os.getpid(), inside=workspace):
                 _log(f"cleanup: {line}")
             for line in cleanup.remove_owned(job.get("owned") or [], workspace):
                 _log(f"cleanup: {line}")
