@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import hashlib
 import json
 import os
 import shutil
@@ -31,6 +30,9 @@ from pathlib import Path
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from service_harness import changes, tree_digest as digest  # noqa: E402 - the tests' listing of a tree
+
 AUDIO = REPO / "sample_projects" / "astronaut" / "dub.wav"
 # Every check but positive_data_acceptance: a request that matches the schema can still name a file
 # that does not exist or a subject nobody prepared, and the service rightly answers 4xx.
@@ -78,25 +80,6 @@ def widen(doc: dict, paths: list[str], names: list[str]) -> dict:
     for alt in body["oneOf"]:
         alt["properties"]["subject"] = wide(alt["properties"]["subject"], names + paths[:12])
     return doc
-
-
-def digest(*roots: Path) -> dict[str, tuple]:
-    """path -> (kind, size, sha256) of everything under ``roots`` (links listed, not followed)."""
-    out: dict[str, tuple] = {}
-    for root in roots:
-        if not os.path.lexists(root):
-            out[str(root)] = ("absent",)
-            continue
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            out[dirpath] = ("dir",)
-            for n in dirnames + filenames:
-                q = Path(dirpath) / n
-                if q.is_symlink():
-                    out[str(q)] = ("link", os.readlink(q))
-                elif q.is_file():
-                    data = q.read_bytes()
-                    out[str(q)] = ("file", len(data), hashlib.sha256(data).hexdigest())
-    return out
 
 
 def stage(root: Path) -> tuple[Path, Path]:
@@ -196,7 +179,7 @@ def main() -> int:
         doc = client.get("/api/v1/openapi.json").json()
         job_ids = seed(ws, client, tool) if proc is not None else \
             [j["id"] for j in client.get("/api/v1/jobs", params={"limit": 20}).json()]
-        before = digest(outside, ws / "subjects" / "other", ws / "userstuff", REPO / "sample_projects") \
+        before = digest(outside, ws / "subjects" / "other", ws / "userstuff", AUDIO) \
             if proc is not None else {}
         beside = sorted(p.name for p in tmp.iterdir())
         if proc is not None:
@@ -250,14 +233,13 @@ def main() -> int:
             proc.terminate()
             proc.wait(timeout=60)
             proc = None
-            after = digest(outside, ws / "subjects" / "other", ws / "userstuff", REPO / "sample_projects")
-            written = sorted(f"{'added' if k not in before else 'removed' if k not in after else 'changed'} {k}"
-                             for k in set(before) | set(after) if before.get(k) != after.get(k))
+            after = digest(outside, ws / "subjects" / "other", ws / "userstuff", AUDIO)
+            written = changes(before, after)
             new_beside = sorted(set(p.name for p in tmp.iterdir()) - set(beside))
             written += [f"added {tmp / n} (beside the workspace)" for n in new_beside]
             print(f"jobs queued by the fuzzer: {len(jobs)}; outputs outside the workspace: {len(escaped)}")
             print(f"writes outside the workspace: {len(written)} (sentinel tree, the unnamed subject, the user's "
-                  f"folder, the sample; {len(before)} entries compared)")
+                  f"folder, the sample audio; {len(before)} entries compared)")
             for w in (escaped + written)[:20]:
                 print("  " + w)
         return 0 if (not five and not escaped and not written and r.returncode == 0 and total > 0) else 1

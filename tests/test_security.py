@@ -22,11 +22,10 @@ import tempfile
 import time
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 
-from service_harness import BACKEND, REPO, ServiceProc, changes, run_serve, tree_digest, wait_for, worker_pid
+from service_harness import BACKEND, REPO, ServiceProc, changes, run_serve, tree_digest, wait_for
 
 AUDIO = str(REPO / "sample_projects" / "astronaut" / "dub.wav")
 
@@ -455,7 +454,7 @@ def job_store(tmp_path_factory):
     return ws, ids
 
 
-@pytest.mark.parametrize("damage", ["truncated-half", "truncated-empty", "garbage", "other-database"])
+@pytest.mark.parametrize("damage", ["truncated-half", "truncated-empty", "garbage", "other-database", "deleted"])
 def test_8_a_damaged_job_store_is_refused_and_kept(job_store, tmp_path, damage):
     src, _ = job_store
     ws = tmp_path / "ws"
@@ -470,9 +469,11 @@ def test_8_a_damaged_job_store_is_refused_and_kept(job_store, tmp_path, damage):
         db.write_bytes(b"")
     elif damage == "garbage":
         db.write_bytes(data[:100] + os.urandom(len(data) - 100))
-    else:
+    elif damage == "other-database":
         db.unlink()
         sqlite3.connect(db).execute("CREATE TABLE notes (x)").connection.commit()
+    else:
+        db.unlink()  # gone, while logs/ still holds the jobs' logs
     before = tree_digest(ws)
     r = run_serve(["--workspace", str(ws)])
     assert r.returncode == 2, r.stdout + r.stderr

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import hmac
-import ipaddress
 import json
 import logging
 import os
@@ -36,6 +35,7 @@ from .. import __version__, tasks
 from . import jobspec
 from .jobspec import ApiError
 from .scheduler import Scheduler
+from .server import is_loopback
 from .store import STATES, Store, jsonsafe, new_id, public
 from .worker import can_resume, checkpoint_of, resumable_kind
 
@@ -75,12 +75,7 @@ def loopback_host(host: bytes | None) -> bool:
         name, _, port = h.partition(":")
         if port and not port.isdigit():
             return False
-    if name in ("localhost", "localhost."):
-        return True
-    try:
-        return ipaddress.ip_address(name).is_loopback
-    except ValueError:
-        return False
+    return is_loopback(name)
 
 
 def _err(status: int, message: str, hint: str = "", headers: dict[str, str] | None = None) -> ApiJSON:

@@ -35,8 +35,9 @@ def default_workspace() -> Path:
     return Path(os.environ.get("HEADSYNC_WORKSPACE") or DEFAULT_WORKSPACE).expanduser()
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
+def is_loopback(host: str) -> bool:
+    """True for a name or address of this machine: ``localhost``, 127.0.0.0/8, ``::1``."""
+    if host in ("localhost", "localhost."):
         return True
     try:
         return ipaddress.ip_address(host).is_loopback
@@ -132,7 +133,7 @@ def serve(host: str = "127.0.0.1", port: int = 0, workspace: str | Path | None =
 
     echo = echo or (lambda s: print(s, flush=True))
     tasks.load_plugins()
-    if not _is_loopback(host):
+    if not is_loopback(host):
         raise UserError(f"refusing to listen on {host}: the service is for this machine only",
                         "use --host 127.0.0.1 (the default)")
     if max_jobs is not None and max_jobs < 1:

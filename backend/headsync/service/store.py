@@ -139,7 +139,8 @@ def set_aside(workspace: Path) -> list[Path]:
 class Store:
     """Access to ``WORKSPACE/jobs.db``; one connection per thread (sqlite3 objects are not shared).
 
-    ``check`` (the service, at start): :func:`check_integrity` first."""
+    ``check`` (the service, at start): :func:`check_integrity` first, and a store that vanished while job
+    logs remain is refused too (never a new, empty history unless asked for: :func:`set_aside`)."""
 
     def __init__(self, workspace: Path, check: bool = False):
         self.workspace = Path(workspace)
@@ -147,6 +148,10 @@ class Store:
         self.logs = self.workspace / "logs"
         if check:
             check_integrity(self.path)
+            logs = list(self.logs.glob("*.log")) if not self.path.exists() and self.logs.is_dir() else []
+            if logs:  # the history was deleted: a new one only on request
+                raise UserError(f"the job store {self.path} is missing, but {self.logs} holds {len(logs)} job "
+                                "log(s): the history of those jobs is gone", RESET_HINT)
         self.logs.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self._conn() as c:
