@@ -129,7 +129,7 @@ def serve(host: str = "127.0.0.1", port: int = 0, workspace: str | Path | None =
 
     from .. import tasks
     from .app import Service, create_app
-    from .store import set_aside
+    from .store import Store, set_aside
 
     echo = echo or (lambda s: print(s, flush=True))
     tasks.load_plugins()
@@ -145,6 +145,11 @@ def serve(host: str = "127.0.0.1", port: int = 0, workspace: str | Path | None =
     if reset_jobs:
         for moved in set_aside(ws):
             echo(f"headsync: moved the old job store aside to {moved}")
+        try:
+            Store(ws).close()  # the new, empty history asked for (the start's check then finds it sound)
+        except (OSError, sqlite3.Error) as e:
+            lock.close()
+            raise UserError(f"cannot create a new job store in {ws}: {e}", "check the workspace folder") from None
     max_jobs = int(max_jobs or os.environ.get("HEADSYNC_MAX_JOBS") or 1)
     grace_s = float(grace_s if grace_s is not None else os.environ.get("HEADSYNC_CANCEL_GRACE_S") or 5.0)
 
