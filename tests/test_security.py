@@ -605,6 +605,21 @@ def test_9_job_errors_and_cleanup_name_the_real_cause(open_tmp):
         s.stop()
 
 
+def test_9_a_job_on_a_read_only_disk_says_so(open_tmp):
+    ws = open_tmp / "ws"
+    ro = ws / "subjects" / "ro"
+    ro.mkdir(parents=True)
+    s = ServiceProc(ws, prefix=read_only_mount(ro))
+    try:
+        j = s.wait(s.submit(subject="ro", seconds=0.2, steps=2))
+        assert j["state"] == "failed", j
+        assert j["error"]["message"].startswith(f"read-only file system: cannot write {ro}"), j["error"]
+        assert "read-only disk" in j["error"]["hint"]
+        assert s.wait(s.submit(subject="rw", seconds=0.1, steps=1))["state"] == "succeeded"  # the rest works
+    finally:
+        s.stop()
+
+
 def test_9_cleanup_reports_what_it_removed(tmp_path):
     from headsync.service import cleanup
 
