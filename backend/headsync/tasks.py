@@ -88,6 +88,10 @@ class JobParams(BaseModel):
 
 @dataclass(frozen=True)
 class Task:
+    """A job kind: its parameter schema (``model``), entry point (a function ``(params, reporter) ->
+    artifacts``, or ``"module:function"`` under ``headsync``, imported only when the job runs) and what the
+    service needs to know of it."""
+
     kind: str
     model: type[JobParams]
     entry: str | Callable[[dict[str, Any], Reporter], dict[str, Any]]  # "module:function" under headsync
