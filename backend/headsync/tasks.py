@@ -99,6 +99,8 @@ class Task:
     creates_subject: bool = False   # the others need their subject prepared (or its prepare queued)
     checkpoint: Callable[[dict[str, Any]], Path] | None = None  # what a resumed job continues from
     check: Callable[[dict[str, Any]], None] | None = None       # rules across parameters and the disk
+    gpu: bool = True                # runs on a GPU where there is one (a cluster executor asks for one)
+    reads_subject: bool = False     # only reads its subject: may run beside other such jobs of it
 
     def function(self) -> Callable[[dict[str, Any], Reporter], dict[str, Any]]:
         if callable(self.entry):
@@ -148,7 +150,8 @@ def job_kind(kind: str, entry: str | Callable, help: str, **options: Any) -> Cal
 
 
 # ---- the kinds -------------------------------------------------------------------------------------
-@job_kind("prepare", "prepare:prepare_task", "video + audio -> prepared subject folder", creates_subject=True)
+@job_kind("prepare", "prepare:prepare_task", "video + audio -> prepared subject folder", creates_subject=True,
+          gpu=False)
 class PrepareParams(JobParams):
     video: Annotated[InputFile, Cli(positional=True)] = Field(description="the subject video (any format ffmpeg reads)")
     subject: SubjectFolder = Field(description="subject folder to create or update")
@@ -186,7 +189,7 @@ def shot_of(params: dict[str, Any]) -> str:
 
 
 @job_kind("render", "rendering:render_task", "trained model + audio (+ curves) -> frames, mp4, curves.json",
-          check=_check_render)
+          check=_check_render, reads_subject=True)
 class RenderParams(JobParams):
     subject: SubjectFolder = Field(description="a trained subject folder")
     audio: InputFile = Field(description="the new dialogue (any audio format)")

@@ -161,13 +161,13 @@ class Service:
     """State shared by the routes: workspace, store, scheduler, device."""
 
     def __init__(self, workspace: Path, token: str, max_jobs: int = 1, grace_s: float = 5.0,
-                 min_free_mb: float = 64.0):
+                 min_free_mb: float = 64.0, executor: Any = None):
         self.workspace = Path(workspace).resolve()
         (self.workspace / "subjects").mkdir(parents=True, exist_ok=True)
         self.token = token
         self.store = Store(self.workspace, check=True)  # a damaged jobs.db: refuse, never start empty
         self.scheduler = Scheduler(self.store, self.workspace, max_jobs=max_jobs, grace_s=grace_s,
-                                   min_free_mb=min_free_mb)
+                                   min_free_mb=min_free_mb, executor=executor)
         self.device: dict[str, Any] | None = None
         self._device_ready = threading.Event()
 

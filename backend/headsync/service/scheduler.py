@@ -1,14 +1,16 @@
-"""The queue: dispatches queued jobs to worker subprocesses, watches them, stops them.
+"""The queue: dispatches queued jobs to workers, watches them, stops them.
 
-One thread owns every worker process (it starts them, so the workers' parent-death signal is tied to a
+Where a worker runs is the executor's business (:mod:`.executors`: a local subprocess, or a Ray task).
+One thread owns every worker (it starts them, so a local worker's parent-death signal is tied to a
 thread that lives as long as the service). Each tick (at most every 0.2 s, at once when woken):
 
 1. reap workers that exited: a job still ``running`` in the store is failed with the reason
-   (``worker died: killed by signal 9 (SIGKILL)``), or ``cancelled`` when a cancel was asked for;
+   (``worker died: killed by signal 9 (SIGKILL)``, as the executor words it), or ``cancelled`` when a
+   cancel was asked for;
    their half-written files are swept (:mod:`.cleanup`);
 2. SIGKILL workers that did not stop within the grace period after a cancel;
 3. start queued jobs, oldest first, while fewer than ``max_jobs`` run (one GPU job at a time by
-   default) and never two jobs of the same subject at once.
+   default) and never two jobs of the same subject at once, except jobs that only read it (renders).
 
 On start, :meth:`recover` fails the jobs a previous service left ``running`` (killing their orphaned
 workers, if any): a train job is marked resumable.
@@ -19,37 +21,27 @@ from __future__ import annotations
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
 
 from . import cleanup
+from .executors import Executor, Run
+from .executors.local import LocalExecutor, kill_group
 from .store import Store, now_iso
 from .worker import EXIT_DISK_FULL, can_resume, os_error, resume_hint
 
 log = logging.getLogger("headsync.service")
 
-PACKAGE_PARENT = str(Path(__file__).resolve().parents[2])  # the folder holding the headsync package
-
 
 @dataclass
 class Worker:
     job_id: str
-    proc: subprocess.Popen
-    logf: IO[bytes]
+    run: Run
+    kind: str = ""
+    subject: str = ""
     kill_at: float | None = None  # monotonic deadline for SIGKILL after a stop request
-
-
-def _signal_name(n: int) -> str:
-    try:
-        return signal.Signals(n).name
-    except ValueError:
-        return f"signal {n}"
 
 
 def _is_our_worker(pid: int, job_id: str) -> bool:
@@ -60,18 +52,11 @@ def _is_our_worker(pid: int, job_id: str) -> bool:
     return b"headsync.service.worker" in cmd and job_id.encode() in cmd
 
 
-def _kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
-    """Signal the worker's process group (the worker and anything it started, e.g. ffmpeg)."""
-    try:
-        os.killpg(pid, sig)
-    except (ProcessLookupError, PermissionError, OSError):
-        pass
-
-
 class Scheduler:
     def __init__(self, store: Store, workspace: Path, max_jobs: int = 1, grace_s: float = 5.0,
-                 min_free_mb: float = 64.0, env: dict[str, str] | None = None):
+                 min_free_mb: float = 64.0, env: dict[str, str] | None = None, executor: Executor | None = None):
         self.store = store
+        self.executor: Executor = executor or LocalExecutor(env)
         self.workspace = Path(workspace)
         self.max_jobs = max(1, int(max_jobs))
         self.grace_s = float(grace_s)
@@ -115,18 +100,14 @@ class Scheduler:
                 self.store.set_fields(w.job_id, stop_reason="shutdown")
             except Exception:  # noqa: BLE001
                 pass
-            self._send(w, signal.SIGTERM)
+            w.run.stop()
         deadline = time.monotonic() + self.grace_s
         for w in workers:
-            try:
-                w.proc.wait(timeout=max(deadline - time.monotonic(), 0.05))
-            except subprocess.TimeoutExpired:
-                _kill_group(w.proc.pid)
-                try:
-                    w.proc.wait(timeout=5)
-                except subprocess.TimeoutExpired:
-                    pass
+            if not w.run.wait(max(deadline - time.monotonic(), 0.05)):
+                w.run.kill()
+                w.run.wait(5)
         self.reap(shutting_down=True)
+        self.executor.close()
 
     # ---- recovery ------------------------------------------------------------------------------
     def recover(self) -> None:
@@ -134,7 +115,7 @@ class Scheduler:
         for job in self.store.running():
             pid = job.get("pid")
             if pid and _is_our_worker(pid, job["id"]):
-                _kill_group(pid)
+                kill_group(pid)
                 for _ in range(100):
                     if not _is_our_worker(pid, job["id"]):
                         break
@@ -154,15 +135,15 @@ class Scheduler:
         with self._lock:
             overdue = [w for w in self.workers.values() if w.kill_at is not None and now >= w.kill_at]
         for w in overdue:
-            self._append_log(w.job_id, f"did not stop within {self.grace_s:g}s: SIGKILL")
-            _kill_group(w.proc.pid)
+            self._append_log(w.job_id, f"did not stop within {self.grace_s:g}s: killed")
+            w.run.kill()
             w.kill_at = None
         if not self._stopping.is_set():
             self.dispatch()
 
     def reap(self, shutting_down: bool = False) -> None:
         with self._lock:
-            done = [w for w in self.workers.values() if w.proc.poll() is not None]
+            done = [w for w in self.workers.values() if w.run.poll() is not None]
             for w in done:
                 del self.workers[w.job_id]
             done += self._unrecorded
@@ -176,22 +157,16 @@ class Scheduler:
                     self._unrecorded.append(w)
 
     def _reaped(self, w: Worker, shutting_down: bool) -> None:
-        rc = w.proc.returncode
-        try:
-            w.logf.close()
-        except OSError:
-            pass
-        _kill_group(w.proc.pid)  # children it left behind (ffmpeg, ...)
+        rc = w.run.poll()
+        w.run.close()
         job = self.store.get(w.job_id)
         if job is None:
             return
         if job["state"] == "running":
-            if rc is not None and rc < 0:
-                reason = f"worker died: killed by signal {-rc} ({_signal_name(-rc)})"
-            elif rc == EXIT_DISK_FULL:
+            if rc == EXIT_DISK_FULL:
                 reason = "disk full: the worker could not record its result"
             else:
-                reason = f"worker died: exit code {rc}"
+                reason = w.run.died(rc if rc is not None else -1)
             resumable = can_resume(job["kind"], job["params"])
             hint = resume_hint(job["kind"], job["params"])
             if job.get("stop_reason") == "cancel":
@@ -209,7 +184,7 @@ class Scheduler:
             self._append_log(w.job_id, f"{error['message']} -> {state}")
         job = self.store.get(w.job_id) or job
         if job["state"] != "succeeded":
-            self._cleanup(job, w.proc.pid)
+            self._cleanup(job, job.get("pid") or w.run.pid)  # the row has the last attempt's (a remote one)
 
     def _cleanup(self, job: dict, pid: int | None) -> None:
         try:
@@ -227,17 +202,20 @@ class Scheduler:
     def dispatch(self) -> None:
         with self._lock:
             slots = self.max_jobs - len(self.workers)
-            busy_subjects = {self.store.get(j)["subject"] for j in self.workers}  # type: ignore[index]
+            # subject -> True while only jobs that read it run there (another such job may join them)
+            busy: dict[str, bool] = {}
+            for w in self.workers.values():
+                busy[w.subject] = busy.get(w.subject, True) and _reads_subject(w.kind)
         if slots <= 0:
             return
         for job in self.store.queued():
             if slots <= 0 or self._stopping.is_set():
                 break
-            if job["subject"] in busy_subjects:
+            if job["subject"] in busy and not (busy[job["subject"]] and _reads_subject(job["kind"])):
                 continue
             if self._start(job):
                 slots -= 1
-                busy_subjects.add(job["subject"])
+                busy[job["subject"]] = busy.get(job["subject"], True) and _reads_subject(job["kind"])
 
     def _start(self, job: dict) -> bool:
         job_id = job["id"]
@@ -254,32 +232,21 @@ class Scheduler:
                 "hint": f"free some space (at least {self.min_free_mb:.0f} MiB), then submit the job again"})
             return False
         log_path = self.store.log_path(job_id)
-        env = dict(self.env if self.env is not None else os.environ)
-        env["PYTHONPATH"] = PACKAGE_PARENT + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env["HEADSYNC_SERVICE_PID"] = str(os.getpid())
-        env.setdefault("PYTHONUNBUFFERED", "1")
-        logf = None
         try:
-            logf = open(log_path, "ab")
-            proc = subprocess.Popen(
-                [sys.executable, "-m", "headsync.service.worker", job_id, str(self.workspace)],
-                stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT, env=env,
-                cwd=str(self.workspace), start_new_session=True, close_fds=True,
-            )
+            run = self.executor.launch(job, self.workspace, log_path)
         except OSError as e:
-            if logf:
-                logf.close()
             known = os_error(e)
             self.store.transition(job_id, ["running"], "failed", error=(
                 {"message": f"could not start a worker: {known['message']}", "hint": known["hint"]} if known else
                 {"message": f"could not start a worker: {e}", "hint": "see the service's output"}))
             return False
-        self.store.set_fields(job_id, pid=proc.pid)
-        w = Worker(job_id, proc, logf)
+        if run.pid is not None:
+            self.store.set_fields(job_id, pid=run.pid)
+        w = Worker(job_id, run, job["kind"], job["subject"])
         with self._lock:
             self.workers[job_id] = w
         if (self.store.get(job_id) or {}).get("stop_reason") == "cancel":  # cancelled while starting
-            self._send(w, signal.SIGTERM)
+            w.run.stop()
             w.kill_at = time.monotonic() + self.grace_s
         return True
 
@@ -301,18 +268,12 @@ class Scheduler:
         with self._lock:
             w = self.workers.get(job_id)
         if w is not None:
-            self._append_log(job_id, "cancel requested: SIGTERM")
-            self._send(w, signal.SIGTERM)
+            self._append_log(job_id, "cancel requested: stopping the worker")
+            w.run.stop()
             if w.kill_at is None:
                 w.kill_at = time.monotonic() + self.grace_s
         self._wake.set()
         return "running"
-
-    def _send(self, w: Worker, sig: int) -> None:
-        try:
-            w.proc.send_signal(sig)
-        except (ProcessLookupError, OSError):
-            pass
 
     def running_count(self) -> int:
         with self._lock:
@@ -324,3 +285,10 @@ class Scheduler:
                 f.write(f"{time.strftime('%H:%M:%S', time.gmtime())}Z [service] {text}\n")
         except OSError:
             pass
+
+
+def _reads_subject(kind: str) -> bool:
+    from .. import tasks
+
+    t = tasks.TASKS.get(kind)
+    return bool(t and t.reads_subject)

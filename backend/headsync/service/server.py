@@ -1,5 +1,5 @@
 """Starting the service: ``headsync serve [--host 127.0.0.1] [--port 0] [--workspace DIR] [--max-jobs N]
-[--reset-jobs]``.
+[--reset-jobs] [--executor local|ray] [--ray-address HOST:PORT]``.
 
 :func:`serve` binds 127.0.0.1 (a random free port by default), makes a random token, and, once the
 queue is recovered and the socket listens, writes ``WORKSPACE/server.json`` = ``{"url", "token", "pid"}``
@@ -116,13 +116,15 @@ def _lock(workspace: Path):
 
 def serve(host: str = "127.0.0.1", port: int = 0, workspace: str | Path | None = None, *,
           max_jobs: int | None = None, grace_s: float | None = None, reset_jobs: bool = False,
+          executor: str = "local", ray_address: str | None = None,
           echo: Callable[[str], None] | None = None) -> int:
     """Run the service until SIGINT/SIGTERM; returns 0 after a clean shutdown.
 
     ``workspace`` (default ``$HEADSYNC_WORKSPACE`` or ``~/HeadSync``). ``max_jobs`` (default
     ``$HEADSYNC_MAX_JOBS`` or 1): jobs running at once. ``grace_s`` (default ``$HEADSYNC_CANCEL_GRACE_S``
     or 5): seconds a worker gets to stop before SIGKILL. ``reset_jobs``: move the job store aside first
-    (an empty history). Raises :class:`UserError` for a non-loopback host, a busy port, a workspace already
+    (an empty history). ``executor``: where jobs run, ``local`` subprocesses or ``ray`` tasks on the cluster
+    at ``ray_address`` (docs/cluster.md); with ``ray`` ``max_jobs`` defaults to the cluster's GPUs (or CPUs). Raises :class:`UserError` for a non-loopback host, a busy port, a workspace already
     served or not writable, or a damaged job store.
     """
     import uvicorn
@@ -150,7 +152,14 @@ def serve(host: str = "127.0.0.1", port: int = 0, workspace: str | Path | None =
         except (OSError, sqlite3.Error) as e:
             lock.close()
             raise UserError(f"cannot create a new job store in {ws}: {e}", "check the workspace folder") from None
-    max_jobs = int(max_jobs or os.environ.get("HEADSYNC_MAX_JOBS") or 1)
+    from .executors import make_executor
+
+    try:
+        runner = make_executor(executor, ray_address)
+    except UserError:
+        lock.close()
+        raise
+    max_jobs = int(max_jobs or os.environ.get("HEADSYNC_MAX_JOBS") or runner.capacity() or 1)
     grace_s = float(grace_s if grace_s is not None else os.environ.get("HEADSYNC_CANCEL_GRACE_S") or 5.0)
 
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -163,6 +172,7 @@ def serve(host: str = "127.0.0.1", port: int = 0, workspace: str | Path | None =
     except OSError as e:
         sock.close()
         lock.close()
+        runner.close()
         raise UserError(f"cannot listen on {host}:{port}: {e.strerror}", "pass --port 0 for a free port")
     sock.listen(128)
     bound = sock.getsockname()[1]
@@ -173,7 +183,7 @@ def serve(host: str = "127.0.0.1", port: int = 0, workspace: str | Path | None =
     def started() -> None:
         write_server_json(server_json, {"url": url, "token": token, "pid": os.getpid()})
         echo(f"headsync: serving on {url} (workspace {ws}; token in {server_json}; "
-             f"{max_jobs} job(s) at a time). Stop with Ctrl-C.")
+             f"{max_jobs} job(s) at a time on the {runner.name} executor). Stop with Ctrl-C.")
 
     def stopped() -> None:
         try:
@@ -185,10 +195,12 @@ def serve(host: str = "127.0.0.1", port: int = 0, workspace: str | Path | None =
 
     min_free_mb = float(os.environ.get("HEADSYNC_MIN_FREE_MB") or 64)
     try:
-        service = Service(ws, token, max_jobs=max_jobs, grace_s=grace_s, min_free_mb=min_free_mb)
+        service = Service(ws, token, max_jobs=max_jobs, grace_s=grace_s, min_free_mb=min_free_mb,
+                          executor=runner)
     except (UserError, OSError, sqlite3.Error) as e:
         sock.close()
         lock.close()
+        runner.close()
         if isinstance(e, UserError):
             raise
         from .worker import os_error
@@ -223,13 +235,18 @@ def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
     ap.add_argument("--max-jobs", type=int, default=None, help="jobs at a time (default $HEADSYNC_MAX_JOBS or 1)")
     ap.add_argument("--reset-jobs", action="store_true",
                     help="start with an empty job history: the old jobs.db is moved aside, not deleted")
+    ap.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="where jobs run: local subprocesses (default) or tasks on a Ray cluster (docs/cluster.md)")
+    ap.add_argument("--ray-address", default=None, metavar="HOST:PORT",
+                    help="the Ray cluster's head (--executor ray; default: RAY_ADDRESS or a cluster on this machine)")
     return ap
 
 
 def run(args: argparse.Namespace) -> int:
     """``serve`` with parsed :func:`add_arguments` flags; exit code 2 (message and hint) on bad input."""
     try:
-        return serve(args.host, args.port, args.workspace, max_jobs=args.max_jobs, reset_jobs=args.reset_jobs)
+        return serve(args.host, args.port, args.workspace, max_jobs=args.max_jobs, reset_jobs=args.reset_jobs,
+                     executor=args.executor, ray_address=args.ray_address)
     except UserError as e:
         print(f"error: {e.message}", file=sys.stderr)
         if e.hint:

@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 EXIT_DISK_FULL = 75
 
@@ -144,6 +144,9 @@ def resume_hint(kind: str, params: dict[str, Any]) -> str:
     return "resume it: POST /api/v1/jobs/ID/resume" if can_resume(kind, params) else "submit the job again"
 
 
+STOP_POLL_S = 1.0  # how often a worker reads its row's stop_reason (the way a cancel reaches a remote one)
+
+
 def main(argv: list[str]) -> int:
     if len(argv) != 3:
         print("usage: python -m headsync.service.worker JOB_ID WORKSPACE", file=sys.stderr)
@@ -165,6 +168,19 @@ def main(argv: list[str]) -> int:
         except OSError:
             pass
 
+    def stopped() -> bool:
+        if parent and os.getppid() != parent:
+            stop["flag"] = True
+        return stop["flag"]
+
+    return run_job(job_id, workspace, stopped)
+
+
+def run_job(job_id: str, workspace: Path, stopped: Callable[[], bool]) -> int:
+    """Run the ``running`` job ``job_id`` of the store in ``workspace`` here and record its outcome; the
+    exit code of a worker (0: recorded). ``stopped()`` is this process's own reason to stop (a signal, a
+    dead parent); a ``stop_reason`` written into the job's row (cancel, shutdown) also stops it, read at
+    most every :data:`STOP_POLL_S` seconds, so a worker on another machine stops the same way."""
     from .. import tasks
     from ..errors import Cancelled
     from ..progress import Reporter
@@ -180,9 +196,17 @@ def main(argv: list[str]) -> int:
     kind = job["kind"]
     _log(f"job {job_id}: {kind} {json.dumps(job['params'])} (worker pid {os.getpid()})")
 
+    stop = {"flag": False, "polled": float("-inf")}  # the first check reads the row
+
     def should_stop() -> bool:
-        if parent and os.getppid() != parent:
+        if stopped():
             stop["flag"] = True
+        elif time.monotonic() - stop["polled"] >= STOP_POLL_S:
+            stop["polled"] = time.monotonic()
+            try:
+                stop["flag"] = bool((store.get(job_id) or {}).get("stop_reason"))
+            except Exception:  # noqa: BLE001 - a busy database: ask again at the next step
+                pass
         return stop["flag"]
 
     state = {"stage": None, "message": None, "last_log": 0.0, "progress": dict(job["progress"])}
