@@ -234,7 +234,7 @@ class Scheduler:
         log_path = self.store.log_path(job_id)
         try:
             run = self.executor.launch(job, self.workspace, log_path)
-        except OSError as e:
+        except Exception as e:  # noqa: BLE001 - OSError here, anything from a cluster: never stay running
             known = os_error(e)
             self.store.transition(job_id, ["running"], "failed", error=(
                 {"message": f"could not start a worker: {known['message']}", "hint": known["hint"]} if known else

@@ -123,7 +123,8 @@ class RayExecutor:
             raise UserError(f"cannot join the Ray cluster at {address or 'auto'}: {e}",
                             "start it first (docs/cluster.md: ray start --head ...) and pass --ray-address "
                             "HOST:PORT") from None
-        self.task = ray.remote(run_attempt)
+        # max_calls=1: a fresh worker process per attempt, so no job inherits another's memory (or GPU state)
+        self.task = ray.remote(max_calls=1)(run_attempt)
         res = ray.cluster_resources()
         self.gpus, self.cpus = int(res.get("GPU", 0)), int(res.get("CPU", 0))
 
@@ -133,9 +134,7 @@ class RayExecutor:
 
         t = tasks.TASKS.get(kind)
         gpu = bool(t and t.gpu) and self.gpus > 0
-        # max_calls=1: a fresh worker process per attempt, so no job inherits another's memory (or GPU state)
-        return {"num_gpus": 1 if gpu else 0, "num_cpus": 1, "max_retries": RETRIES,
-                "retry_exceptions": False, "max_calls": 1}
+        return {"num_gpus": 1 if gpu else 0, "num_cpus": 1, "max_retries": RETRIES, "retry_exceptions": False}
 
     def launch(self, job: dict, workspace: Path, log_path: Path) -> RayRun:
         ref = self.task.options(**self.options(job["kind"])).remote(job["id"], str(workspace), str(log_path))
