@@ -41,6 +41,14 @@ def _parser() -> argparse.ArgumentParser:
     from .service.server import add_arguments
 
     add_arguments(sub.add_parser("serve", help="the local service the Blender add-on talks to"))
+    sp = sub.add_parser("batch", help="render many shots (a JSON list of subject/audio/curves/out); reports "
+                                      "which failed")
+    sp.add_argument("shots", help="SHOTS.json")
+    sp.add_argument("--workspace", default=None, help="the service's workspace (default as serve)")
+    sp.add_argument("--executor", choices=("local", "ray"), default="local",
+                    help="where the shots run when no service serves the workspace (as serve)")
+    sp.add_argument("--ray-address", default=None, metavar="HOST:PORT", help="as serve")
+    sp.add_argument("--max-jobs", type=int, default=None, help="shots at a time when run here (as serve)")
 
     sp = sub.add_parser("models", help="optional pretrained models")
     msub = sp.add_subparsers(dest="models_command", required=True)
@@ -136,6 +144,10 @@ def main(argv: list[str] | None = None) -> int:
             from .service.server import run
 
             return run(args)
+        if args.command == "batch":
+            from .service import batch
+
+            return batch.main(args.shots, args.workspace, args.executor, args.ray_address, args.max_jobs)
         if args.command == "models":
             return _models(args)
         reporter = _reporter(args)
