@@ -94,8 +94,9 @@ class LocalQueue:
     def __init__(self, workspace: Path, executor: str, ray_address: str | None, max_jobs: int | None):
         from .app import Service
         from .executors import make_executor
-        from .server import _lock
+        from .server import _lock, _writable_workspace
 
+        _writable_workspace(workspace)  # as serve: made if missing, refused with a hint if unusable
         self.lock = _lock(workspace)  # no service may start on this workspace meanwhile
         try:
             runner = make_executor(executor, ray_address)
