@@ -80,6 +80,7 @@ def main() -> None:
     ap.add_argument("--workspace")
     args = ap.parse_args()
     root = Path(args.workspace or tempfile.mkdtemp(prefix="bench-ray-"))
+    root.mkdir(parents=True, exist_ok=True)
     ws = root / "ws"
     trained(ws, tiny_preset(root / "tiny.toml"))
     out: dict = {"shots": args.shots}

@@ -248,8 +248,13 @@ def run_job(job_id: str, workspace: Path, stopped: Callable[[], bool]) -> int:
         artifacts = jsonsafe(artifacts)
         outcome = "succeeded"
     except BaseException as exc:  # noqa: BLE001 - everything becomes a job outcome
-        if stop["flag"] or isinstance(exc, Cancelled):
+        row = {}
+        try:
             row = store.get(job_id) or {}
+        except Exception:  # noqa: BLE001 - the store is unreadable: classify without it
+            pass
+        # a stop asked for (signal or row) wins over what the stage raised on its way out
+        if stop["flag"] or stopped() or row.get("stop_reason") or isinstance(exc, Cancelled):
             if row.get("stop_reason") == "cancel":
                 outcome, error = "cancelled", {"message": "cancelled by request", "hint": ""}
             else:
