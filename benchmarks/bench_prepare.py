@@ -34,7 +34,7 @@ def main() -> None:
     os.environ.pop("HEADSYNC_MODELS", None)
     if args.models:
         os.environ["HEADSYNC_MODELS"] = args.models
-    from headsync.prepare import prepare_subject
+    from headsync.prepare.pipeline import prepare_subject
 
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-prepare-"))
     shutil.rmtree(out, ignore_errors=True)

@@ -31,10 +31,10 @@ sys.path.insert(0, str(REPO / "tests"))  # the synthetic subject lives with the 
 
 
 def bench(subject_dir: Path, preset: str, size: int, iters: int, frames: int, device: str) -> dict:
-    from headsync.config import load_preset, section
-    from headsync.progress import silent
-    from headsync.subject import Subject
-    from headsync.training import (FrameTensors, TrainConfig, frame_conditions, load_subject_data,
+    from headsync.core.config import load_preset, section
+    from headsync.core.progress import silent
+    from headsync.subject.folder import Subject
+    from headsync.training.trainer import (FrameTensors, TrainConfig, frame_conditions, load_subject_data,
                                    model_from_checkpoint, set_threads, train)
 
     cfg = section(load_preset(preset), "train", TrainConfig)

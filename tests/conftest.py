@@ -49,7 +49,7 @@ def prepared_sample(tmp_path_factory):
 
     Tests must treat it as read-only.
     """
-    from headsync.prepare import prepare_subject
+    from headsync.prepare.pipeline import prepare_subject
 
     return prepare_subject(sample_video(), tmp_path_factory.mktemp("sample") / "subject", preset="preview")
 

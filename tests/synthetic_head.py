@@ -15,9 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from headsync import media
-from headsync.audio_features import mel_features
-from headsync.subject import CORE_EXPRESSIONS
+from headsync.core import media
+from headsync.prepare.audio_features import mel_features
+from headsync.subject.folder import CORE_EXPRESSIONS
 
 RADII = np.array([0.8, 1.0, 0.85])  # head units; y is down, z away from the camera (OpenCV-like)
 EYES = {"eyeBlinkRight": np.array([-0.3, -0.2]), "eyeBlinkLeft": np.array([0.3, -0.2])}  # (x, y) on the face
@@ -188,7 +188,7 @@ def write_preset(path: Path, **overrides) -> Path:
 def trained_subject(root: Path, **overrides) -> Path:
     """A synthetic subject with a tiny trained run ``default`` (seconds on two cores)."""
     from headsync import tasks
-    from headsync.progress import silent
+    from headsync.core.progress import silent
 
     make_subject(root)
     preset = write_preset(root.parent / "tiny.toml", **overrides)

@@ -214,6 +214,6 @@ def test_subject_names_never_overwrite_another_video(tmp_path):
 
 def test_addon_and_backend_agree_on_the_seven_names():
     """The add-on may not import the backend (bpy + stdlib only), so the names live twice: keep them equal."""
-    from headsync.subject import CORE_EXPRESSIONS
+    from headsync.subject.folder import CORE_EXPRESSIONS
 
     assert tuple(CORE_NAMES) == tuple(CORE_EXPRESSIONS)

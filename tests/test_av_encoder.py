@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 import torch
 
-from headsync import av_encoder, lip_features, syncnet
-from headsync.audio_features import log_mel, mel_features
-from headsync.errors import UserError
-from headsync.media import write_wav
-from headsync.mouth_crops import audio_windows
-from headsync.progress import silent
-from headsync.subject import Subject
+from headsync.face_sync import av_encoder, lip_features, syncnet
+from headsync.prepare.audio_features import log_mel, mel_features
+from headsync.core.errors import UserError
+from headsync.core.media import write_wav
+from headsync.face_sync.mouth_crops import audio_windows
+from headsync.core.progress import silent
+from headsync.subject.folder import Subject
 
 FPS = 25.0
 RATE = 16000
@@ -210,9 +210,9 @@ def test_hubert_says_what_to_install():
 def test_sample_discriminator_and_judge(prepared_sample):
     """Acceptance: the discriminator separates in-sync from >= 3-frame-shifted windows on held-out frames,
     and the judge finds offset 0 on the original video (and a 3-frame delay we add to its sound)."""
-    from headsync import media
-    from headsync.mouth_crops import Clip, video_clip
-    from headsync.sync_judge import judge
+    from headsync.core import media
+    from headsync.face_sync.mouth_crops import Clip, video_clip
+    from headsync.face_sync.sync_judge import judge
 
     from conftest import sample_video
 

@@ -10,10 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
-from headsync import expression as ex
-from headsync.errors import UserError
-from headsync.progress import silent
-from headsync.subject import CORE_EXPRESSIONS, Subject
+from headsync.prepare import capture as ex
+from headsync.core.errors import UserError
+from headsync.core.progress import silent
+from headsync.subject.folder import CORE_EXPRESSIONS, Subject
 
 from conftest import SAMPLE, models_dir
 

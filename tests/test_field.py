@@ -3,9 +3,9 @@
 import numpy as np
 import torch
 
-from headsync.conditioning import AudioSmoother, Conditioning, ConditioningConfig, FaceSplit, window_indices
-from headsync.hashgrid import HashGridConfig
-from headsync.model import ModelConfig, TalkingHead
+from headsync.renderers.common.conditioning import AudioSmoother, Conditioning, ConditioningConfig, FaceSplit, window_indices
+from headsync.renderers.common.hashgrid import HashGridConfig
+from headsync.renderers.nerf.model import ModelConfig, TalkingHead
 from synthetic_head import template_points
 
 SMALL = ModelConfig(hash=HashGridConfig(levels=4, features=2, base_resolution=4, finest_resolution=32,

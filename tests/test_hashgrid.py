@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from headsync.hashgrid import HashGrid2D, HashGridConfig, level_layout, tcnn_available
-from headsync.triplane import TriPlaneEncoder
+from headsync.renderers.common.hashgrid import HashGrid2D, HashGridConfig, level_layout, tcnn_available
+from headsync.renderers.common.triplane import TriPlaneEncoder
 
 CFG = HashGridConfig(levels=6, features=2, base_resolution=4, finest_resolution=64, log2_table_size=8)
 
@@ -90,7 +90,7 @@ def test_triplane_concatenates_three_planes():
 @pytest.mark.skipif(not tcnn_available("cuda" if torch.cuda.is_available() else "cpu"),
                     reason="tiny-cuda-nn is not installed on a CUDA machine")
 def test_agrees_with_tiny_cuda_nn():
-    from headsync.hashgrid import TcnnHashGrid2D
+    from headsync.renderers.common.hashgrid import TcnnHashGrid2D
 
     cfg = HashGridConfig(levels=14, features=1, base_resolution=64, finest_resolution=512, log2_table_size=14)
     ours = HashGrid2D(cfg, planes=3).cuda()

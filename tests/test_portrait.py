@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from headsync.portrait import PortraitConfig, compose, fill_gaps, merge_mask, neck_colour, paste
+from headsync.post.portrait import PortraitConfig, compose, fill_gaps, merge_mask, neck_colour, paste
 
 
 def scene(s=32):

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE, shared_file
-from headsync import expression, stabilizer, tracking
-from headsync.config import load_preset, section
-from headsync.progress import Reporter
-from headsync.stages import run_stage
-from headsync.subject import CORE_EXPRESSIONS, Subject
+from headsync.prepare import capture as expression, stabilizer, tracking
+from headsync.core.config import load_preset, section
+from headsync.core.progress import Reporter
+from headsync.prepare.stages import run_stage
+from headsync.subject.folder import CORE_EXPRESSIONS, Subject
 
 pytestmark = pytest.mark.slow
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headsync import media
-from headsync.subject import Subject
+from headsync.core import media
+from headsync.subject.folder import Subject
 from media_fixtures import tone
 
 

@@ -1,8 +1,8 @@
 import json
 import pytest
 
-from headsync.errors import Cancelled
-from headsync.progress import Reporter, json_lines_sink
+from headsync.core.errors import Cancelled
+from headsync.core.progress import Reporter, json_lines_sink
 
 
 def test_overall_fraction_over_steps():

@@ -8,11 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from headsync import media, tasks
+from headsync.core import media
+from headsync import tasks
 from headsync.curves import captured_curves, read_curves
-from headsync.errors import UserError
-from headsync.progress import silent
-from headsync.subject import CORE_EXPRESSIONS, Subject
+from headsync.core.errors import UserError
+from headsync.core.progress import silent
+from headsync.subject.folder import CORE_EXPRESSIONS, Subject
 from synthetic_head import trained_subject
 
 BLINK_L = CORE_EXPRESSIONS.index("eyeBlinkLeft")
@@ -108,7 +109,7 @@ def test_sample_end_to_end_tiny(prepared_sample, tmp_path):
     """The real sample: a few iterations of training, a one-second dub render into the 512x512 plate, eval."""
     import shutil
 
-    from headsync.evaluation import evaluate
+    from headsync.evaluation.evaluate import evaluate
     from synthetic_head import write_preset
 
     root = tmp_path / "astronaut"
@@ -135,7 +136,7 @@ def test_preview_acceptance_on_sample(prepared_sample, tmp_path):
     """Issue 3's measured acceptance: preview training on the sample, thresholds from docs/renderer.md."""
     import shutil
 
-    from headsync.evaluation import evaluate
+    from headsync.evaluation.evaluate import evaluate
 
     root = tmp_path / "astronaut"
     shutil.copytree(prepared_sample.root, root, ignore=shutil.ignore_patterns("models", "renders"))

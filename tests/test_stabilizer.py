@@ -18,10 +18,10 @@ from conftest import models_dir, shared_file
 from scipy.ndimage import gaussian_filter1d
 from scipy.spatial.transform import Rotation
 
-from headsync import face_template as ft
-from headsync import stabilizer as st
-from headsync.progress import Reporter, silent
-from headsync.subject import Subject
+from headsync.prepare import face_template as ft
+from headsync.prepare import stabilizer as st
+from headsync.core.progress import Reporter, silent
+from headsync.subject.folder import Subject
 
 S = 512
 FOCAL = 1.5 * S  # true focal length of the synthetic camera, px
@@ -370,7 +370,7 @@ def test_frames_without_landmarks_get_interpolated_poses():
 
 
 def test_no_landmarks_at_all_is_a_user_error():
-    from headsync.errors import UserError
+    from headsync.core.errors import UserError
 
     with pytest.raises(UserError):
         st.fit_raw_poses(np.full((5, 478, 3), np.nan), procedural_canonical(), S, st.Config())
@@ -486,9 +486,9 @@ def _prepare_landmarks(video, subject_dir, resolution):
     """Crop + landmarks with the project's own stages when ``headsync.prepare`` offers them, else with
     MediaPipe's face mesh on a fixed square crop around the face (the same contract)."""
     try:
-        from headsync import prepare, tracking
-        from headsync.config import load_preset
-        from headsync.stages import run_stage
+        from headsync.prepare import pipeline as prepare, tracking
+        from headsync.core.config import load_preset
+        from headsync.prepare.stages import run_stage
     except ImportError:
         prepare = None
     subject = Subject(subject_dir)
@@ -504,7 +504,7 @@ def _prepare_landmarks(video, subject_dir, resolution):
 def _mediapipe_landmarks(video, subject, size):
     import mediapipe as mp
 
-    from headsync import media
+    from headsync.core import media
 
     frames = list(media.iter_frames(video, 25.0))
     h, w = frames[0].shape[:2]
@@ -551,6 +551,6 @@ def test_config_is_frozen_and_json_able():
     cfg = st.Config()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.focal_min = 1.0  # type: ignore[misc]
-    from headsync.config import as_dict
+    from headsync.core.config import as_dict
 
     json.dumps(as_dict(cfg))

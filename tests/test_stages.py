@@ -4,10 +4,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from headsync.errors import UserError
-from headsync.progress import Reporter
-from headsync.stages import Stage, run_stage
-from headsync.subject import Subject, staging_dir
+from headsync.core.errors import UserError
+from headsync.core.progress import Reporter
+from headsync.prepare.stages import Stage, run_stage
+from headsync.subject.folder import Subject, staging_dir
 
 
 @dataclass(frozen=True)

@@ -11,12 +11,12 @@ import numpy as np
 import pytest
 import torch
 
-from headsync import syncnet
-from headsync.audio_features import HOP, log_mel
-from headsync.errors import UserError
-from headsync.mouth_crops import (Clip, audio_row_start, audio_windows, crop_affines, cut_mouth, holdout_start,
+from headsync.face_sync import syncnet
+from headsync.prepare.audio_features import HOP, log_mel
+from headsync.core.errors import UserError
+from headsync.face_sync.mouth_crops import (Clip, audio_row_start, audio_windows, crop_affines, cut_mouth, holdout_start,
                                   video_windows)
-from headsync.sync_judge import judge
+from headsync.face_sync.sync_judge import judge
 
 FPS = 25.0
 RATE = 16000

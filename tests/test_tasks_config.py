@@ -5,9 +5,10 @@ from dataclasses import dataclass
 
 import pytest
 
-from headsync import registry, tasks
-from headsync.config import load_preset, preset_names, section
-from headsync.errors import UserError
+from headsync.core import registry
+from headsync import tasks
+from headsync.core.config import load_preset, preset_names, section
+from headsync.core.errors import UserError
 
 
 def test_validate_fills_defaults_and_checks_types():

@@ -14,11 +14,11 @@ import pytest
 import torch
 
 from headsync import tasks
-from headsync.errors import Cancelled, UserError
-from headsync.dataset import load_subject_data
-from headsync.losses import psnr_from_mse
-from headsync.progress import Reporter, silent
-from headsync.subject import Subject
+from headsync.core.errors import Cancelled, UserError
+from headsync.subject.data import load_subject_data
+from headsync.renderers.common.losses import psnr_from_mse
+from headsync.core.progress import Reporter, silent
+from headsync.subject.folder import Subject
 from synthetic_head import make_subject, write_preset
 
 REPO = Path(__file__).resolve().parents[1]

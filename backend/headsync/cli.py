@@ -12,8 +12,8 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__, tasks
-from .errors import Cancelled, UserError
-from .progress import Reporter, json_lines_sink, terminal_sink
+from .core.errors import Cancelled, UserError
+from .core.progress import Reporter, json_lines_sink, terminal_sink
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_projects" / "astronaut"
@@ -102,8 +102,8 @@ def _demo(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     result: dict[str, Any] = {}
     result["prepare"] = tasks.run("prepare", {"video": str(videos[0]), "subject": str(subject),
                                               "preset": args.preset}, reporter)
-    from .subject import Subject
-    from .training import run_dir
+    from .subject.folder import Subject
+    from .training.trainer import run_dir
 
     # A demo stopped during training picks up from its checkpoint when run again.
     resume = (run_dir(Subject(subject), args.preset) / "checkpoint.pt").exists()
@@ -173,7 +173,7 @@ def _print_result(command: str, result: dict[str, Any]) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from . import registry
+    from .core import registry
 
     if args.models_command == "list":
         for m in registry.MODELS.values():

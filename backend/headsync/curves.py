@@ -25,8 +25,8 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-from .subject import CORE_EXPRESSIONS, Subject, write_json_atomic
+from .core.errors import UserError
+from .subject.folder import CORE_EXPRESSIONS, Subject, write_json_atomic
 
 SCHEMA = "headsync.curves/1"
 SOURCES = ("captured", "generated", "edited")

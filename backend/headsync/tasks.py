@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from .errors import UserError
-from .progress import Reporter
+from .core.errors import UserError
+from .core.progress import Reporter
 
 
 @dataclass(frozen=True)
@@ -50,14 +50,14 @@ TASKS: dict[str, Task] = {
             Param("preset", str, default="standard", help="preset name or .toml path"),
             Param("fps", float, help="target frame rate (default from the preset)"),
             Param("resolution", int, help="side of the square training crop in pixels"),
-        ), "prepare:prepare_task", "video + audio -> prepared subject folder"),
+        ), "prepare.pipeline:prepare_task", "video + audio -> prepared subject folder"),
         Task("train", (
             Param("subject", str, True, path=True, help="a prepared subject folder"),
             Param("preset", str, default="standard"),
             Param("renderer", str, default="nerf", choices=("nerf", "gaussian")),
             Param("run", str, default="default", help="name of the model run under models/"),
             Param("resume", bool, default=False, help="continue from the run's last checkpoint"),
-        ), "training:train_task", "prepared subject -> trained model"),
+        ), "training.trainer:train_task", "prepared subject -> trained model"),
         Task("render", (
             Param("subject", str, True, path=True),
             Param("audio", str, True, path=True, help="the new dialogue (any audio format)"),
@@ -65,13 +65,13 @@ TASKS: dict[str, Task] = {
             Param("curves", str, path=True, help="curves.json overriding expression (and pose)"),
             Param("out", str, path=True, help="output folder (default: SUBJECT/renders/ID)"),
             Param("portrait", bool, default=True, help="composite into the full-resolution plate"),
-        ), "rendering:render_task", "trained model + audio (+ curves) -> frames, mp4, curves.json"),
+        ), "render.dub:render_task", "trained model + audio (+ curves) -> frames, mp4, curves.json"),
         Task("eval", (
             Param("subject", str, True, path=True),
             Param("run", str, default="default"),
             Param("sync", str, help="judge the lip sync of this video ('latest': the newest render) instead"),
             Param("audio", str, path=True, help="with sync: judge against this sound instead of the video's own"),
-        ), "evaluation:eval_task", "held-out metrics of a trained model, or the lip sync of a video"),
+        ), "evaluation.evaluate:eval_task", "held-out metrics of a trained model, or the lip sync of a video"),
     ]
 }
 

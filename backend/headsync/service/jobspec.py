@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import tasks
-from ..config import preset_names
-from ..errors import UserError
+from ..core.config import preset_names
+from ..core.errors import UserError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 NAME_PATTERN = NAME_RE.pattern

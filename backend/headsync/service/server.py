@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 DEFAULT_WORKSPACE = "~/HeadSync"
 

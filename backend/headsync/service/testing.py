@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 from .. import tasks
-from ..errors import UserError
-from ..progress import Reporter
-from ..subject import write_json_atomic
+from ..core.errors import UserError
+from ..core.progress import Reporter
+from ..subject.folder import write_json_atomic
 
 KIND = "test_sleep"
 

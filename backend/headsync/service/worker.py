@@ -47,7 +47,7 @@ def _log(text: str) -> None:
 
 def classify(exc: BaseException, kind: str) -> dict[str, str]:
     """A job error {message, hint} for an exception raised by a task."""
-    from ..errors import UserError
+    from ..core.errors import UserError
 
     text = str(exc)
     if isinstance(exc, UserError):
@@ -139,8 +139,8 @@ def main(argv: list[str]) -> int:
             pass
 
     from .. import tasks
-    from ..errors import Cancelled
-    from ..progress import Reporter
+    from ..core.errors import Cancelled
+    from ..core.progress import Reporter
     from . import cleanup
     from .store import Store, jsonsafe
 

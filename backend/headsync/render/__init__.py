@@ -1,0 +1,1 @@
+"""Stage 4, trained model + new audio (+ edited curves) -> frames, video, curves.json."""

@@ -1,0 +1,232 @@
+"""``headsync render``: a trained head + any audio (+ curves) -> PNG frames, an MP4 with the audio, curves.json.
+
+Frame ``t`` of the output is driven by row ``t`` of the new audio's features and by the expression (and
+head pose) of the curves; its camera, torso and background come from source frame ``ping_pong(t)``, so the
+plate loops back and forth when the audio outlasts the video. The head is rendered at the training
+resolution and the Portrait-Sync Generator (:mod:`headsync.portrait`) puts it back into the source frame at
+full resolution; ``portrait=False`` writes the crop renders instead (head over torso + plate).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import cv2
+import numpy as np
+import torch
+
+from ..face_sync import lip_features
+from ..core import media
+from ..renderers.common.cameras import camera_to_head
+from ..renderers.common.conditioning import window_indices
+from ..core.config import load_preset, section
+from ..curves import Curves, captured_curves, ping_pong, pose_matrices, read_curves, write_curves
+from ..subject.data import background_layer, check_prepared, load_pose, read_labels, read_rgb
+from ..core.errors import UserError
+from ..post.portrait import PortraitConfig, compose, fill_gaps, neck_colour
+from ..core.progress import Reporter
+from ..subject.folder import Subject, staging_dir
+from ..training.trainer import model_from_checkpoint, pick_device, run_dir, set_threads
+
+
+@dataclass(frozen=True)
+class RenderConfig:
+    """The ``[render]`` table."""
+
+    device: str = "auto"
+    threads: int = 0
+    chunk: int = 16384  # rays per forward pass
+    blur: float = 0.02  # Portrait-Sync: Gaussian sigma of the merge mask, fraction of the crop side
+    grow: float = 0.02  # Portrait-Sync: growth of the face region before blurring
+    crf: int = 18  # H.264 quality of render.mp4
+
+
+def features_for_audio(subject: Subject, kind: str, audio: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
+    """Per-frame audio features (n_frames, D) of a new audio track, of the kind the model was trained on
+    (``mel``, ``ave`` with the subject's own audio-visual encoder, or ``hubert``): see ``lip_features``."""
+    return lip_features.for_audio(subject, kind, audio, fps, n_frames)
+
+
+class SourceFrames:
+    """Full-resolution source frames by index, decoded once and kept JPEG-compressed in memory.
+
+    The ping-pong loop revisits frames out of order; keeping every decoded frame raw would cost gigabytes
+    for HD footage, compressed it is a few megabytes per hundred frames.
+    """
+
+    def __init__(self, path: str | Path, fps: float, count: int, size: tuple[int, int] | None):
+        self._jpeg: list[bytes] = []
+        for i, frame in enumerate(media.iter_frames(path, fps)):
+            if i >= count:
+                break
+            if size is not None and (frame.shape[1], frame.shape[0]) != size:
+                frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
+            ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 97])
+            self._jpeg.append(buf.tobytes())
+        if not self._jpeg:
+            raise UserError(f"no frames could be decoded from the source video {path}",
+                            "the subject's source video changed or is damaged; prepare the subject again")
+
+    def __len__(self) -> int:
+        return len(self._jpeg)
+
+    def __getitem__(self, i: int) -> np.ndarray:
+        img = cv2.imdecode(np.frombuffer(self._jpeg[min(i, len(self._jpeg) - 1)], np.uint8), cv2.IMREAD_COLOR)
+        return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def render_id(audio_path: Path, curves_path: Path | None, run: str) -> str:
+    """A short, sortable id: UTC timestamp + a hash of the inputs."""
+    h = hashlib.sha1()
+    h.update(audio_path.read_bytes())
+    if curves_path is not None:
+        h.update(curves_path.read_bytes())
+    h.update(run.encode())
+    h.update(str(time.time_ns()).encode())
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + h.hexdigest()[:6]
+
+
+def load_curves(subject: Subject, curves_path: Path | None, n_frames: int) -> Curves:
+    """The curves of the render: the file's (validated against ``n_frames``) or the captured ones."""
+    if curves_path is None:
+        return captured_curves(subject, n_frames)
+    return read_curves(curves_path, n_frames)
+
+
+def render_frames(subject: Subject, model, meta: dict[str, Any], train_res: int, smooth_window: int,
+                  feats: np.ndarray, curves: Curves, portrait: bool, rcfg: RenderConfig, device: torch.device,
+                  reporter: Reporter, src_idx: np.ndarray | None = None, feat_rows: np.ndarray | None = None
+                  ) -> Iterator[np.ndarray]:
+    """Yield the output frames (uint8 RGB): full-resolution portraits, or crops (S, S) when ``portrait`` is False.
+
+    Output frame ``t`` uses source frame ``src_idx[t]`` (default: the ping-pong loop) for camera, torso and
+    plate, and audio-feature row ``feat_rows[t]`` (default ``t``) of ``feats``.
+    """
+    n_src = subject.frame_count()
+    n_out = curves.frame_count
+    src_idx = ping_pong(n_src, n_out) if src_idx is None else np.asarray(src_idx)
+    feat_rows = np.arange(n_out) if feat_rows is None else np.asarray(feat_rows)
+    pose = load_pose(subject)
+    S = pose.K.size
+    K = pose.K.scaled(train_res)
+    if curves.has_pose:
+        R, T = pose_matrices(curves)
+    else:
+        R, T = pose.R[src_idx], pose.T[src_idx]
+    Rc, o = camera_to_head(R, T)
+    Rc = torch.as_tensor(Rc, dtype=torch.float32, device=device)
+    o = torch.as_tensor(o, dtype=torch.float32, device=device)
+    feats_t = torch.as_tensor(feats, dtype=torch.float32, device=device)
+    expr_t = torch.as_tensor(curves.expression, dtype=torch.float32, device=device)
+    n_codes = int(meta["n_codes"])
+    plate = read_rgb(subject.path("background.jpg"), S)
+    m = subject.load()
+    box = tuple(m.get("crop", {}).get("box", (0.0, 0.0, float(S))))
+    source = None
+    if portrait:
+        src = m["source"]
+        path = Path(src.get("path", ""))
+        if not path.is_file():
+            raise UserError(f"the subject's source video {path} is missing, so the portrait cannot be composited",
+                            "put the video back at that path, or render with --no-portrait")
+        size = (int(src["width"]), int(src["height"])) if src.get("width") else None
+        source = SourceFrames(path, float(src["fps"]), int(src_idx.max()) + 1, size)
+    pcfg = PortraitConfig(blur=rcfg.blur, grow=rcfg.grow)
+    reporter.start("render", n_out)
+    for t in range(n_out):
+        j = int(src_idx[t])
+        crop = read_rgb(subject.frame_path(j), S)
+        labels = read_labels(subject.mask_path(j), S)
+        bg = background_layer(crop, labels, plate)
+        bg_r = cv2.resize(bg, (train_res, train_res), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        win = torch.as_tensor(window_indices(feat_rows[t:t + 1], feats.shape[0], smooth_window), device=device)
+        code = torch.tensor([j], device=device) if j < n_codes else None
+        with torch.no_grad():
+            cond = model.frame_conditions(feats_t[win], expr_t[t:t + 1], code)
+            out = model.render_image(K, Rc[t], o[t], cond, torch.as_tensor(bg_r, device=device), chunk=rcfg.chunk)
+        opacity = out["opacity"].cpu().numpy()
+        head = cv2.resize(out["head"].cpu().numpy(), (S, S), interpolation=cv2.INTER_LINEAR)
+        opacity = np.clip(cv2.resize(opacity, (S, S), interpolation=cv2.INTER_LINEAR), 0, 1)
+        bgf, cropf = bg.astype(np.float32) / 255.0, crop.astype(np.float32) / 255.0
+        if portrait:
+            frame = compose(source[j], box, head, opacity, bgf, labels, cropf, pcfg)
+        else:
+            img = fill_gaps(head, opacity, bgf, labels, neck_colour(cropf, labels))
+            frame = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
+        reporter.advance(1)
+        yield frame
+
+
+def render(subject: Subject, audio_path: Path, run: str = "default", curves_path: Path | None = None,
+           out: Path | None = None, portrait: bool = True, rcfg: RenderConfig | None = None,
+           reporter: Reporter | None = None) -> dict[str, Any]:
+    """Render ``audio_path`` with run ``run``; returns the artifacts (paths, frame count, timing).
+
+    ``rcfg`` defaults to the ``[render]`` table of the preset the run was trained with.
+    """
+    from ..core.progress import silent
+
+    reporter = reporter or silent()
+    rdir = run_dir(subject, run)
+    rcfg = rcfg or run_render_config(rdir)
+    set_threads(rcfg.threads)
+    device = pick_device(rcfg.device)
+    model, tcfg, meta = model_from_checkpoint(rdir / "checkpoint.pt", device)
+    check_prepared(subject, tcfg.audio_feature)
+    fps = float(subject.source()["fps"])
+    audio = media.read_audio(audio_path)
+    n_out = int(round(audio.size / media.AUDIO_RATE * fps))
+    if n_out < 1:
+        raise UserError(f"the audio {audio_path} is shorter than one frame", "pass a longer dialogue clip")
+    curves = load_curves(subject, curves_path, n_out)
+    feats = features_for_audio(subject, tcfg.audio_feature, audio, fps, n_out)
+    out = out or subject.path(f"renders/{render_id(audio_path, curves_path, run)}")
+    t0 = time.monotonic()
+    with staging_dir(out) as tmp:
+        (tmp / "frames").mkdir()
+        frames = render_frames(subject, model, meta, tcfg.resolution, tcfg.smooth_window, feats, curves, portrait,
+                               rcfg, device, reporter)
+        for t, frame in enumerate(frames):
+            cv2.imwrite(str(tmp / "frames" / f"{t:06d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
+        seconds = time.monotonic() - t0
+        write_curves(tmp / "curves.json", curves)
+        pngs = sorted((tmp / "frames").glob("*.png"))
+        media.write_video(tmp / "render.mp4", (cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in pngs),
+                          fps, audio=audio_path, crf=rcfg.crf)
+    return {"out": str(out), "frames": str(out / "frames"), "video": str(out / "render.mp4"),
+            "curves": str(out / "curves.json"), "frame_count": n_out, "fps": fps,
+            "render_fps": round(n_out / max(seconds, 1e-6), 3), "portrait": portrait,
+            "curves_source": curves.source}
+
+
+def run_render_config(rdir: Path) -> RenderConfig:
+    """The ``[render]`` table of the preset recorded in the run's config.json (defaults without one)."""
+    try:
+        name = json.loads((rdir / "config.json").read_text()).get("preset")
+    except (OSError, json.JSONDecodeError):
+        name = None
+    if not name:
+        return RenderConfig()
+    try:
+        return section(load_preset(name), "render", RenderConfig)
+    except UserError:  # the preset was removed or renamed since training: its defaults are fine
+        return RenderConfig()
+
+
+def render_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
+    """Entry of the ``render`` job: ``subject``, ``audio``, ``run``, ``curves``, ``out``, ``portrait``."""
+    subject = Subject(Path(params["subject"]).expanduser().resolve())
+    if not subject.exists():
+        raise UserError(f"subject {subject.root} is not prepared (no subject.json)",
+                        "run `headsync prepare VIDEO --subject DIR` and `headsync train` first")
+    audio = Path(params["audio"]).expanduser().resolve()
+    media.probe(audio)  # a missing/unreadable file is a UserError before the model loads
+    curves = Path(params["curves"]).expanduser().resolve() if params.get("curves") else None
+    out = Path(params["out"]).expanduser().resolve() if params.get("out") else None
+    return render(subject, audio, params.get("run") or "default", curves, out,
+                  bool(params.get("portrait", True)), None, reporter)

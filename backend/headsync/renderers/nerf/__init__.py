@@ -1,0 +1,1 @@
+"""SyncTalk's tri-plane hash NeRF (the ``nerf`` renderer)."""

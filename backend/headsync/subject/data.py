@@ -1,0 +1,260 @@
+"""Training data of the head renderer, read from a prepared subject folder (DESIGN.md's contract).
+
+:func:`load_subject_data` reads the crops, label maps, background plate, pose, expression and audio
+features, brings the images to the render resolution and builds each frame's *background*: the crop with
+the head (labels 1-4) replaced by the plate, i.e. torso + background, the layer the head NeRF is composited
+over (ER-NeRF renders its head on top of torso and background the same way).
+
+The ray/patch samplers at the bottom are pure functions of arrays and a random generator.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from ..renderers.common.cameras import Intrinsics
+from ..core.errors import UserError
+from ..core.progress import Reporter
+from .folder import CORE_EXPRESSIONS, Subject
+
+#: Label-map values (DESIGN.md): 0 bg, 1 face skin, 2 lips+mouth, 3 eyes+brows, 4 hair/other head, 5 neck,
+#: 6 torso.
+FACE, LIPS, EYES, HEAD, NECK, TORSO = 1, 2, 3, 4, 5, 6
+HEAD_LABELS = (FACE, LIPS, EYES, HEAD)
+
+
+def required_files(audio_kind: str) -> tuple[str, ...]:
+    """Subject files the renderer reads (each written atomically by its preparation stage)."""
+    return ("subject.json", "frames", "masks", "background.jpg", "expression.npy", "pose.npz",
+            f"audio_features/{audio_kind}.npy")
+
+
+def check_prepared(subject: Subject, audio_kind: str) -> None:
+    """Raise a :class:`UserError` naming what is missing when ``subject`` is not fully prepared."""
+    if not subject.root.is_dir():
+        raise UserError(f"subject folder {subject.root} does not exist",
+                        "pass the folder written by `headsync prepare VIDEO --subject DIR`")
+    missing = [f for f in required_files(audio_kind) if not subject.path(f).exists()]
+    if missing:
+        hint = f"run `headsync prepare VIDEO --subject {subject.root}` first"
+        if missing == [f"audio_features/{audio_kind}.npy"]:
+            hint = (f"this run uses the '{audio_kind}' audio feature, which the subject lacks: prepare it with "
+                    f"that feature or train with the 'mel' feature")
+        raise UserError(f"subject {subject.root} is not prepared: missing {', '.join(missing)}", hint)
+    subject.frame_count()  # raises when the manifest has no source
+
+
+@dataclass
+class Pose:
+    """Per-frame head pose ``X_cam = R @ X_head + T`` and the crop camera."""
+
+    R: np.ndarray  # (N, 3, 3)
+    T: np.ndarray  # (N, 3)
+    K: Intrinsics  # at the crop resolution
+    template: np.ndarray  # (P, 3) head units
+
+
+def load_pose(subject: Subject) -> Pose:
+    """``pose.npz`` -> :class:`Pose`, checked for shape and finiteness."""
+    try:
+        d = np.load(subject.path("pose.npz"))
+        R, T = d["R"].astype(np.float64), d["T"].astype(np.float64)
+        size = np.asarray(d["image_size"]).reshape(-1)
+        K = Intrinsics(float(d["focal"]), float(d["cx"]), float(d["cy"]), int(size[0]))
+        template = d["template"].astype(np.float32)
+    except (KeyError, ValueError, OSError) as e:
+        raise UserError(f"{subject.path('pose.npz')} is unreadable or incomplete ({e})",
+                        "run `headsync prepare` again to redo the pose stage")
+    if R.shape[1:] != (3, 3) or T.shape != (R.shape[0], 3) or not (np.isfinite(R).all() and np.isfinite(T).all()):
+        raise UserError(f"{subject.path('pose.npz')} has bad shapes or non-finite values",
+                        "run `headsync prepare` again to redo the pose stage")
+    return Pose(R, T, K, template)
+
+
+@dataclass
+class SubjectData:
+    """Everything training needs, at render resolution ``size``.
+
+    ``images``/``backgrounds`` (N, size, size, 3) uint8 RGB; ``head`` (N, size, size) bool (labels 1-4);
+    ``lips_box`` (N, 4) int (x0, y0, x1, y1) at ``size``, all -1 when the frame shows no lips;
+    ``expression`` (N, 7) in [0, 1]; ``audio`` (N, D) audio-feature rows; ``pose`` at crop resolution;
+    ``train``/``holdout`` frame indices (the last ``holdout_fraction`` of the clip is held out).
+    """
+
+    images: np.ndarray
+    backgrounds: np.ndarray
+    head: np.ndarray
+    lips_box: np.ndarray
+    expression: np.ndarray
+    audio: np.ndarray
+    pose: Pose
+    size: int
+    fps: float
+    train: np.ndarray
+    holdout: np.ndarray
+
+    @property
+    def n_frames(self) -> int:
+        return self.images.shape[0]
+
+    @property
+    def K(self) -> Intrinsics:
+        """The camera at render resolution."""
+        return self.pose.K.scaled(self.size)
+
+
+def split_frames(n: int, holdout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
+    """Train on the first frames, hold out the last ``holdout_fraction`` (at least one frame each)."""
+    n_hold = min(max(1, int(round(n * holdout_fraction))), n - 1) if holdout_fraction > 0 else 0
+    return np.arange(n - n_hold), np.arange(n - n_hold, n)
+
+
+def background_layer(image: np.ndarray, labels: np.ndarray, plate: np.ndarray, grow: int = 1) -> np.ndarray:
+    """The frame with its head (labels 1-4, grown by ``grow`` px so no face fringe remains) replaced by
+    the background plate: torso + background, what the head is rendered over. All (S, S, ...) arrays."""
+    head = np.isin(labels, HEAD_LABELS).astype(np.uint8)
+    if grow > 0:
+        head = cv2.dilate(head, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
+    return np.where(head[..., None] > 0, plate, image)
+
+
+def read_rgb(path: Path, size: int | None = None) -> np.ndarray:
+    """An image file as RGB uint8, optionally resized to ``size`` x ``size`` (area filter)."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise UserError(f"cannot read image {path}", "the subject folder is damaged; run `headsync prepare` again")
+    img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    if size is not None and img.shape[0] != size:
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA)
+    return img
+
+
+def read_labels(path: Path, size: int | None = None) -> np.ndarray:
+    """A label map (PNG) as uint8, optionally resized with nearest neighbour (labels are not blended)."""
+    lab = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if lab is None:
+        raise UserError(f"cannot read label map {path}", "the subject folder is damaged; run `headsync prepare` again")
+    if lab.ndim == 3:
+        lab = lab[..., 0]
+    if size is not None and lab.shape[0] != size:
+        lab = cv2.resize(lab, (size, size), interpolation=cv2.INTER_NEAREST)
+    return lab
+
+
+def lips_box(labels: np.ndarray) -> np.ndarray:
+    """Bounding box (x0, y0, x1, y1), exclusive end, of the lips label, or all -1."""
+    ys, xs = np.nonzero(labels == LIPS)
+    if xs.size == 0:
+        return np.full(4, -1, np.int64)
+    return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.int64)
+
+
+def load_audio_features(subject: Subject, kind: str, n: int) -> np.ndarray:
+    """``audio_features/KIND.npy`` checked to have one finite row per frame."""
+    path = subject.path(f"audio_features/{kind}.npy")
+    try:
+        feats = np.load(path).astype(np.float32)
+    except (OSError, ValueError) as e:
+        raise UserError(f"{path} is unreadable ({e})", "run `headsync prepare` again")
+    if feats.ndim != 2 or feats.shape[0] != n or not np.isfinite(feats).all():
+        raise UserError(f"{path} has shape {feats.shape}, expected ({n}, D) finite rows",
+                        "run `headsync prepare` again")
+    return feats
+
+
+def load_expression(subject: Subject, n: int) -> np.ndarray:
+    expr = np.load(subject.path("expression.npy")).astype(np.float32)
+    if expr.shape != (n, len(CORE_EXPRESSIONS)) or not np.isfinite(expr).all():
+        raise UserError(f"{subject.path('expression.npy')} has shape {expr.shape}, expected ({n}, 7) finite",
+                        "run `headsync prepare` again")
+    return np.clip(expr, 0.0, 1.0)
+
+
+def load_subject_data(subject: Subject, size: int, audio_kind: str, holdout_fraction: float,
+                      reporter: Reporter | None = None) -> SubjectData:
+    """Read a prepared subject at render resolution ``size`` (see :class:`SubjectData`)."""
+    check_prepared(subject, audio_kind)
+    n = subject.frame_count()
+    pose = load_pose(subject)
+    if pose.R.shape[0] != n:
+        raise UserError(f"pose.npz has {pose.R.shape[0]} frames, the subject {n}", "run `headsync prepare` again")
+    expr = load_expression(subject, n)
+    audio = load_audio_features(subject, audio_kind, n)
+    plate = read_rgb(subject.path("background.jpg"), size)
+    images = np.empty((n, size, size, 3), np.uint8)
+    backgrounds = np.empty_like(images)
+    head = np.empty((n, size, size), bool)
+    boxes = np.empty((n, 4), np.int64)
+    if reporter:
+        reporter.start("load", n)
+    for i in range(n):
+        img = read_rgb(subject.frame_path(i), size)
+        lab = read_labels(subject.mask_path(i), size)
+        images[i] = img
+        backgrounds[i] = background_layer(img, lab, plate)
+        head[i] = np.isin(lab, HEAD_LABELS)
+        boxes[i] = lips_box(lab)
+        if reporter:
+            reporter.advance(1)
+    train, holdout = split_frames(n, holdout_fraction)
+    return SubjectData(images, backgrounds, head, boxes, expr, audio, pose, size,
+                       float(subject.source()["fps"]), train, holdout)
+
+
+# ---- samplers (pure) ----------------------------------------------------------------------------------
+def sample_rays(head: np.ndarray, n: int, inside_fraction: float, rng: np.random.Generator,
+                lips: np.ndarray | None = None, lips_fraction: float = 0.0) -> np.ndarray:
+    """Pixel coordinates (n, 2) as (x, y): ``lips_fraction`` of them in the lips box (x0, y0, x1, y1) grown
+    by half its size (the audio-driven region is small, yet it is what the audio must learn to move),
+    ``inside_fraction`` of the rest inside the head mask (S, S) grown by a few pixels (the silhouette edge
+    is where the head must learn to stop), the remainder anywhere."""
+    size = head.shape[0]
+    if lips is not None and lips[0] >= 0 and lips_fraction > 0:
+        n_lips = int(round(n * lips_fraction))
+        w, h = lips[2] - lips[0], lips[3] - lips[1]
+        lo = np.array([lips[0] - w // 4, lips[1] - h // 4])
+        hi = np.array([lips[2] + w // 4, lips[3] + h // 4])
+        around = np.clip(rng.integers(lo, np.maximum(hi, lo + 1), (n_lips, 2)), 0, size - 1)
+        return np.concatenate([around, sample_rays(head, n - n_lips, inside_fraction, rng)])
+    grown = cv2.dilate(head.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
+    ys, xs = np.nonzero(grown)
+    n_in = int(round(n * inside_fraction)) if xs.size else 0
+    pick = rng.integers(0, max(xs.size, 1), n_in)
+    inside = np.stack([xs[pick], ys[pick]], -1) if n_in else np.zeros((0, 2), np.int64)
+    anywhere = rng.integers(0, size, (n - n_in, 2))
+    return np.concatenate([inside, anywhere]).astype(np.int64)
+
+
+def patch_pixels(x0: int, y0: int, side: int) -> np.ndarray:
+    """Pixels (side * side, 2) of the square patch at (x0, y0), row-major."""
+    ys, xs = np.meshgrid(np.arange(y0, y0 + side), np.arange(x0, x0 + side), indexing="ij")
+    return np.stack([xs.reshape(-1), ys.reshape(-1)], -1)
+
+
+def random_patch(head: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
+    """A random ``side`` patch whose centre lies on the head (anywhere when there is no head)."""
+    size = head.shape[0]
+    ys, xs = np.nonzero(head)
+    if xs.size:
+        k = rng.integers(xs.size)
+        cx, cy = xs[k], ys[k]
+    else:
+        cx, cy = rng.integers(0, size, 2)
+    x0 = int(np.clip(cx - side // 2, 0, size - side))
+    y0 = int(np.clip(cy - side // 2, 0, size - side))
+    return patch_pixels(x0, y0, side)
+
+
+def lips_patch(box: np.ndarray, side: int, size: int, rng: np.random.Generator) -> np.ndarray | None:
+    """A ``side`` patch centred on the lips box (jittered by a few pixels), or None without lips."""
+    if box[0] < 0:
+        return None
+    cx = (box[0] + box[2]) // 2 + int(rng.integers(-2, 3))
+    cy = (box[1] + box[3]) // 2 + int(rng.integers(-2, 3))
+    x0 = int(np.clip(cx - side // 2, 0, size - side))
+    y0 = int(np.clip(cy - side // 2, 0, size - side))
+    return patch_pixels(x0, y0, side)

@@ -1,0 +1,199 @@
+"""The subject folder: manifest (``subject.json``), stage bookkeeping and atomic writes.
+
+Layout and field names are the contract in DESIGN.md. A stage is *done* only when its outputs were
+renamed into place and the manifest says so with the parameters and code version it ran with; a change
+of either makes it stale, so it runs again.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+import numpy as np
+
+from ..core.errors import UserError
+
+SCHEMA = "headsync.subject/1"
+
+#: Seven core expression coefficients, always in this order (ARKit names).
+CORE_EXPRESSIONS = (
+    "browDownLeft",
+    "browDownRight",
+    "browInnerUp",
+    "browOuterUpLeft",
+    "browOuterUpRight",
+    "eyeBlinkLeft",
+    "eyeBlinkRight",
+)
+
+
+@dataclass
+class Subject:
+    """A subject folder on disk. ``root`` is created by ``prepare``."""
+
+    root: Path
+
+    def __post_init__(self) -> None:
+        self.root = Path(self.root)
+
+    # ---- paths -----------------------------------------------------------------------------
+    @property
+    def manifest_path(self) -> Path:
+        return self.root / "subject.json"
+
+    @property
+    def frames_dir(self) -> Path:
+        return self.root / "frames"
+
+    @property
+    def masks_dir(self) -> Path:
+        return self.root / "masks"
+
+    def path(self, name: str) -> Path:
+        return self.root / name
+
+    def frame_path(self, i: int) -> Path:
+        return self.frames_dir / f"{i:06d}.jpg"
+
+    def mask_path(self, i: int) -> Path:
+        return self.masks_dir / f"{i:06d}.png"
+
+    # ---- manifest --------------------------------------------------------------------------
+    def exists(self) -> bool:
+        return self.manifest_path.exists()
+
+    def load(self) -> dict[str, Any]:
+        """The manifest as a dict (an empty skeleton when the folder is new)."""
+        if not self.manifest_path.exists():
+            return {"schema": SCHEMA, "source": {}, "stages": {}, "warnings": []}
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except json.JSONDecodeError as e:
+            raise UserError(
+                f"{self.manifest_path} is corrupt ({e})",
+                "delete the subject folder and run `headsync prepare` again",
+            )
+
+    def save(self, manifest: dict[str, Any]) -> None:
+        write_json_atomic(self.manifest_path, manifest)
+
+    def update(self, **fields: Any) -> dict[str, Any]:
+        m = self.load()
+        m.update(fields)
+        self.save(m)
+        return m
+
+    def warn(self, text: str) -> None:
+        """Record a warning in the manifest (shown by the CLI and the add-on)."""
+        m = self.load()
+        if text not in m.setdefault("warnings", []):
+            m["warnings"].append(text)
+            self.save(m)
+
+    # ---- stages ----------------------------------------------------------------------------
+    def stage_done(self, name: str, params: dict[str, Any], version: int) -> bool:
+        """True when ``name`` finished with exactly these parameters and code version."""
+        st = self.load().get("stages", {}).get(name)
+        return bool(st and st.get("done") and st.get("params") == params and st.get("version") == version)
+
+    def mark_done(self, name: str, params: dict[str, Any], version: int, seconds: float,
+                  info: dict[str, Any] | None = None) -> None:
+        """Record a finished stage; ``info`` is what the stage reported (kept under ``info``)."""
+        m = self.load()
+        m.setdefault("stages", {})[name] = {
+            "done": True, "params": params, "version": version, "seconds": round(seconds, 3), "info": info or {},
+        }
+        self.save(m)
+
+    def invalidate(self, *names: str) -> None:
+        """Forget stages (their inputs changed); their files are overwritten on the next run."""
+        m = self.load()
+        for n in names:
+            m.get("stages", {}).pop(n, None)
+        self.save(m)
+
+    def require(self, *names: str) -> None:
+        """Raise a :class:`UserError` naming the first of ``names`` that is not done."""
+        stages = self.load().get("stages", {})
+        for n in names:
+            if not stages.get(n, {}).get("done"):
+                raise UserError(
+                    f"subject {self.root} has no finished '{n}' stage",
+                    f"run `headsync prepare VIDEO --subject {self.root}` first",
+                )
+
+    def source(self) -> dict[str, Any]:
+        return self.load().get("source", {})
+
+    def frame_count(self) -> int:
+        n = self.source().get("frame_count")
+        if not n:
+            raise UserError(f"subject {self.root} is not prepared", "run `headsync prepare` first")
+        return int(n)
+
+
+# ---- atomic writes -------------------------------------------------------------------------
+def _tmp(path: Path) -> Path:
+    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
+
+
+def write_json_atomic(path: Path, obj: Any) -> None:
+    """Write JSON to ``path`` through a temporary file and a rename."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    tmp.write_text(json.dumps(obj, indent=1))
+    os.replace(tmp, path)
+
+
+def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    with open(tmp, "wb") as f:
+        np.save(f, arr)
+    os.replace(tmp, path)
+
+
+def save_npz_atomic(path: Path, **arrays: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _tmp(path)
+    with open(tmp, "wb") as f:
+        np.savez(f, **arrays)
+    os.replace(tmp, path)
+
+
+@contextmanager
+def staging_dir(final: Path) -> Iterator[Path]:
+    """Yield a temporary sibling folder; on success it replaces ``final`` whole, on error it is removed."""
+    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+class StageTimer:
+    """Measures a stage's wall time for the manifest."""
+
+    def __enter__(self) -> "StageTimer":
+        self.t0 = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.seconds = time.perf_counter() - self.t0
