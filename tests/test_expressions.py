@@ -340,18 +340,22 @@ def test_emotalk_missing_weights_are_named(tmp_path):
         emotalk.build(tmp_path / "EmoTalk.pth", tmp_path / emotalk.CONTENT_DIR, tmp_path / emotalk.EMOTION_DIR)
 
 
-def test_express_with_emotalk_generator(tmp_path, monkeypatch):
-    s = make_expr_subject(tmp_path / "s", n=200)
-    (s.root / "preset.toml").write_text(TINY + '\n[expressions]\ngenerator = "emotalk"\n'
-                                        .replace("[expressions]", "[expressions]", 1))
-    text = (s.root / "preset.toml").read_text()
-    # [expressions] must come before its sub-tables in TOML: rewrite in order
-    (s.root / "preset.toml").write_text('[expressions]\ngenerator = "emotalk"\n' + text.split("\n[expressions]\n")[0])
+def test_express_with_emotalk_generator(subject, tmp_path, monkeypatch):
+    import shutil
+
+    s = Subject(tmp_path / "s")
+    shutil.copytree(subject.root, s.root)  # with its trained models: the generator choice does not retrain them
+    (s.root / "preset.toml").write_text('[expressions]\ngenerator = "emotalk"\n' + TINY)
+    m = json.loads((s.root / "subject.json").read_text())
+    write_json_atomic(s.root / "subject.json", {**m, "preset": str(s.root / "preset.toml")})
     monkeypatch.setenv("HEADSYNC_MODELS", str(tmp_path / "models"))
+    with pytest.raises(UserError, match="EmoTalk.pth"):
+        express.generate(s, np.zeros(16000, np.float32), 25)
     install_tiny_emotalk(tmp_path / "models")
     values = express.generate(s, np.random.default_rng(0).normal(0, 0.1, 32000).astype(np.float32), 50)
     models = express.load_models(s)
     assert values.shape == (50, 7)
+    assert (express.folder(s) / "models.json").read_text() == (express.folder(subject) / "models.json").read_text()
     assert np.all(values >= models.range.lo - 1e-5) and np.all(values <= models.range.hi + 1e-5)
 
 
