@@ -67,17 +67,23 @@ def main() -> None:
     ap.add_argument("--speech", help="a longer dialogue for the generator's statistics")
     ap.add_argument("--seeds", type=int, default=20)
     ap.add_argument("--json")
+    ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
 
     from headsync import lip_features, media
     from headsync.curves import ping_pong
     from headsync.expressions import coefficients, express, vqvae
     from headsync.expressions.coefficients import outside_fraction
+    from headsync.progress import Reporter, terminal_sink
     from headsync.subject import Subject
 
     s = Subject(Path(args.subject))
     t0 = time.perf_counter()
-    models = express.train_models(s)
+    models = express.train_models(s, Reporter(sink=terminal_sink()))
     train_s = time.perf_counter() - t0
     c = coefficients.load(s)
     fps = c.fps

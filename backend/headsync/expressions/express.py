@@ -43,7 +43,7 @@ GENERATORS = ("default", "emotalk")
 
 @dataclass(frozen=True)
 class ExpressConfig:
-    """Preset table ``[expressions]`` (sub-tables ``vqvae``, ``generator``, ``blinks``, ``emotalk``)."""
+    """Preset table ``[expressions]`` (sub-tables ``vqvae``, ``generator``, ``blinks``)."""
 
     generator: str = "default"   # default (trained per subject) | emotalk (needs its weights, see emotalk.py)
     threads: int = 0             # CPU threads while training (0: torch's default)
@@ -67,10 +67,14 @@ def settings(subject: Subject) -> Settings:
     except UserError:
         preset = None
     table = dict(preset.tables.get("expressions", {})) if preset else {}
-    sub = Preset("expressions", {k: table.pop(k) for k in ("vqvae", "generator", "blinks", "emotalk") if k in table})
+    sub = Preset("expressions", {k: table.pop(k) for k in ("vqvae", "generator", "blinks") if k in table})
     top = Preset("top", {"expressions": table})
-    return Settings(section(top, "expressions", ExpressConfig), section(sub, "vqvae", vqvae.VQConfig),
-                    section(sub, "generator", generator.GeneratorConfig), section(sub, "blinks", BlinkConfig))
+    out = Settings(section(top, "expressions", ExpressConfig), section(sub, "vqvae", vqvae.VQConfig),
+                   section(sub, "generator", generator.GeneratorConfig), section(sub, "blinks", BlinkConfig))
+    if out.express.generator not in GENERATORS:
+        raise UserError(f"unknown [expressions] generator {out.express.generator!r}",
+                        f"use one of {', '.join(GENERATORS)}")
+    return out
 
 
 def folder(subject: Subject) -> Path:
