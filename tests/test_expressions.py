@@ -345,7 +345,7 @@ def test_express_with_emotalk_generator(subject, tmp_path, monkeypatch):
 
     s = Subject(tmp_path / "s")
     shutil.copytree(subject.root, s.root)  # with its trained models: the generator choice does not retrain them
-    (s.root / "preset.toml").write_text('[expressions]\ngenerator = "emotalk"\n' + TINY)
+    (s.root / "preset.toml").write_text('[expressions]\naudio_model = "emotalk"\n' + TINY)
     m = json.loads((s.root / "subject.json").read_text())
     write_json_atomic(s.root / "subject.json", {**m, "preset": str(s.root / "preset.toml")})
     monkeypatch.setenv("HEADSYNC_MODELS", str(tmp_path / "models"))

@@ -106,7 +106,7 @@ MODELS: dict[str, ModelEntry] = {
             licence="CC BY-NC 4.0 (EmoTalk, psyai-net/EmoTalk_release): non-commercial use only; backbones "
             "jonatasgrosman/wav2vec2-large-xlsr-53-english and r-f/wav2vec-english-speech-emotion-recognition "
             "(Apache-2.0)",
-            used_by="express / render --expressions generated with [expressions] generator = 'emotalk': "
+            used_by="express / render --expressions generated with [expressions] audio_model = 'emotalk': "
             "audio -> 52 ARKit coefficients, then the subject's VQ-VAE",
             default="the per-subject temporal network of expressions/generator.py with the subject's blink model",
         ),

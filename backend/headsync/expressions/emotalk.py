@@ -369,7 +369,7 @@ def model_paths() -> tuple[Path, Path, Path]:
                         "get it from " + registry.entry("emotalk").url + " (CC BY-NC 4.0: non-commercial "
                         f"use only) and put it in {registry.search_dirs()[0]} as EmoTalk.pth (no checksum is "
                         "published, so `headsync models install` cannot verify it), or set [expressions] "
-                        "generator = 'default'")
+                        "audio_model = 'default'")
     dirs = registry.search_dirs()
     found = []
     for name in (CONTENT_DIR, EMOTION_DIR):

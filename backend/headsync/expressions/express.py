@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 
 from .. import lip_features, media
-from ..config import Preset, load_preset, section
+from ..config import Preset, load_preset, preset_names, section
 from ..curves import Curves, read_curves, write_curves
 from ..errors import UserError
 from ..expression import BLINK_COLUMNS
@@ -45,7 +45,7 @@ GENERATORS = ("default", "emotalk")
 class ExpressConfig:
     """Preset table ``[expressions]`` (sub-tables ``vqvae``, ``generator``, ``blinks``)."""
 
-    generator: str = "default"   # default (trained per subject) | emotalk (needs its weights, see emotalk.py)
+    audio_model: str = "default"  # default (trained per subject) | emotalk (needs its weights, see emotalk.py)
     threads: int = 0             # CPU threads while training (0: torch's default)
 
 
@@ -62,17 +62,16 @@ class Settings:
 
 def settings(subject: Subject) -> Settings:
     """The expression settings of the subject's preset (defaults where it has none)."""
-    try:
-        preset = load_preset(subject.load().get("preset") or "standard")
-    except UserError:
-        preset = None
+    name = subject.load().get("preset") or "standard"
+    # a preset removed since the subject was prepared leaves the defaults; a broken one is an error
+    preset = load_preset(name) if name in preset_names() or Path(name).is_file() else None
     table = dict(preset.tables.get("expressions", {})) if preset else {}
     sub = Preset("expressions", {k: table.pop(k) for k in ("vqvae", "generator", "blinks") if k in table})
     top = Preset("top", {"expressions": table})
     out = Settings(section(top, "expressions", ExpressConfig), section(sub, "vqvae", vqvae.VQConfig),
                    section(sub, "generator", generator.GeneratorConfig), section(sub, "blinks", BlinkConfig))
-    if out.express.generator not in GENERATORS:
-        raise UserError(f"unknown [expressions] generator {out.express.generator!r}",
+    if out.express.audio_model not in GENERATORS:
+        raise UserError(f"unknown [expressions] audio_model {out.express.audio_model!r}",
                         f"use one of {', '.join(GENERATORS)}")
     return out
 
@@ -173,7 +172,7 @@ def generate(subject: Subject, audio: np.ndarray, n_frames: int, seed: int = 1,
     """Coefficients for new 16 kHz mono ``audio``: (n_frames, K) in the subject's space, through its VQ-VAE."""
     models = models or load_models(subject, reporter)
     fps = float(subject.source()["fps"])
-    if settings(subject).express.generator == "emotalk":
+    if settings(subject).express.audio_model == "emotalk":
         from . import emotalk
 
         names, raw = emotalk.generate(audio, fps, n_frames)
