@@ -62,6 +62,13 @@ def _job_flags(sp: argparse.ArgumentParser, task: tasks.Task) -> None:
             and not f.is_required() else f.description
         kw: dict[str, Any] = {"help": shown, "dest": name, "default": None}
         base, choices = _flag_type(f.annotation)
+        if cli.hidden:
+            continue
+        if cli.or_file:  # captured|generated|FILE: one flag, two parameters (see _params)
+            kw["metavar"] = "|".join(choices or []) + "|FILE"
+            choices = None
+        if cli.metavar:
+            kw["metavar"] = cli.metavar
         if base is bool:
             if cli.flag:
                 sp.add_argument(cli.flag, action="store_false", **kw)
@@ -96,8 +103,14 @@ def _flag_type(ann: Any) -> tuple[type, list[str] | None]:
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     """The job parameters of a parsed subcommand (names as in its schema); flags not given are left out."""
+    task = tasks.TASKS[args.command]
     raw = vars(args)
-    return {n: raw[n] for n in tasks.TASKS[args.command].names if raw.get(n) is not None}
+    out = {n: raw[n] for n in task.names if raw.get(n) is not None}
+    for n in task.names:
+        cli, values = task.cli(n), _flag_type(task.model.model_fields[n].annotation)[1]
+        if cli.or_file and n in out and out[n] not in (values or []):  # a file, not a choice
+            out[cli.or_file] = out.pop(n)
+    return out
 
 
 def _reporter(args: argparse.Namespace) -> Reporter:

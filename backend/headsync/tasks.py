@@ -1,4 +1,4 @@
-"""The job kinds (prepare, train, render, eval): one parameter schema and one entry point each.
+"""The job kinds (prepare, train, render, express, eval): one parameter schema and one entry point each.
 
 Each kind is ONE declaration: a pydantic model of its parameters (types, ranges, descriptions, which
 strings are paths and how the command line spells them) registered with :func:`job_kind`. The command
@@ -47,7 +47,8 @@ def is_name(value: Any) -> bool:
 @dataclass(frozen=True)
 class Role:
     """What a string parameter names: ``input`` (a file the job reads), ``output`` (a folder it writes),
-    ``subject`` (the subject folder), ``name`` (a plain name), ``preset`` (a preset name or .toml file),
+    ``output_file`` (a file it writes), ``subject`` (the subject folder), ``name`` (a plain name),
+    ``preset`` (a preset name or .toml file),
     ``input_or_latest`` (a file, or the word ``latest``)."""
 
     kind: str
@@ -61,6 +62,9 @@ class Cli:
     flag: str | None = None      # e.g. "--no-portrait" for a boolean that defaults to true
     nargs: str | None = None     # with const: "--sync" alone means const
     const: Any = None
+    metavar: str | None = None
+    or_file: str | None = None   # a value outside the choices is a file, sent as this parameter instead
+    hidden: bool = False         # no flag of its own (set through another's or_file)
 
 
 def _check_name(v: str) -> str:
@@ -73,6 +77,7 @@ def _check_name(v: str) -> str:
 _path = Field(min_length=1, max_length=PATH_MAX)
 InputFile = Annotated[str, Role("input"), _path]
 OutputFolder = Annotated[str, Role("output"), _path]
+OutputFile = Annotated[str, Role("output_file"), _path]
 SubjectFolder = Annotated[str, Role("subject"), _path]
 PresetRef = Annotated[str, Role("preset"), _path]
 Name = Annotated[str, Role("name"), Field(min_length=1, max_length=NAME_MAX, json_schema_extra={"pattern": NAME_PATTERN}),
@@ -198,6 +203,25 @@ class RenderParams(JobParams):
                                                 "audio file); a folder is replaced only by a render of its shot")
     portrait: Annotated[bool, Cli(flag="--no-portrait")] = Field(
         True, description="composite into the full-resolution plate (--no-portrait: the raw head crops)")
+    expressions: Annotated[Literal["captured", "generated"], Cli(or_file="expressions_file")] = Field(
+        "captured", description="expression source: the captured performance, or generated from the audio "
+                                "(the command line also takes a FILE here: expressions_file)")
+    expressions_file: Annotated[InputFile, Cli(hidden=True)] | None = Field(
+        None, description="expressions from a curves.json or a Live Link Face CSV, mapped through the subject's VQ-VAE")
+
+
+@job_kind("express", "expressions.express:express_task",
+          "audio or a Live Link Face take -> the subject's expression curves (without either: train the models)")
+class ExpressParams(JobParams):
+    subject: SubjectFolder = Field(description="a prepared subject folder")
+    audio: InputFile | None = Field(None, description="dialogue to generate expressions for (any audio format)")
+    livelink: Annotated[InputFile, Cli(metavar="CSV")] | None = Field(
+        None, description="a Live Link Face CSV to import instead of generating")
+    out: OutputFile | None = Field(None, description="curves.json to write (default: SUBJECT/expressions/curves/ID.json)")
+    seed: int = Field(1, ge=1, le=2**31 - 1, description="draw of the stochastic blinks")
+    livelink_fps: float | None = Field(None, gt=0, le=240,
+                                       description="the take's capture rate when its timecodes do not tell it")
+    retrain: bool = Field(False, description="train the subject's expression models again")
 
 
 @job_kind("eval", "evaluation:eval_task", "held-out metrics of a trained model, or the lip sync of a video")
