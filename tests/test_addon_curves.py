@@ -56,16 +56,16 @@ def test_columns_in_any_order_are_reordered():
     (lambda d: d.update(schema="other/1"), "schema"),
     (lambda d: d.update(fps=0), "fps"),
     (lambda d: d.update(fps=float("nan")), "fps"),
-    (lambda d: d.update(frame_count=6), "rows but frame_count is 6"),
+    (lambda d: d.update(frame_count=6), "has 5 rows, expected 6"),
     (lambda d: d.update(frame_count=0), "frame_count"),
     (lambda d: d.update(frame_start="1"), "frame_start"),
     (lambda d: d["expression"]["names"].__setitem__(0, "jawOpen"), "seven core names"),
     (lambda d: d["expression"]["values"][2].__setitem__(5, 1.5), "outside [0, 1]"),
-    (lambda d: d["expression"]["values"][2].__setitem__(5, float("inf")), "not finite"),
-    (lambda d: d["expression"]["values"][1].pop(), "list of 7 numbers"),
+    (lambda d: d["expression"]["values"][2].__setitem__(5, float("inf")), "non-finite"),
+    (lambda d: d["expression"]["values"][1].pop(), "rows of 7 numbers"),
     (lambda d: d["expression"]["values"][0].__setitem__(0, "x"), "not a number"),
     (lambda d: d["head_pose"].pop("translation"), "both"),
-    (lambda d: d["head_pose"]["rotation_euler_xyz"].pop(), "rows but frame_count"),
+    (lambda d: d["head_pose"]["rotation_euler_xyz"].pop(), "has 4 rows, expected 5"),
     (lambda d: d.update(source="invented"), "source"),
     (lambda d: d.pop("expression"), "expression"),
 ])
@@ -84,7 +84,59 @@ def test_read_errors_are_clear(tmp_path):
     (tmp_path / "bad.json").write_text("{")
     with pytest.raises(CurvesError) as e:
         curves_io.read(tmp_path / "bad.json")
-    assert "not readable JSON" in e.value.message
+    assert "not valid JSON" in e.value.message
+
+
+def test_one_set_of_rules_on_both_sides():
+    """The add-on and the backend run the same module: the same defaults, tolerance and verdicts."""
+    from headsync import curves as backend_curves
+    from headsync import curves_format
+    from headsync.errors import UserError
+
+    assert curves_io.fmt.__file__ and Path(curves_io.fmt.__file__).read_bytes() == \
+        Path(curves_format.__file__).read_bytes()
+    d = json.loads(curves_io.dumps(_doc(3, pose=False)))
+    del d["frame_start"], d["source"]
+    assert curves_io.validate(d)["frame_start"] == backend_curves.validate(d).frame_start == 1
+    assert curves_io.validate(d)["source"] == backend_curves.validate(d).source == "edited"
+    tol = curves_format.RANGE_TOLERANCE
+    d["expression"]["values"][0][0] = 1 + tol / 2   # round-off: accepted and clamped on both sides
+    d["expression"]["values"][0][1] = -tol / 2
+    assert curves_io.validate(d)["expression"]["values"][0][:2] == [1.0, 0.0]
+    assert backend_curves.validate(d).expression[0, :2].tolist() == [1.0, 0.0]
+    d["expression"]["values"][0][0] = 1 + 2 * tol   # beyond the tolerance: refused on both sides
+    with pytest.raises(CurvesError):
+        curves_io.validate(d)
+    with pytest.raises(UserError):
+        backend_curves.validate(d)
+    d["expression"]["values"][0][0] = 0.5
+    d["frame_start"] = 5.0  # an integral float is a frame number on both sides; 5.5 is not
+    assert curves_io.validate(d)["frame_start"] == backend_curves.validate(d).frame_start == 5
+    d["frame_start"] = 5.5
+    with pytest.raises(CurvesError):
+        curves_io.validate(d)
+    with pytest.raises(UserError):
+        backend_curves.validate(d)
+
+
+def test_exact_round_trip_of_float32_keys(tmp_path):
+    """Blender stores keys as float32: what it sends comes back bit for bit through the backend's reader."""
+    from headsync import curves as backend_curves
+
+    keys = np.random.default_rng(3).random((4, 7)).astype(np.float32)
+    p = curves_io.write(tmp_path / "k.json", curves_io.make(keys.astype(np.float64).tolist(), 25.0, 1))
+    back = backend_curves.read_curves(p, 4)
+    assert np.array_equal(back.expression, keys)
+    backend_curves.write_curves(tmp_path / "again.json", back)
+    assert np.array_equal(np.asarray(curves_io.read(tmp_path / "again.json")["expression"]["values"], np.float32), keys)
+
+
+def test_frame_ranges():
+    assert curves_io.fmt.parse_frame_range("12-14", 10, 5) == (2, 4)
+    assert curves_io.fmt.parse_frame_range("10", 10, 5) == (0, 0)
+    for bad in ("9-11", "13-12", "a-b", "15"):
+        with pytest.raises(CurvesError):
+            curves_io.fmt.parse_frame_range(bad, 10, 5)
 
 
 def test_clamp01_counts():
