@@ -50,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--curves")
     sp.add_argument("--out")
     sp.add_argument("--no-portrait", action="store_true", help="write the raw head crops, not the composited plate")
+    sp.add_argument("--frames", metavar="A-B", help="render only frames A to B (the curves' numbering; 1-based "
+                                                    "without --curves); writes no render.mp4")
 
     sp = common(sub.add_parser("eval", help="held-out metrics of a trained model"))
     sp.add_argument("--subject", required=True)

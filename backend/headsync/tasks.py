@@ -65,6 +65,8 @@ TASKS: dict[str, Task] = {
             Param("curves", str, path=True, help="curves.json overriding expression (and pose)"),
             Param("out", str, path=True, help="output folder (default: SUBJECT/renders/ID)"),
             Param("portrait", bool, default=True, help="composite into the full-resolution plate"),
+            Param("frames", str, help="A-B: render only these frames (curves' numbering, 1-based without "
+                                      "curves), e.g. Blender's Preview Frame; no render.mp4 then"),
         ), "rendering:render_task", "trained model + audio (+ curves) -> frames, mp4, curves.json"),
         Task("eval", (
             Param("subject", str, True, path=True),
