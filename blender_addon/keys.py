@@ -1,0 +1,76 @@
+"""Sparse keys: the fewest keys whose F-curve reproduces a per-frame curve within a stated tolerance.
+
+A captured performance has a value at every frame; keying every frame makes it uneditable (closing an eye
+means moving ten keys). :func:`sparse_keys` picks a subset of the frames so that the curve through those
+keys with **linear** interpolation (how the add-on keys them) stays within ``tol`` of the captured value at
+*every* frame: the error bound is exact, not a hope about Bezier handles. Each kept key is a captured
+sample, so on the key frames the F-curve is exactly the captured value.
+
+The method is the greedy "cone" simplification of a polyline under a vertical error bound: from a key at
+frame i, extend the segment to frame k while the line from (i, y_i) to (k, y_k) passes within ``tol`` of
+every sample between them (the slopes that do form an interval that only narrows as k grows), and key the
+last k that worked. O(n) per curve in plain Python, so New Shot of 10,000 frames keys in well under a
+second. Standard library only (no bpy).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """The largest deviation allowed between the keyed curve and the captured one, per kind of curve."""
+
+    expression: float = 0.01    # coefficient units (0..1): 1 % of the full range
+    rotation: float = 0.002     # radians (about 0.11 degrees)
+    translation: float = 0.001  # head units (the stabiliser's; the head sits about 4 units from the camera)
+
+
+DEFAULT = Tolerance()
+
+
+def sparse_keys(values: Sequence[float], tol: float) -> list[int]:
+    """Indices of the samples to key (first and last always): linear interpolation between them deviates
+    from ``values`` by at most ``tol`` at every index. ``tol`` <= 0 keeps every sample that is not on a
+    straight line through its neighbours' keys (exactly collinear runs still collapse)."""
+    n = len(values)
+    if n <= 2:
+        return list(range(n))
+    y = [float(v) for v in values]
+    keys = [0]
+    i = 0
+    while i < n - 1:
+        lo, hi = float("-inf"), float("inf")  # slopes from (i, y_i) within tol of every sample so far
+        best = i + 1
+        k = i + 1
+        while k < n:
+            d = k - i
+            s = (y[k] - y[i]) / d
+            if lo <= s <= hi:
+                best = k  # the segment i -> k keeps every sample between them within tol
+            lo = max(lo, (y[k] - tol - y[i]) / d)
+            hi = min(hi, (y[k] + tol - y[i]) / d)
+            if lo > hi:
+                break
+            k += 1
+        keys.append(best)
+        i = best
+    return keys
+
+
+def dense_keys(values: Sequence[float]) -> list[int]:
+    """Every sample is a key (the option for users who want the captured curve frame by frame)."""
+    return list(range(len(values)))
+
+
+def max_deviation(values: Sequence[float], keys: Sequence[int]) -> float:
+    """The largest |linear interpolation of the kept samples - value| over all indices."""
+    worst = 0.0
+    for a, b in zip(keys, keys[1:]):
+        ya, yb = float(values[a]), float(values[b])
+        for t in range(a + 1, b):
+            v = ya + (yb - ya) * (t - a) / (b - a)
+            worst = max(worst, abs(v - float(values[t])))
+    return worst
