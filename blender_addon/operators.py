@@ -395,6 +395,12 @@ def _has_settings(context) -> bool:
     return _scene(context) is not None and hasattr(_scene(context), "headsync")
 
 
+def confirm(op, context, event, title: str, message: str, confirm_text: str) -> set:
+    """Ask before doing something that loses work (a popup with OK and Cancel; the operator runs on OK)."""
+    return context.window_manager.invoke_confirm(op, event, title=title, message=message,
+                                                 confirm_text=confirm_text, icon='WARNING')
+
+
 def _poll_fail(cls, message: str) -> bool:
     cls.poll_message_set(message)
     return False
@@ -831,9 +837,7 @@ class HEADSYNC_OT_delete_shot(_Op, bpy.types.Operator):
     def invoke(self, context, event):
         shot = _scene_shot(context, self.shot)
         name = shot.name if shot else self.shot
-        return context.window_manager.invoke_confirm(self, event, title="Delete Shot",
-                                                     message=f"Delete shot {name} and its keys?",
-                                                     confirm_text="Delete", icon='WARNING')
+        return confirm(self, context, event, "Delete Shot", f"Delete shot {name} and its keys?", "Delete")
 
     def execute(self, context):
         shot = _scene_shot(context, self.shot)
@@ -858,10 +862,9 @@ class HEADSYNC_OT_cancel_job(_Op, bpy.types.Operator):
     def invoke(self, context, event):
         job = props.get_job(_scene(context), self.job_id)
         if job is not None and job.kind == "train":  # hours of work: ask first
-            return context.window_manager.invoke_confirm(
-                self, event, title="Cancel Training",
-                message=f"Stop training {job.subject}? Train Subject > Resume continues from its last checkpoint.",
-                confirm_text="Stop Training", icon='WARNING')
+            return confirm(self, context, event, "Cancel Training",
+                           f"Stop training {job.subject}? Train Subject > Resume continues from its last checkpoint.",
+                           "Stop Training")
         return self.execute(context)
 
     def execute(self, context):

@@ -28,6 +28,7 @@ STATUS_SECONDS = 10.0      # how long a notification stays in the status bar
 _state = {"proc": None, "waiting_since": 0.0}
 #: The latest notifications (level, text), newest last (session state; the sidebar shows the last one).
 NOTICES: list[tuple[str, str]] = []
+_ANNOUNCED: set[str] = set()
 
 
 def _active_jobs(scene):
@@ -147,10 +148,12 @@ def _apply(scene, job, rec: dict) -> None:
 
 
 def _announce(job) -> None:
-    """Tell the user once that a job ended (status bar and info log)."""
-    if job.notified or job.state not in shotlib.FINAL_STATES:
+    """Tell the user once that a job ended (status bar and info log): ``notified`` is saved with the file,
+    the session's set of announced jobs survives undo and redo (which restore the scene's records)."""
+    if job.notified or job.name in _ANNOUNCED or job.state not in shotlib.FINAL_STATES:
         return
     job.notified = True
+    _ANNOUNCED.add(job.name)
     level, text = ui_text.notice(job.kind, job.subject, job.shot, job.state, job.error, job.hint, job.preview)
     notify(level, text)
 
