@@ -33,8 +33,8 @@ DEFAULT = Tolerance()
 
 def sparse_keys(values: Sequence[float], tol: float) -> list[int]:
     """Indices of the samples to key (first and last always): linear interpolation between them deviates
-    from ``values`` by at most ``tol`` at every index. ``tol`` <= 0 keeps every sample that is not on a
-    straight line through its neighbours' keys (exactly collinear runs still collapse)."""
+    from ``values`` by at most ``tol`` at every index (``values``: one float per frame, ``tol`` in their
+    units). A tiny ``tol`` keeps every sample that is not on a straight line between its neighbouring keys."""
     n = len(values)
     if n <= 2:
         return list(range(n))

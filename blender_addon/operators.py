@@ -117,10 +117,7 @@ def key_columns(obj, frame_start: int, cols: dict, group: str = GROUP, tol: floa
         kp = fc.keyframe_points
         idx = keys.dense_keys(values) if tol is None else keys.sparse_keys(values, tol)
         kp.add(len(idx))
-        co = [0.0] * (2 * len(idx))
-        co[0::2] = [float(frame_start + i) for i in idx]
-        co[1::2] = [float(values[i]) for i in idx]
-        kp.foreach_set("co", co)
+        kp.foreach_set("co", shotlib.keyframe_co(frame_start, values, idx))
         if tol is not None:  # the error bound holds for straight lines between the keys
             for k in kp:
                 k.interpolation = 'LINEAR'

@@ -134,11 +134,13 @@ def captured_rows(doc: dict[str, Any]) -> dict[str, Any]:
             "translation": pose.get("translation"), "fps": float(doc["fps"]), "frame_count": int(doc["frame_count"])}
 
 
-def keyframe_co(frame_start: int, column: Sequence[float]) -> list[float]:
-    """The flat (frame, value, frame, value, ...) list that ``keyframe_points.foreach_set('co', ...)`` takes."""
-    co = [0.0] * (2 * len(column))
-    co[0::2] = [float(frame_start + i) for i in range(len(column))]
-    co[1::2] = [float(v) for v in column]
+def keyframe_co(frame_start: int, column: Sequence[float], rows: Sequence[int] | None = None) -> list[float]:
+    """The flat (frame, value, frame, value, ...) list that ``keyframe_points.foreach_set('co', ...)`` takes,
+    for the rows ``rows`` of ``column`` (default: all of them)."""
+    rows = range(len(column)) if rows is None else rows
+    co = [0.0] * (2 * len(rows))
+    co[0::2] = [float(frame_start + i) for i in rows]
+    co[1::2] = [float(column[i]) for i in rows]
     return co
 
 
