@@ -655,8 +655,8 @@ def test_undo_after_a_landed_render_then_the_result_still_arrives(addon_zip, tmp
     """, {"zip": str(addon_zip), "tmp": str(tmp_path), **w}, extra=FAKE_SERVICE + SHOT_SETUP)
     assert res["landed"] == ["rendered", True]
     assert res["undone"] == ["", False]  # undo took the job and its strip away ...
-    assert res["handler_scheduled"]      # ... the undo_post handler asked for a re-attach ...
-    assert res["reattached"] == [True, "rendered", True]  # ... and the result is back on the timeline
+    assert res["reattached"] == [True, "rendered", True]  # ... and the result is back on the timeline ...
+    assert res["handler_scheduled"]      # ... because the undo_post handler asked for a re-attach
     assert res["undone_running"] and res["late_result"] == [True, "rendered", True]
     assert res["redone"] == [True, "rendered", True]
     assert res["notices"].count("HeadSync: Render of shot dub finished") == 2  # once per job, not per undo
@@ -690,10 +690,10 @@ def test_render_all_skips_a_busy_shot_and_delete_shot(addon_zip, tmp_path):
         fake.jobs[a.render_job]["state"] = "running"; polling.poll_once()
         st.shot_index = 0
         RESULT["busy_poll"] = [bpy.ops.headsync.render_shot.poll(), bpy.ops.headsync.render_all.poll()]
-        n = len(fake.submitted)
+        n, busy_job = len(fake.submitted), a.render_job
         bpy.ops.headsync.render_all()
-        RESULT["submitted"] = [body["params"]["curves"] for body in fake.submitted[n:]]
-        RESULT["b_uid"] = b.uid
+        RESULT["submitted"] = len(fake.submitted) - n
+        RESULT["kept"] = [a.render_job == busy_job, bool(b.render_job)]
         fake.jobs[b.render_job]["state"] = "running"; polling.poll_once()
         RESULT["all_busy_poll"] = bpy.ops.headsync.render_all.poll()
         try:
@@ -704,11 +704,14 @@ def test_render_all_skips_a_busy_shot_and_delete_shot(addon_zip, tmp_path):
         job_a = a.render_job
         empty = a.controls.name
         action = a.controls.animation_data.action.name
-        r = bpy.ops.headsync.delete_shot(shot="dubA")
+        try:
+            r = bpy.ops.headsync.delete_shot(shot="dubA")
+        except AttributeError as e:  # an add-on without the operator
+            r = {str(e)}
         RESULT["deleted"] = [sorted(r), [s.name for s in st.shots], empty in bpy.data.objects,
                              action in bpy.data.actions, fake.jobs[job_a]["state"], st.shots["dubB"].controls.name]
     """, {"zip": str(addon_zip), "tmp": str(tmp_path), **w}, extra=FAKE_SERVICE + SHOT_SETUP)
-    assert len(res["submitted"]) == 1 and res["b_uid"] in res["submitted"][0]  # only the idle shot was queued
+    assert res["submitted"] == 1 and res["kept"] == [True, True]  # only the idle shot was queued
     assert res["busy_poll"] == [False, True]
     assert res["all_busy_poll"] is False and "rendering already" in res["all_busy_error"]
     assert res["deleted"] == [["FINISHED"], ["dubB"], False, False, "cancelled", "HS_dubB"]
