@@ -19,6 +19,7 @@ from . import client, compat, curves_io, prefs, props, ui_text
 from . import shots as shotlib
 
 ACTIVE_INTERVAL = 1.0      # seconds between polls while jobs run
+PREVIEW_INTERVAL = 0.25    # ... while a Preview Frame runs (seconds count: the user waits for it)
 DOWN_INTERVAL = 5.0        # while the service does not answer
 POLL_TIMEOUT = 1.0         # each request
 
@@ -376,7 +377,11 @@ def _timer():
         return DOWN_INTERVAL
     if n == 0:
         return None
-    return ACTIVE_INTERVAL if prefs.STATUS["connected"] else DOWN_INTERVAL
+    if not prefs.STATUS["connected"]:
+        return DOWN_INTERVAL
+    previewing = any(j.preview and j.state in shotlib.ACTIVE_STATES
+                     for s in bpy.data.scenes if hasattr(s, "headsync") for j in props.hs(s).jobs)
+    return PREVIEW_INTERVAL if previewing else ACTIVE_INTERVAL
 
 
 def ensure_timer() -> None:
