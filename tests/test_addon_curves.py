@@ -309,10 +309,3 @@ def test_long_messages_wrap_to_the_region():
     assert " ".join(lines).split() == msg.split() or "".join(lines).replace(" ", "") == msg.replace(" ", "")
     assert len(ui_text.wrap(msg, 300, ui_scale=2.0)) > len(lines)  # a larger interface: fewer characters a line
     assert ui_text.wrap("", 300) == [""] and ui_text.wrap("short", 50) == ["short"]
-
-
-def test_addon_and_backend_agree_on_the_seven_names():
-    """The add-on may not import the backend (bpy + stdlib only), so the names live twice: keep them equal."""
-    from headsync.subject import CORE_EXPRESSIONS
-
-    assert tuple(CORE_NAMES) == tuple(CORE_EXPRESSIONS)
