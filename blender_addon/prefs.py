@@ -60,11 +60,12 @@ class HEADSYNC_AP_preferences(bpy.types.AddonPreferences):
 def draw_status(layout):
     if STATUS["connected"]:
         gpu = STATUS["gpu"] or "no GPU"
-        layout.label(text=f"Connected  ·  device {STATUS['device'] or '?'}  ·  {gpu}", icon='CHECKMARK')
-    else:
-        layout.label(text=f"Not connected: {STATUS['message']}", icon='ERROR')
+        layout.label(text=f"Connected  ·  device {STATUS['device'] or '?'}  ·  {gpu}", icon='CHECKMARK',
+                     translate=False)
+    else:  # the service's words, untranslated
+        layout.label(text=f"Not connected: {STATUS['message']}", icon='ERROR', translate=False)
         if STATUS.get("hint"):
-            layout.label(text=STATUS["hint"], icon='INFO')
+            layout.label(text=STATUS["hint"], icon='INFO', translate=False)
 
 
 def get(context=None):
