@@ -21,11 +21,22 @@ from typing import Sequence
 
 @dataclass(frozen=True)
 class Tolerance:
-    """The largest deviation allowed between the keyed curve and the captured one, per kind of curve."""
+    """The largest deviation allowed between the keyed curve and the captured one, per kind of curve.
 
-    expression: float = 0.01    # coefficient units (0..1): 1 % of the full range
-    rotation: float = 0.002     # radians (about 0.11 degrees)
-    translation: float = 0.001  # head units (the stabiliser's; the head sits about 4 units from the camera)
+    The pose tolerances move the rendered head by about a quarter of a pixel at most (focal length twice
+    the crop, the sample's geometry): well under what the eye sees, while the tracking jitter of a
+    captured pose (about 0.002 rad and 0.1 % of the distance from frame to frame) is not keyed."""
+
+    expression: float = 0.02     # coefficient units (0..1): 2 % of the full range
+    rotation: float = 0.005      # radians (0.29 degrees)
+    translation: float = 5e-4    # a fraction of the head's mean distance from the camera (units vary by subject)
+
+    def translation_units(self, translation: Sequence[Sequence[float]]) -> float:
+        """:attr:`translation` in the units of ``translation`` (N x 3): times the mean distance of the head."""
+        if not translation:
+            return self.translation
+        dist = sum(sum(float(v) * float(v) for v in row) ** 0.5 for row in translation) / len(translation)
+        return self.translation * dist
 
 
 DEFAULT = Tolerance()

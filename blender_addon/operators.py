@@ -143,7 +143,7 @@ def key_shot(obj, frame_start: int, rows, rotation=None, translation=None,
         if translation is not None:
             tc = shotlib.columns(translation, 3)
             counts.update(key_columns(obj, frame_start, {("location", i): tc[i] for i in range(3)}, POSE_GROUP,
-                                      tol.translation if tol else None))
+                                      tol.translation_units(translation) if tol else None))
     return counts
 
 
@@ -661,7 +661,7 @@ class HEADSYNC_OT_new_shot(_Op, bpy.types.Operator):
                         description="Key every frame instead of the fewest keys that stay within the tolerance")
     tolerance: FloatProperty(name="Tolerance", default=keys.DEFAULT.expression, min=0.0, max=0.2, precision=3,
                              description="Largest deviation of the keyed expression curves from the captured "
-                                         "ones (0..1 units); the head pose keeps its own fine tolerance")
+                                         "ones (0..1 units); the head pose keeps its own (a quarter pixel)")
 
     @classmethod
     def poll(cls, context):

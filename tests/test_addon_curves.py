@@ -243,6 +243,12 @@ def test_sparse_keys_stay_within_the_tolerance(seed):
     assert {500, 501, 502, 503} <= set(keys.sparse_keys(y.tolist(), 0.01))  # the blink's frames are keys
 
 
+def test_pose_tolerance_follows_the_head_distance():
+    t = keys.Tolerance()
+    assert t.translation_units([[0.0, 0.0, 100.0], [0.0, 0.0, 98.0]]) == pytest.approx(5e-4 * 99)
+    assert t.translation_units([]) == t.translation
+
+
 def test_sparse_keys_special_cases():
     assert keys.sparse_keys([], 0.1) == [] and keys.sparse_keys([0.3], 0.1) == [0]
     assert keys.sparse_keys([0.2] * 100, 0.0) == [0, 99]            # a constant: two keys
