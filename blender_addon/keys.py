@@ -52,20 +52,25 @@ def sparse_keys(values: Sequence[float], tol: float) -> list[int]:
     y = [float(v) for v in values]
     keys = [0]
     i = 0
-    while i < n - 1:
-        lo, hi = float("-inf"), float("inf")  # slopes from (i, y_i) within tol of every sample so far
-        best = i + 1
-        k = i + 1
+    inf = float("inf")
+    while i < n - 1:  # (the hot loop of New Shot: plain locals, no calls)
+        yi = y[i]
+        lo, hi = -inf, inf  # slopes from (i, y_i) within tol of every sample so far
+        best = k = i + 1
+        d = 1
         while k < n:
-            d = k - i
-            s = (y[k] - y[i]) / d
+            s = (y[k] - yi) / d
             if lo <= s <= hi:
                 best = k  # the segment i -> k keeps every sample between them within tol
-            lo = max(lo, (y[k] - tol - y[i]) / d)
-            hi = min(hi, (y[k] + tol - y[i]) / d)
+            t = tol / d
+            if s - t > lo:
+                lo = s - t
+            if s + t < hi:
+                hi = s + t
             if lo > hi:
                 break
             k += 1
+            d += 1
         keys.append(best)
         i = best
     return keys

@@ -20,6 +20,8 @@ from .shots import ShotError
 from . import shots as shotlib
 
 GROUP = "HeadSync Expression"
+#: The enum value of linear interpolation, for ``keyframe_points.foreach_set("interpolation", ...)``.
+_LINEAR = bpy.types.Keyframe.bl_rna.properties["interpolation"].enum_items["LINEAR"].value
 POSE_GROUP = "HeadSync Head Pose"
 
 
@@ -119,8 +121,7 @@ def key_columns(obj, frame_start: int, cols: dict, group: str = GROUP, tol: floa
         kp.add(len(idx))
         kp.foreach_set("co", shotlib.keyframe_co(frame_start, values, idx))
         if tol is not None:  # the error bound holds for straight lines between the keys
-            for k in kp:
-                k.interpolation = 'LINEAR'
+            kp.foreach_set("interpolation", [_LINEAR] * len(idx))
         fc.update()
         counts[f"{path}{index}"] = len(idx)
     return counts
