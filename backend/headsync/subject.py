@@ -18,22 +18,16 @@ from typing import Any, Iterator
 
 import numpy as np
 
+# The seven core expression coefficients are defined with curves.json, whose format module the Blender
+# add-on shares (an absolute import: this module is moving into a subfolder).
+from headsync.curves_format import CORE_NAMES as CORE_EXPRESSIONS
+
 from .errors import UserError
 
 SCHEMA = "headsync.subject/1"
 #: The manifest's file name: a folder holding it is a subject folder.
 MANIFEST = "subject.json"
 
-#: Seven core expression coefficients, always in this order (ARKit names).
-CORE_EXPRESSIONS = (
-    "browDownLeft",
-    "browDownRight",
-    "browInnerUp",
-    "browOuterUpLeft",
-    "browOuterUpRight",
-    "eyeBlinkLeft",
-    "eyeBlinkRight",
-)
 
 
 @dataclass
