@@ -29,6 +29,7 @@ from ..renderers.common.cameras import camera_to_head, rays
 from ..renderers.common.conditioning import ConditioningConfig, window_indices
 from ..core.config import as_dict, load_preset, section
 from ..subject.data import SubjectData, load_subject_data, lips_patch, random_patch, sample_rays
+from .frames import FrameStore, open_frames
 from ..core.errors import UserError
 from ..renderers.nerf.field import FieldConfig
 from ..renderers.common.hashgrid import HashGridConfig
@@ -70,6 +71,9 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads for torch (0 = the idle cores, see auto_threads)
+    # GiB the training frames may take in memory, beyond which they stream from the subject folder
+    # (0: half the free memory of a CUDA device, a quarter of the available RAM; training/frames.py).
+    frame_memory_gb: float = 0.0
     # model
     hash_levels: int = 14
     hash_features: int = 1
@@ -200,22 +204,23 @@ def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tup
 # ---- one iteration's batch ------------------------------------------------------------------------------
 @dataclass
 class FrameTensors:
-    """Per-frame tensors on the device: camera (head-space) and conditions' inputs."""
+    """Per-frame tensors on the device: camera (head-space), conditions' inputs, and the frames' images
+    (:mod:`headsync.training.frames`)."""
 
     R_c2h: torch.Tensor  # (N, 3, 3)
     origin: torch.Tensor  # (N, 3)
     audio: torch.Tensor  # (N, D)
     expression: torch.Tensor  # (N, 7)
-    images: torch.Tensor  # (N, S, S, 3) uint8
-    backgrounds: torch.Tensor  # (N, S, S, 3) uint8
-    head: torch.Tensor  # (N, S, S) bool
+    frames: FrameStore
 
     @staticmethod
-    def of(data: SubjectData, device: torch.device) -> "FrameTensors":
+    def of(data: SubjectData, device: torch.device, frame_budget: int | None = None,
+           reporter: Reporter | None = None) -> "FrameTensors":
+        """``frame_budget``: bytes the frames may take in memory (None: :func:`frames.memory_budget`)."""
         Rc, o = camera_to_head(data.pose.R, data.pose.T)
         f = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
-        return FrameTensors(f(Rc), f(o), f(data.audio), f(data.expression), f(data.images, torch.uint8),
-                            f(data.backgrounds, torch.uint8), f(data.head, torch.bool))
+        store = open_frames(data.subject, data.n_frames, data.size, device, frame_budget, reporter)
+        return FrameTensors(f(Rc), f(o), f(data.audio), f(data.expression), store)
 
 
 def frame_conditions(model: TalkingHead, ft: FrameTensors, frame: int, code: int | None, window: int
@@ -233,9 +238,7 @@ def render_pixels(model: TalkingHead, data: SubjectData, ft: FrameTensors, frame
     head mask (M,) as 0/1."""
     p = torch.as_tensor(pix, device=ft.audio.device)
     o, d = rays(data.K, ft.R_c2h[frame], ft.origin[frame], p)
-    bg = ft.backgrounds[frame, p[:, 1], p[:, 0]].float() / 255.0
-    target = ft.images[frame, p[:, 1], p[:, 0]].float() / 255.0
-    mask = ft.head[frame, p[:, 1], p[:, 0]].float()
+    target, bg, mask = ft.frames.pixels(frame, p)
     return model.render_rays(o, d, cond, bg, perturb=perturb), target, mask
 
 
@@ -261,8 +264,9 @@ def heldout_psnr(model: TalkingHead, data: SubjectData, ft: FrameTensors, cfg: T
     with torch.no_grad():
         for f in frames:
             cond = frame_conditions(model, ft, int(f), None, cfg.smooth_window)
-            out = model.render_image(data.K, ft.R_c2h[f], ft.origin[f], cond, ft.backgrounds[f].float() / 255.0)
-            vals.append(psnr_from_mse(float(mse(out["rgb"], ft.images[f].float() / 255.0))))
+            target, bg, _ = ft.frames.image(int(f))
+            out = model.render_image(data.K, ft.R_c2h[f], ft.origin[f], cond, bg)
+            vals.append(psnr_from_mse(float(mse(out["rgb"], target))))
     return float(np.mean(vals))
 
 
@@ -278,7 +282,7 @@ def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, res
         if saved != cfg:
             reporter.message("resuming with the settings the run was started with (the preset differs)", "warning")
         cfg = saved
-    data = load_subject_data(subject, cfg.resolution, cfg.audio_feature, cfg.holdout_fraction, reporter)
+    data = load_subject_data(subject, cfg.resolution, cfg.audio_feature, cfg.holdout_fraction)
     meta = {"template": data.pose.template.tolist(), "audio_in": int(data.audio.shape[1]),
             "n_codes": int(data.train.size), "audio_feature": cfg.audio_feature, "resolution": cfg.resolution,
             "frames": int(data.n_frames), "holdout": [int(data.holdout[0]), int(data.n_frames)]
@@ -301,7 +305,7 @@ def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, res
         (out / "log.txt").write_text("")
     write_json_atomic(out / "config.json", {"preset": preset_name, "subject": str(subject.root),
                                             "train": as_dict(cfg), "started_at_iteration": start})
-    ft = FrameTensors.of(data, device)
+    ft = FrameTensors.of(data, device, int(cfg.frame_memory_gb * 2 ** 30) or None, reporter)
     perc_name, perc = perceptual_loss()
     log = open(out / "log.txt", "a")
     log.write(f"# {'resumed at' if start else 'started'} iteration {start}; device {device}, {threads} CPU threads; "
@@ -328,14 +332,14 @@ def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, res
         cond = frame_conditions(model, ft, frame, slot, cfg.smooth_window)
         fine = it >= cfg.coarse_iters
         if not fine:
-            pix = sample_rays(data.head[frame], cfg.rays, cfg.inside_fraction, rng, data.lips_box[frame],
-                              cfg.lips_fraction)
+            pix = sample_rays(ft.frames.head(frame), cfg.rays, cfg.inside_fraction, rng,
+                              ft.frames.lips_box(frame), cfg.lips_fraction)
             out_r, target, mask = render_pixels(model, data, ft, frame, pix, cond, perturb=True)
             pix_loss = mse(out_r["rgb"], target)
             loss = pix_loss + cfg.mask_weight * mse(out_r["opacity"], mask)
         else:
-            patches = [random_patch(data.head[frame], min(cfg.patch, data.size), rng)]
-            lp = lips_patch(data.lips_box[frame], min(cfg.lips_patch, data.size), data.size, rng)
+            patches = [random_patch(ft.frames.head(frame), min(cfg.patch, data.size), rng)]
+            lp = lips_patch(ft.frames.lips_box(frame), min(cfg.lips_patch, data.size), data.size, rng)
             if lp is not None:
                 patches.append(lp)
             pix = np.concatenate(patches)
@@ -374,7 +378,8 @@ def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, res
     hold = heldout_psnr(model, data, ft, cfg, cfg.heldout_eval_frames) if cfg.heldout_eval_frames else None
     metrics = {**last, "iterations": total, "heldout_psnr": None if hold is None else round(hold, 3),
                "perceptual": perc_name, "device": str(device), "resumed_from": start or None,
-               "train_frames": int(data.train.size), "heldout_frames": int(data.holdout.size)}
+               "train_frames": int(data.train.size), "heldout_frames": int(data.holdout.size),
+               "frame_store": ft.frames.kind}
     checkpoint(total, metrics)
     write_json_atomic(out / "metrics.json", metrics)
     log.write(json.dumps({"final": metrics}) + "\n")
