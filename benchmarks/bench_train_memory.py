@@ -7,7 +7,7 @@ set size") and the run's iterations/s from its ``metrics.json``.
 
 A long subject is made by looping the sample (ffmpeg from imageio-ffmpeg) and preparing it at 512 px::
 
-    ffmpeg -stream_loop 12 -i sample_projects/astronaut/video.mp4 -t 300 -c:v libx264 -c:a aac long300.mp4
+    ffmpeg -stream_loop 12 -i backend/headsync/sample/video.mp4 -t 300 -c:v libx264 -c:a aac long300.mp4
     headsync prepare long300.mp4 --subject /tmp/long300 --preset preview --resolution 512
     python benchmarks/bench_train_memory.py --subject /tmp/long300 --preset standard --iters 4
     python benchmarks/bench_train_memory.py --subject /tmp/long300 --preset standard --frames 1500
@@ -46,8 +46,7 @@ def cut_subject(src: Path, dst: Path, n: int) -> Path:
     (dst / "subject.json").write_text(json.dumps(manifest))
     for name in ("frames", "masks"):
         (dst / name).mkdir()
-        for i in range(n):
-            f = next((src / name).glob(f"{i:06d}.*"))
+        for f in sorted((src / name).iterdir())[:n]:  # 000000.jpg, 000001.jpg, ...
             os.symlink(f, dst / name / f.name)
     shutil.copy(src / "background.jpg", dst / "background.jpg")
     for f in ["expression.npy", "landmarks.npy", *(p.relative_to(src) for p in src.glob("audio_features/*.npy"))]:

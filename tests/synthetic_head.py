@@ -172,6 +172,7 @@ TINY_TRAIN = {
     "hidden": 32, "geo_feat_dim": 16, "samples": 24, "probes": 64, "grid_resolution": 32,
     "checkpoint_every": 100, "log_every": 20, "threads": 2,
     "audio_feature": "mel",  # the synthetic subject has no audio-visual encoder
+    "compile": False,  # compiling costs more than these few iterations
 }
 
 

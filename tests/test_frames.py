@@ -65,3 +65,21 @@ def test_training_on_streamed_frames_is_the_same_training(tmp_path, one_torch_th
     assert runs["memory"]["frame_store"] == "memory" and runs["streamed"]["frame_store"] == "streamed"
     for k in ("loss", "heldout_psnr"):
         assert runs["memory"][k] == runs["streamed"][k], k
+
+
+needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_frames_on_the_gpu_equal_frames_on_the_cpu_and_train(subject, tmp_path):
+    cuda = torch.device("cuda")
+    on_gpu, on_cpu = MemoryFrames(subject, 12, 32, cuda), MemoryFrames(subject, 12, 32, CPU)
+    assert on_gpu.records.device.type == "cuda"
+    pix = torch.tensor([[0, 0], [31, 31], [16, 20]])
+    for a, b in zip(on_gpu.pixels(4, pix.cuda()), on_cpu.pixels(4, pix)):
+        assert torch.equal(a.cpu(), b)
+    preset = write_preset(tmp_path / "gpu.toml", coarse_iters=20, fine_iters=4, device="cuda", compile=True)
+    m = tasks.run("train", {"subject": str(subject.root), "preset": str(preset), "run": "gpu"}, silent())["metrics"]
+    assert m["device"].startswith("cuda") and m["frame_store"] == "memory" and m["compile"] in ("compiled", "fused")
+    assert np.isfinite(m["loss"])

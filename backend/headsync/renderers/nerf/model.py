@@ -19,7 +19,8 @@ from torch import nn
 from ..common.cameras import Intrinsics, pixel_grid, rays
 from ..common.conditioning import AudioEncoder, AudioSmoother, Conditioning, ConditioningConfig
 from .field import FieldConfig, HeadField
-from ..common.hashgrid import HashGridConfig
+from ..common.hashgrid import HashGrid2D, HashGridConfig
+from ...core.compile import compile_forward
 from .raymarch import MarchConfig, OccupancyGrid, composite, sample_occupied
 from ..common.triplane import TriPlaneEncoder
 
@@ -70,6 +71,14 @@ class TalkingHead(nn.Module):
         nn.init.zeros_(self.codes.weight)
         self.grid = OccupancyGrid(aabb, cfg.march)
         self.to(device)
+
+    def compile_hot_paths(self, enabled: bool = True) -> str:
+        """``torch.compile`` the pure-PyTorch hash grid, the bulk of a training step (docs/benchmarks.md);
+        tiny-cuda-nn's fused grid is left alone. Returns what :func:`~headsync.core.compile.compile_forward`
+        says, or ``"fused"``."""
+        if not isinstance(self.encoder.grid, HashGrid2D):
+            return "fused"
+        return compile_forward(self.encoder.grid, enabled)
 
     # ---- parameters ------------------------------------------------------------------------
     def hash_parameters(self) -> list[nn.Parameter]:
