@@ -36,10 +36,9 @@ def compile_vs_eager(preset: str, rounds: int, points: int, device: str) -> dict
     from headsync.core.config import load_preset, section
     from headsync.renderers.common.hashgrid import HashGrid2D
     from headsync.renderers.nerf.field import HeadField
-    from headsync.training.trainer import TrainConfig, model_config
+    from headsync.renderers.nerf.model import ModelConfig
 
-    cfg = section(load_preset(preset), "train", TrainConfig)
-    mc = model_config(cfg)
+    mc = section(load_preset(preset), "renderer.nerf", ModelConfig)
     dev = torch.device(device)
     grids = {"eager": HashGrid2D(mc.hash, 3).to(dev), "compiled": HashGrid2D(mc.hash, 3).to(dev)}
     state = compile_forward(grids["compiled"])
@@ -76,6 +75,7 @@ def resolutions(preset: str, sizes: list[int], iters: int, rounds: int) -> dict:
     from headsync.core.progress import silent
     from synthetic_head import make_subject, write_preset
 
+    nerf = load_preset(preset).tables.get("renderer", {}).get("nerf", {})
     table = {**load_preset(preset).tables.get("train", {}), "coarse_iters": iters, "fine_iters": 0,
              "checkpoint_every": 10 ** 9, "heldout_eval_frames": 0, "threads": 1, "audio_feature": "mel",
              "compile": False, "log_every": iters}
@@ -85,7 +85,7 @@ def resolutions(preset: str, sizes: list[int], iters: int, rounds: int) -> dict:
     profiles: dict[int, str] = {}
     for r in range(rounds):
         for s in sizes:
-            preset_file = write_preset(tmp / f"p{s}.toml", **{**table, "resolution": s})
+            preset_file = write_preset(tmp / f"p{s}.toml", renderer={"nerf": nerf}, **{**table, "resolution": s})
             prof = cProfile.Profile() if r == rounds - 1 else None
             if prof:
                 prof.enable()

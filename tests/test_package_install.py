@@ -32,18 +32,25 @@ fine_iters = 6
 rays = 256
 patch = 16
 lips_patch = 8
-hash_levels = 6
-hash_base_resolution = 8
-hash_finest_resolution = 64
-hash_log2_table_size = 12
-hidden = 16
-geo_feat_dim = 8
-samples = 8
-probes = 32
-grid_resolution = 16
 heldout_eval_frames = 1
 threads = 1
 compile = false
+
+[renderer.nerf.hash]
+levels = 6
+base_resolution = 8
+finest_resolution = 64
+log2_table_size = 12
+
+[renderer.nerf.field]
+hidden = 16
+color_hidden = 16
+geo_feat_dim = 8
+
+[renderer.nerf.march]
+samples = 8
+probes = 32
+grid_resolution = 16
 
 [ave]
 crop_height = 16

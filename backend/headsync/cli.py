@@ -14,6 +14,7 @@ from typing import Any
 from . import __version__, tasks
 from .core.errors import Cancelled, UserError
 from .core.progress import Reporter, json_lines_sink, terminal_sink
+from .renderers.registry import RENDERERS
 
 
 
@@ -37,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = common(sub.add_parser("train", help="train the talking head of a prepared subject"))
     sp.add_argument("--subject", required=True)
     sp.add_argument("--preset", default="standard")
-    sp.add_argument("--renderer", default="nerf", choices=["nerf", "gaussian"])
+    sp.add_argument("--renderer", default="nerf", choices=RENDERERS, help="a registered renderer")
     sp.add_argument("--run", default="default")
     sp.add_argument("--resume", action="store_true")
 
@@ -60,6 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = common(sub.add_parser("demo", help="the whole pipeline on the bundled sample"))
     sp.add_argument("--out", default=str(Path("out") / "demo"), help="folder for the demo (default: ./out/demo)")
     sp.add_argument("--preset", default="preview")
+    sp.add_argument("--renderer", default="nerf", choices=RENDERERS, help="a registered renderer")
 
     sp = sub.add_parser("serve", help="the local service the Blender add-on talks to")
     sp.add_argument("--host", default="127.0.0.1")
@@ -105,13 +107,13 @@ def _demo(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
                                               "preset": args.preset}, reporter)
     from .core.config import load_preset
     from .subject.folder import Subject
-    from .training.trainer import run_dir
+    from .training.checkpoints import run_dir
 
     run = load_preset(args.preset).name  # the run is named after the preset (a path's file name)
     # A demo stopped during training picks up from its checkpoint when run again.
     resume = (run_dir(Subject(subject), run) / "checkpoint.pt").exists()
     result["train"] = tasks.run("train", {"subject": str(subject), "preset": args.preset, "run": run,
-                                          "resume": resume}, reporter)
+                                          "renderer": args.renderer, "resume": resume}, reporter)
     result["render"] = tasks.run("render", {"subject": str(subject), "audio": str(sample / "dub.wav"),
                                             "run": run, "out": str(out / "render")}, reporter)
     return result
