@@ -40,7 +40,7 @@ def test_training_learns_and_reports(trained):
     assert m["iterations"] == 240 and m["heldout_frames"] == 4 and m["train_frames"] == 36
     # Without a head (torso + plate only) the held-out crops score the baseline below; the trained head
     # must beat it clearly on frames it never saw.
-    data = load_subject_data(Subject(root), 32, "mel", 0.1)
+    data = load_subject_data(Subject(root), 32, "mel")
     frames = MemoryFrames(data.subject, data.n_frames, 32, torch.device("cpu"))
     err = [float(((bg - target) ** 2).mean()) for target, bg, _ in map(frames.image, data.holdout.tolist())]
     baseline = psnr_from_mse(float(np.mean(err)))
