@@ -14,7 +14,7 @@ from typing import Any
 from . import __version__, tasks
 from .core.errors import Cancelled, UserError
 from .core.progress import Reporter, json_lines_sink, terminal_sink
-from .renderers.registry import RENDERERS
+from .renderers.registry import DEFAULT_RENDERER, RENDERERS
 
 
 
@@ -38,7 +38,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = common(sub.add_parser("train", help="train the talking head of a prepared subject"))
     sp.add_argument("--subject", required=True)
     sp.add_argument("--preset", default="standard")
-    sp.add_argument("--renderer", default="nerf", choices=RENDERERS, help="a registered renderer")
+    sp.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERERS, help="a registered renderer")
     sp.add_argument("--run", default="default")
     sp.add_argument("--resume", action="store_true")
 
@@ -61,7 +61,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = common(sub.add_parser("demo", help="the whole pipeline on the bundled sample"))
     sp.add_argument("--out", default=str(Path("out") / "demo"), help="folder for the demo (default: ./out/demo)")
     sp.add_argument("--preset", default="preview")
-    sp.add_argument("--renderer", default="nerf", choices=RENDERERS, help="a registered renderer")
+    sp.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERERS, help="a registered renderer")
 
     sp = sub.add_parser("serve", help="the local service the Blender add-on talks to")
     sp.add_argument("--host", default="127.0.0.1")
