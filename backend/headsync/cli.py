@@ -12,11 +12,10 @@ from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from . import __version__, tasks
+from .renderers.registry import DEFAULT_RENDERER, RENDERERS
 from .core.errors import Cancelled, UserError
 from .core.progress import Reporter, json_lines_sink, terminal_sink
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "sample_projects" / "astronaut"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,8 +34,10 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     sp = common(sub.add_parser("demo", help="the whole pipeline on the bundled sample"))
-    sp.add_argument("--out", default=str(REPO / "out" / "demo"))
+    sp.add_argument("--out", default=str(Path("out") / "demo"), help="folder for the demo (default: ./out/demo)")
     sp.add_argument("--preset", default="preview")
+    sp.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERERS,
+                    help=f"the renderer to train (default: {DEFAULT_RENDERER})")
 
     from .service.server import add_arguments
 
@@ -121,24 +122,29 @@ def _reporter(args: argparse.Namespace) -> Reporter:
 
 
 def _demo(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
-    videos = sorted(SAMPLE.glob("*.mp4"))
-    if not videos or not (SAMPLE / "dub.wav").exists():
-        raise UserError(f"the bundled sample is missing from {SAMPLE}",
-                        "run `python sample_projects/make_sample.py` or restore the folder from git")
+    from .core.package_data import sample_dir
+
+    sample = sample_dir()
+    videos = sorted(sample.glob("*.mp4"))
+    if not videos or not (sample / "dub.wav").exists():
+        raise UserError(f"the bundled sample is missing from {sample}",
+                        "reinstall headsync, or in a checkout run `python sample_projects/make_sample.py`")
     out = Path(args.out).resolve()
     subject = out / "subject"
     result: dict[str, Any] = {}
     result["prepare"] = tasks.run("prepare", {"video": str(videos[0]), "subject": str(subject),
                                               "preset": args.preset}, reporter)
+    from .core.config import load_preset
     from .subject.folder import Subject
     from .training.checkpoints import run_dir
 
+    run = load_preset(args.preset).name  # the run is named after the preset (a path's file name)
     # A demo stopped during training picks up from its checkpoint when run again.
-    resume = (run_dir(Subject(subject), args.preset) / "checkpoint.pt").exists()
-    result["train"] = tasks.run("train", {"subject": str(subject), "preset": args.preset, "run": args.preset,
-                                          "resume": resume}, reporter)
-    result["render"] = tasks.run("render", {"subject": str(subject), "audio": str(SAMPLE / "dub.wav"),
-                                            "run": args.preset, "out": str(out / "render")}, reporter)
+    resume = (run_dir(Subject(subject), run) / "checkpoint.pt").exists()
+    result["train"] = tasks.run("train", {"subject": str(subject), "preset": args.preset, "run": run,
+                                          "renderer": args.renderer, "resume": resume}, reporter)
+    result["render"] = tasks.run("render", {"subject": str(subject), "audio": str(sample / "dub.wav"),
+                                            "run": run, "out": str(out / "render")}, reporter)
     return result
 
 

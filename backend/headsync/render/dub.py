@@ -53,7 +53,7 @@ class RenderConfig:
 
 def features_for_audio(subject: Subject, kind: str, audio: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
     """Per-frame audio features (n_frames, D) of a new audio track, of the kind the model was trained on
-    (``mel``, ``ave`` with the subject's own audio-visual encoder, or ``hubert``): see ``lip_features``."""
+    (``mel``, or ``ave`` with the subject's own audio-visual encoder): see ``lip_features``."""
     return lip_features.for_audio(subject, kind, audio, fps, n_frames)
 
 

@@ -29,6 +29,7 @@ import torch
 from ..core.atomic import write_json_atomic
 from ..core.config import as_dict, from_table, load_preset, section
 from ..core.devices import pick_device, set_threads
+from ..face_sync.lip_features import check_kind
 from ..core.errors import UserError
 from ..core.progress import Reporter
 from ..renderers.base import Renderer, SubjectMeta
@@ -39,6 +40,7 @@ from ..renderers.registry import DEFAULT_RENDERER, renderer_class
 from ..subject.data import SubjectData, load_subject_data
 from ..subject.folder import CORE_EXPRESSIONS, Subject
 from .checkpoints import load_checkpoint, run_dir, save_checkpoint
+from .frames import FrameStore, open_frames
 from .samplers import draw
 
 
@@ -68,6 +70,13 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads for torch (0 = the idle cores, see core.devices.auto_threads)
+    # GiB the training frames may take in memory, beyond which they stream from the subject folder
+    # (0: half the free memory of a CUDA device, a quarter of the available RAM; training/frames.py).
+    frame_memory_gb: float = 0.0
+    # torch.compile the renderer's hot path (the NeRF's hash grid): 2.3x faster steps on this project's CPU
+    # once compiled, but compiling takes minutes on two busy cores, so short CPU schedules (preview, tests)
+    # turn it off (docs/benchmarks.md).
+    compile: bool = True
 
     @property
     def total_iters(self) -> int:
@@ -90,22 +99,23 @@ def subject_meta(data: SubjectData, cfg: TrainConfig) -> SubjectMeta:
 # ---- one iteration's batch ------------------------------------------------------------------------------
 @dataclass
 class FrameTensors:
-    """Per-frame tensors on the device: camera (head-space) and conditions' inputs."""
+    """Per-frame tensors on the device: camera (head-space), conditions' inputs, and the frames' images
+    (:mod:`headsync.training.frames`)."""
 
     R_c2h: torch.Tensor  # (N, 3, 3)
     origin: torch.Tensor  # (N, 3)
     audio: torch.Tensor  # (N, D)
     expression: torch.Tensor  # (N, 7)
-    images: torch.Tensor  # (N, S, S, 3) uint8
-    backgrounds: torch.Tensor  # (N, S, S, 3) uint8
-    head: torch.Tensor  # (N, S, S) bool
+    frames: FrameStore
 
     @staticmethod
-    def of(data: SubjectData, device: torch.device) -> "FrameTensors":
+    def of(data: SubjectData, device: torch.device, frame_budget: int | None = None,
+           reporter: Reporter | None = None) -> "FrameTensors":
+        """``frame_budget``: bytes the frames may take in memory (None: :func:`frames.memory_budget`)."""
         Rc, o = camera_to_head(data.pose.R, data.pose.T)
         f = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
-        return FrameTensors(f(Rc), f(o), f(data.audio), f(data.expression), f(data.images, torch.uint8),
-                            f(data.backgrounds, torch.uint8), f(data.head, torch.bool))
+        store = open_frames(data.subject, data.n_frames, data.size, device, frame_budget, reporter)
+        return FrameTensors(f(Rc), f(o), f(data.audio), f(data.expression), store)
 
 
 @dataclass
@@ -156,8 +166,9 @@ def heldout_psnr(renderer: Renderer, data: SubjectData, ft: FrameTensors, max_fr
     with torch.no_grad():
         for f in frames:
             cond = frame_conditions(renderer, ft, int(f))
-            out = renderer.render(frame_camera(data, ft, int(f)), cond, ft.backgrounds[f].float() / 255.0)
-            vals.append(psnr_from_mse(float(mse(out["rgb"], ft.images[f].float() / 255.0))))
+            target, bg, _ = ft.frames.image(int(f))
+            out = renderer.render(frame_camera(data, ft, int(f)), cond, bg)
+            vals.append(psnr_from_mse(float(mse(out["rgb"], target))))
     return float(np.mean(vals))
 
 
@@ -175,7 +186,8 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
         if saved != cfg or saved_r != renderer_cfg:
             reporter.message("resuming with the settings the run was started with (the preset differs)", "warning")
         cfg, renderer_cfg = saved, saved_r
-    data = load_subject_data(subject, cfg.resolution, cfg.audio_feature, reporter)
+    check_kind(cfg.audio_feature)
+    data = load_subject_data(subject, cfg.resolution, cfg.audio_feature)
     meta = subject_meta(data, cfg)
     if state is not None and SubjectMeta.from_dict(state["meta"]).train_frames != meta.train_frames:
         raise UserError(f"the subject's frames changed since run {out.name!r} started (prepared again?)",
@@ -185,6 +197,7 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
     renderer = cls.build(renderer_cfg, meta, device)
     if state is not None:  # before the optimiser exists: loading may replace parameters (a resized renderer)
         renderer.load_renderer_state(state["model"])
+    compiled = renderer.compile_hot_paths(cfg.compile)
     opt, sched = make_optimizer(renderer, cfg)
     start = 0
     if state is not None:
@@ -200,7 +213,7 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
     write_json_atomic(out / "config.json", {"preset": preset_name, "subject": str(subject.root), "renderer": kind,
                                             "train": as_dict(cfg), "renderer_config": as_dict(renderer_cfg),
                                             "started_at_iteration": start})
-    ft = FrameTensors.of(data, device)
+    ft = FrameTensors.of(data, device, int(cfg.frame_memory_gb * 2 ** 30) or None, reporter)
     ctx = StepContext(renderer, data, ft, rng)
     callbacks = renderer.callbacks()
     perc_name, perc = perceptual_loss()
@@ -231,16 +244,13 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
         frame = ctx.random_training_frame()
         cond = frame_conditions(renderer, ft, frame)
         stage = cfg.stage(it)
-        batch = draw(renderer.sampling(stage), data.head[frame], data.lips_box[frame], cfg, rng)
-        bg_img, img, head = ft.backgrounds[frame], ft.images[frame], ft.head[frame]
+        batch = draw(renderer.sampling(stage), ft.frames.head(frame), ft.frames.lips_box(frame), cfg, rng)
         if batch.pixels is None:
             pix = None
-            bg, target, mask = bg_img.float() / 255.0, img.float() / 255.0, head.float()
+            target, bg, mask = ft.frames.image(frame)
         else:
             pix = torch.as_tensor(batch.pixels, device=device)
-            bg = bg_img[pix[:, 1], pix[:, 0]].float() / 255.0
-            target = img[pix[:, 1], pix[:, 0]].float() / 255.0
-            mask = head[pix[:, 1], pix[:, 0]].float()
+            target, bg, mask = ft.frames.pixels(frame, pix)
         out_r = renderer.render(frame_camera(data, ft, frame), cond, bg, pix, train=True)
         pix_loss = mse(out_r["rgb"], target)
         loss = pix_loss + cfg.mask_weight * mse(out_r["opacity"], mask)
@@ -277,7 +287,8 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
     hold = heldout_psnr(renderer, data, ft, cfg.heldout_eval_frames) if cfg.heldout_eval_frames else None
     metrics = {**last, "iterations": total, "heldout_psnr": None if hold is None else round(hold, 3),
                "perceptual": perc_name, "device": str(device), "resumed_from": start or None, "renderer": kind,
-               "train_frames": int(data.train.size), "heldout_frames": int(data.holdout.size)}
+               "train_frames": int(data.train.size), "heldout_frames": int(data.holdout.size),
+               "frame_store": ft.frames.kind, "compile": compiled}
     checkpoint(total, metrics)
     write_json_atomic(out / "metrics.json", metrics)
     log.write(json.dumps({"final": metrics}) + "\n")
