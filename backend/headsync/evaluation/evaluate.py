@@ -32,13 +32,10 @@ from ..subject.data import check_prepared, load_expression, load_pose, load_audi
 from ..core.errors import UserError
 from ..renderers.common.losses import psnr_from_mse
 from ..core.progress import Reporter
+from .measures import mouth_opening
 from ..render.dub import RenderConfig, features_for_audio, render_frames, run_render_config
 from ..subject.folder import Subject, write_json_atomic
 from ..training.trainer import model_from_checkpoint, pick_device, run_dir, set_threads
-
-#: Inner-lip landmark pairs (upper, lower) across the mouth, and the face height's ends, in MediaPipe's mesh.
-INNER_LIP_PAIRS = ((13, 14), (82, 87), (312, 317), (81, 178), (311, 402))
-FOREHEAD, CHIN = 10, 152
 
 
 def lip_indices() -> np.ndarray:
@@ -71,12 +68,6 @@ class MeshReader:
 
     def close(self) -> None:
         self._mesh.close()
-
-
-def mouth_opening(landmarks: np.ndarray) -> float:
-    """Mean inner-lip gap (five pairs across the mouth) over the forehead-chin distance, dimensionless."""
-    gap = np.mean([np.linalg.norm(landmarks[a] - landmarks[b]) for a, b in INNER_LIP_PAIRS])
-    return float(gap / max(np.linalg.norm(landmarks[FOREHEAD] - landmarks[CHIN]), 1e-6))
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
