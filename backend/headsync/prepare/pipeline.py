@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from . import audio as audio_stage
-from . import audio_features, capture as expression, landmarks68, masks, stabilizer, tracking
+from . import audio_features, capture as expression, checks, landmarks68, masks, stabilizer, tracking
 from ..face_sync import av_encoder
 from ..core import registry
 from ..core.config import Preset, load_preset, section
@@ -91,6 +91,10 @@ def prepare_subject(video: str | Path, subject_dir: str | Path, audio: str | Pat
         run_stage(st, subject, cfgs[st.NAME], reporter, force=force)
     reporter.begin_step(0, 0)  # what follows (train, render) is not a step of prepare
     subject.update(preset=preset.name)
+    for w in checks.footage_warnings(subject, cfgs[tracking.LANDMARKS.NAME].resolution):
+        if w not in subject.load().get("warnings", []):
+            reporter.message(w, level="warning")
+        subject.warn(w)
     reporter.message(f"prepared {subject.frame_count()} frames into {subject.root} in {time.perf_counter() - t0:.1f} s")
     return subject
 

@@ -29,6 +29,7 @@ from ..renderers.common.cameras import camera_to_head, rays
 from ..renderers.common.conditioning import ConditioningConfig, window_indices
 from ..core.config import as_dict, load_preset, section
 from ..subject.data import SubjectData, load_subject_data, lips_patch, random_patch, sample_rays
+from .expression_sampling import box_patch, eye_boxes, frame_weights, pixels_around
 from ..core.errors import UserError
 from ..renderers.nerf.field import FieldConfig
 from ..renderers.common.hashgrid import HashGridConfig
@@ -36,7 +37,8 @@ from ..renderers.common.losses import mse, perceptual_loss, psnr_from_mse
 from ..renderers.nerf.model import ModelConfig, TalkingHead
 from ..core.progress import Reporter
 from ..renderers.nerf.raymarch import MarchConfig
-from ..subject.folder import Subject, write_json_atomic
+from ..subject.folder import CORE_EXPRESSIONS, Subject, write_json_atomic
+from ..evaluation.expression_response import box_mask, coefficient_response, weak_coefficients
 
 CHECKPOINT_VERSION = 1
 
@@ -54,6 +56,11 @@ class TrainConfig:
     lips_fraction: float = 0.0  # share of coarse rays drawn around the lips (short schedules need the push)
     patch: int = 64  # fine stage: side of the random head patch (pixels at ``resolution``)
     lips_patch: int = 32  # fine stage: side of the lips patch
+    # Expression-focused sampling (training/expression_sampling.py): share of coarse rays around the eyes and
+    # brows, side of the fine stage's eye patch (0: none), share of frames drawn from the coefficients' tails.
+    eyes_fraction: float = 0.15
+    eyes_patch: int = 32
+    tail_share: float = 0.3
     perceptual_weight: float = 0.01  # lambda of Eq. 12/13
     # Weight of the silhouette term: opacity vs the head mask (labels 1-4). Without it the field may learn
     # a faint dark layer over the bright plate that reproduces the frame but cannot be composited.
@@ -64,6 +71,7 @@ class TrainConfig:
     weight_decay: float = 1e-4  # AdamW's, on the MLPs only (hash tables are sparse lookups)
     holdout_fraction: float = 0.1
     heldout_eval_frames: int = 8  # held-out crops rendered at the end for metrics.json (0: none)
+    response_frames: int = 2  # frames of the after-training check of each coefficient's effect (0: none)
     audio_feature: str = "ave"  # audio_features/KIND.npy; ave beat mel on lip sync (docs/benchmarks.md)
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -266,6 +274,28 @@ def heldout_psnr(model: TalkingHead, data: SubjectData, ft: FrameTensors, cfg: T
     return float(np.mean(vals))
 
 
+def expression_check(model: TalkingHead, data: SubjectData, ft: FrameTensors, eyes: np.ndarray,
+                     cfg: TrainConfig) -> dict[str, dict[str, float]]:
+    """How strongly each coefficient acts (evaluation/expression_response.py) on ``response_frames``
+    training frames spread over the clip, rendered with their own appearance code."""
+    slots = np.linspace(0, data.train.size - 1, cfg.response_frames).astype(int)
+    code_of = {int(data.train[s]): int(s) for s in slots}
+
+    def render(frame: int, expr: np.ndarray) -> np.ndarray:
+        idx = torch.as_tensor(window_indices(np.array([frame]), ft.audio.shape[0], cfg.smooth_window),
+                              device=ft.audio.device)
+        e = torch.as_tensor(expr[None], dtype=torch.float32, device=ft.audio.device)
+        with torch.no_grad():
+            cond = model.frame_conditions(ft.audio[idx], e, torch.tensor([code_of[frame]], device=e.device))
+            out = model.render_image(data.K, ft.R_c2h[frame], ft.origin[frame], cond,
+                                     ft.backgrounds[frame].float() / 255.0)
+        return out["rgb"].cpu().numpy()
+
+    model.eval()
+    return coefficient_response(render, list(code_of), data.expression, lambda f: box_mask(eyes[f], data.size),
+                                lambda f: data.head[f], CORE_EXPRESSIONS)
+
+
 def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, resume: bool = False,
           preset_name: str = "") -> dict[str, Any]:
     """Train (or resume) a run in ``out``; returns its metrics."""
@@ -302,6 +332,8 @@ def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, res
     write_json_atomic(out / "config.json", {"preset": preset_name, "subject": str(subject.root),
                                             "train": as_dict(cfg), "started_at_iteration": start})
     ft = FrameTensors.of(data, device)
+    eyes = eye_boxes(np.load(subject.path("landmarks.npy")), data.pose.K.size, data.size)
+    draw = frame_weights(data.expression, data.train, cfg.tail_share)
     perc_name, perc = perceptual_loss()
     log = open(out / "log.txt", "a")
     log.write(f"# {'resumed at' if start else 'started'} iteration {start}; device {device}, {threads} CPU threads; "
@@ -323,21 +355,23 @@ def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, res
     occupied = 1.0
     for it in range(start, total):
         model.train()
-        slot = int(rng.integers(data.train.size))
+        slot = int(rng.choice(data.train.size, p=draw))
         frame = int(data.train[slot])
         cond = frame_conditions(model, ft, frame, slot, cfg.smooth_window)
         fine = it >= cfg.coarse_iters
         if not fine:
-            pix = sample_rays(data.head[frame], cfg.rays, cfg.inside_fraction, rng, data.lips_box[frame],
-                              cfg.lips_fraction)
+            around_eyes = pixels_around(eyes[frame], int(round(cfg.rays * cfg.eyes_fraction)), data.size, rng)
+            pix = np.concatenate([around_eyes, sample_rays(data.head[frame], cfg.rays - around_eyes.shape[0],
+                                                           cfg.inside_fraction, rng, data.lips_box[frame],
+                                                           cfg.lips_fraction)])
             out_r, target, mask = render_pixels(model, data, ft, frame, pix, cond, perturb=True)
             pix_loss = mse(out_r["rgb"], target)
             loss = pix_loss + cfg.mask_weight * mse(out_r["opacity"], mask)
         else:
             patches = [random_patch(data.head[frame], min(cfg.patch, data.size), rng)]
             lp = lips_patch(data.lips_box[frame], min(cfg.lips_patch, data.size), data.size, rng)
-            if lp is not None:
-                patches.append(lp)
+            ep = box_patch(eyes[frame], min(cfg.eyes_patch, data.size), data.size, rng) if cfg.eyes_patch else None
+            patches += [p for p in (lp, ep) if p is not None]
             pix = np.concatenate(patches)
             out_r, target, mask = render_pixels(model, data, ft, frame, pix, cond, perturb=True)
             pix_loss = mse(out_r["rgb"], target)
@@ -372,9 +406,12 @@ def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, res
             checkpoint(done, last)
         reporter.set(done, loss=last["loss"], psnr=last["psnr"], phase=last["stage"])
     hold = heldout_psnr(model, data, ft, cfg, cfg.heldout_eval_frames) if cfg.heldout_eval_frames else None
+    response = expression_check(model, data, ft, eyes, cfg) if cfg.response_frames else None
     metrics = {**last, "iterations": total, "heldout_psnr": None if hold is None else round(hold, 3),
                "perceptual": perc_name, "device": str(device), "resumed_from": start or None,
-               "train_frames": int(data.train.size), "heldout_frames": int(data.holdout.size)}
+               "train_frames": int(data.train.size), "heldout_frames": int(data.holdout.size),
+               "expression_response": response,
+               "weak_expressions": weak_coefficients(response) if response else None}
     checkpoint(total, metrics)
     write_json_atomic(out / "metrics.json", metrics)
     log.write(json.dumps({"final": metrics}) + "\n")
