@@ -39,18 +39,19 @@ from headsync.prepare.checks import CLOSED_APERTURE_RATIO, apertures
 from headsync.render.dub import render_frames, run_render_config, SourceFrames
 from headsync.subject.data import load_audio_features, load_expression, load_pose, read_labels, read_rgb
 from headsync.subject.folder import CORE_EXPRESSIONS, Subject
-from headsync.training.trainer import model_from_checkpoint, pick_device, run_dir, set_threads
+from headsync.core.devices import pick_device, set_threads
+from headsync.training.checkpoints import load_renderer, run_dir
 
 BLINK = [CORE_EXPRESSIONS.index("eyeBlinkLeft"), CORE_EXPRESSIONS.index("eyeBlinkRight")]
 BROW = CORE_EXPRESSIONS.index("browInnerUp")
 FACE_NECK = (1, 2, 3, 5)
 
 
-def _render(subject, model, meta, tcfg, rcfg, device, frames, expr, pose, feats, portrait):
+def _render(subject, renderer, rcfg, device, frames, expr, pose, feats, portrait):
     curves = Curves(float(subject.source()["fps"]), 1, expr, matrix_to_euler_xyz(pose.R[frames]), pose.T[frames],
                     "edited")
-    return list(render_frames(subject, model, meta, tcfg.resolution, tcfg.smooth_window, feats, curves, portrait,
-                              rcfg, device, silent(), src_idx=frames, feat_rows=frames))
+    return list(render_frames(subject, renderer, feats, curves, portrait, rcfg, device, silent(),
+                              src_idx=frames, feat_rows=frames))
 
 
 def _measure(mesh, imgs, fn):
@@ -76,19 +77,19 @@ def bench(subject: Subject, run: str, n_frames: int) -> dict:
     rcfg = run_render_config(rdir)
     set_threads(rcfg.threads)
     device = pick_device(rcfg.device)
-    model, tcfg, meta = model_from_checkpoint(rdir / "checkpoint.pt", device)
+    renderer, _ = load_renderer(rdir / "checkpoint.pt", device)
     n = subject.frame_count()
-    h0 = int(meta["holdout"][0])
-    hold = np.arange(h0, n)
+    hold = np.asarray(renderer.meta.holdout_frames, np.int64)
+    train = np.asarray(renderer.meta.train_frames, np.int64)
     frames = hold[np.linspace(0, hold.size - 1, min(n_frames, hold.size)).astype(int)]
     pose = load_pose(subject)
     S = pose.K.size
     expr = load_expression(subject, n)
-    feats = load_audio_features(subject, tcfg.audio_feature, n)
+    feats = load_audio_features(subject, renderer.meta.audio_feature, n)
     src_ap = apertures(np.load(subject.path("landmarks.npy")))
-    most_closed = float(np.nanpercentile(src_ap[:h0], 1))
+    most_closed = float(np.nanpercentile(src_ap[train], 1))
     mesh = MeshReader()
-    args = (subject, model, meta, tcfg, rcfg, device)
+    args = (subject, renderer, rcfg, device)
 
     base = _render(*args, frames, expr[frames], pose, feats, False)
     e_blink = expr[frames].copy()
@@ -101,7 +102,7 @@ def bench(subject: Subject, run: str, n_frames: int) -> dict:
     b0, b1 = _measure(mesh, base, ms.brow_to_eye), _measure(mesh, brow, ms.brow_to_eye)
     m0 = _measure(mesh, base, ms.mouth_opening)
     m_blink, m_brow = _measure(mesh, blink, ms.mouth_opening), _measure(mesh, brow, ms.mouth_opening)
-    out: dict = {"subject": str(subject.root), "run": run, "frames": frames.tolist(), "resolution": tcfg.resolution,
+    out: dict = {"subject": str(subject.root), "run": run, "frames": frames.tolist(), "resolution": renderer.meta.resolution,
                  "crop": S, "face_found": float(np.isfinite(ap0).mean())}
     out["blink_edit"] = {"aperture_unedited": float(np.nanmean(ap0)), "aperture_edited": float(np.nanmean(ap1)),
                          "most_closed_training": most_closed,

@@ -83,3 +83,23 @@ def test_coefficient_response_tells_acting_from_ignored():
     assert r["c5"]["elsewhere"] == 0.0
     assert r["c0"]["region"] == 0.0
     assert weak_coefficients(r) == [f"c{k}" for k in range(7) if k != 5]
+
+
+def test_add_eye_samples_keeps_the_ray_count_and_adds_a_patch():
+    from types import SimpleNamespace
+
+    from headsync.renderers.base import Sampling
+    from headsync.training.samplers import Batch
+
+    rng = np.random.default_rng(0)
+    cfg = SimpleNamespace(eyes_fraction=0.25, eyes_patch=8)
+    box = np.array([40, 30, 60, 40])
+    rays = Batch(np.zeros((100, 2), np.int64), [])
+    out = es.add_eye_samples(rays, Sampling.RAYS, box, 96, cfg, rng)
+    assert out.pixels.shape == (100, 2) and (out.pixels[:75] == 0).all() and (out.pixels[75:, 0] >= 35).all()
+    patches = Batch(np.zeros((16 * 16, 2), np.int64), [16])
+    out = es.add_eye_samples(patches, Sampling.PATCHES, box, 96, cfg, rng)
+    assert out.patches == [16, 8] and out.pixels.shape == (16 * 16 + 64, 2)
+    assert es.add_eye_samples(rays, Sampling.RAYS, np.full(4, -1), 96, cfg, rng) is rays
+    image = Batch(None, [96])
+    assert es.add_eye_samples(image, Sampling.IMAGE, box, 96, cfg, rng) is image

@@ -20,7 +20,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..subject.data import patch_pixels
+from ..renderers.base import Sampling
+from .samplers import Batch, patch_pixels
 
 #: Face-mesh points outlining both eyes and brows (MediaPipe's FACEMESH_*_EYE / *_EYEBROW connections).
 EYE_BROW_POINTS = (
@@ -100,3 +101,22 @@ def box_patch(box: np.ndarray, side: int, size: int, rng: np.random.Generator) -
     x0 = int(np.clip(cx - side // 2, 0, size - side))
     y0 = int(np.clip(cy - side // 2, 0, size - side))
     return patch_pixels(x0, y0, side)
+
+
+def add_eye_samples(batch: Batch, sampling: Sampling, box: np.ndarray, size: int, cfg,
+                    rng: np.random.Generator) -> Batch:
+    """``batch`` (from :func:`headsync.training.samplers.draw`) with the eyes' share: for ray sets the last
+    ``eyes_fraction`` of the rays (the ones drawn anywhere on the head) move around the eyes-and-brows
+    ``box``, so the ray count is unchanged; for patches an ``eyes_patch`` patch on the box is appended.
+    Whole images and frames without a box are left as they are. ``cfg``: the ``[train]`` table."""
+    if box[0] < 0:
+        return batch
+    if sampling is Sampling.RAYS and cfg.eyes_fraction > 0:
+        n = min(int(round(batch.pixels.shape[0] * cfg.eyes_fraction)), batch.pixels.shape[0])
+        pix = batch.pixels.copy()
+        pix[pix.shape[0] - n:] = pixels_around(box, n, size, rng)
+        return Batch(pix, batch.patches)
+    if sampling is Sampling.PATCHES and cfg.eyes_patch > 0:
+        side = min(cfg.eyes_patch, size)
+        return Batch(np.concatenate([batch.pixels, box_patch(box, side, size, rng)]), [*batch.patches, side])
+    return batch
