@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
 from . import __version__, tasks
+from .core.config import AUTO
 from .core.errors import Cancelled, UserError
 from .core.progress import Reporter, json_lines_sink, terminal_sink
 from .renderers.registry import RENDERERS
@@ -33,13 +35,13 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("video")
     sp.add_argument("--audio")
     sp.add_argument("--subject", required=True)
-    sp.add_argument("--preset", default="standard")
+    sp.add_argument("--preset", default=AUTO, help="preset name or .toml path (auto: preview on a CPU, standard on CUDA)")
     sp.add_argument("--fps", type=float)
     sp.add_argument("--resolution", type=int)
 
     sp = common(sub.add_parser("train", help="train the talking head of a prepared subject"))
     sp.add_argument("--subject", required=True)
-    sp.add_argument("--preset", default="standard")
+    sp.add_argument("--preset", default=AUTO, help="preset name or .toml path (auto: preview on a CPU, standard on CUDA)")
     sp.add_argument("--renderer", default="nerf", choices=RENDERERS, help="a registered renderer")
     sp.add_argument("--run", default="default")
     sp.add_argument("--resume", action="store_true")
@@ -116,8 +118,24 @@ def _demo(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     return result
 
 
+#: What is left after a cancelled command (Ctrl-C or SIGTERM), said as it is.
+AFTER_CANCEL = {
+    "prepare": "finished stages are kept and the next run resumes from them",
+    "train": "the last checkpoint is kept: `headsync train --resume` continues from it",
+    "render": "no frames were kept (a render is not resumable): run it again to render from the start",
+    "demo": "finished stages and the last training checkpoint are kept; the next demo continues from them",
+}
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM as Ctrl-C, so temporary folders are removed on the way out instead of left behind."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command != "serve":  # the service handles its own signals
+        signal.signal(signal.SIGTERM, _terminate)
     json_mode = getattr(args, "json_progress", False)
     try:
         if args.command == "serve":
@@ -148,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"hint: {e.hint}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Cancelled):
-        print("\ncancelled; finished stages are kept and the next run resumes from them", file=sys.stderr)
+        print(f"\ncancelled; {AFTER_CANCEL.get(args.command, 'nothing half-written was kept')}", file=sys.stderr)
         return 130
     except Exception as e:  # internal failure: show the traceback, it is a bug
         if json_mode:

@@ -10,6 +10,7 @@ import importlib
 from dataclasses import dataclass
 from typing import Any, Callable, Collection
 
+from .core.config import AUTO
 from .core.errors import UserError
 from .core.progress import Reporter
 from .renderers.registry import RENDERERS
@@ -47,13 +48,13 @@ TASKS: dict[str, Task] = {
             Param("video", str, True, path=True, help="the subject video (any format ffmpeg reads)"),
             Param("subject", str, True, path=True, help="subject folder to create or update"),
             Param("audio", str, path=True, help="audio for the video when it has none, or to replace it"),
-            Param("preset", str, default="standard", help="preset name or .toml path"),
+            Param("preset", str, default=AUTO, help="preset name or .toml path (auto: preview on a CPU, standard on CUDA)"),
             Param("fps", float, help="target frame rate (default from the preset)"),
             Param("resolution", int, help="side of the square training crop in pixels"),
         ), "prepare.pipeline:prepare_task", "video + audio -> prepared subject folder"),
         Task("train", (
             Param("subject", str, True, path=True, help="a prepared subject folder"),
-            Param("preset", str, default="standard"),
+            Param("preset", str, default=AUTO),
             Param("renderer", str, default="nerf", choices=RENDERERS, help="a registered renderer"),
             Param("run", str, default="default", help="name of the model run under models/"),
             Param("resume", bool, default=False, help="continue from the run's last checkpoint"),

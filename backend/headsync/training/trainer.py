@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..core.atomic import write_json_atomic
-from ..core.config import as_dict, from_table, load_preset, section
+from ..core.config import AUTO, as_dict, from_table, load_preset, section
 from ..core.devices import pick_device, set_threads
 from ..core.errors import UserError
 from ..core.progress import Reporter
@@ -204,6 +204,7 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
         if saved != cfg or saved_r != renderer_cfg:
             reporter.message("resuming with the settings the run was started with (the preset differs)", "warning")
         cfg, renderer_cfg = saved, saved_r
+    reporter.begin_step(0, 1, phases=2)  # loading the frames, then training: one monotonic fraction
     data = load_subject_data(subject, cfg.resolution, cfg.audio_feature, reporter)
     meta = subject_meta(data, cfg)
     torch.manual_seed(cfg.seed)
@@ -311,6 +312,7 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
                "expression_response": response,
                "weak_expressions": weak_coefficients(response) if response else None}
     checkpoint(total, metrics)
+    reporter.begin_step(0, 0)
     write_json_atomic(out / "metrics.json", metrics)
     log.write(json.dumps({"final": metrics}) + "\n")
     log.close()
@@ -322,7 +324,7 @@ def train_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     kind = params.get("renderer") or "nerf"
     cls = renderer_class(kind)
     subject = Subject(Path(params["subject"]).expanduser().resolve())
-    preset = load_preset(params.get("preset") or "standard")
+    preset = load_preset(params.get("preset") or AUTO)
     cfg = section(preset, "train", TrainConfig)
     renderer_cfg = section(preset, f"renderer.{kind}", cls.Config)
     out = run_dir(subject, params.get("run") or "default")
