@@ -68,6 +68,9 @@ class TrainConfig:
     # Weight of the silhouette term: opacity vs the head mask (labels 1-4). Without it the field may learn
     # a faint dark layer over the bright plate that reproduces the frame but cannot be composited.
     mask_weight: float = 0.1
+    # Weight of the opacity entropy term (pushes each pixel's opacity to 0 or 1): half-transparent floaters
+    # beside the chin and over the shoulder are what leaks into the composite (issue 11).
+    opacity_entropy_weight: float = 0.001
     lr_final_ratio: float = 0.1
     heldout_eval_frames: int = 8  # held-out crops rendered at the end for metrics.json (0: none)
     response_frames: int = 2  # frames of the after-training check of each coefficient's effect (0: none)
@@ -168,6 +171,12 @@ def heldout_psnr(renderer: Renderer, data: SubjectData, ft: FrameTensors, max_fr
             out = renderer.render(frame_camera(data, ft, int(f)), cond, ft.backgrounds[f].float() / 255.0)
             vals.append(psnr_from_mse(float(mse(out["rgb"], ft.images[f].float() / 255.0))))
     return float(np.mean(vals))
+
+
+def opacity_entropy(opacity: torch.Tensor) -> torch.Tensor:
+    """Mean binary entropy (nats) of opacities in [0, 1]: 0 for fully opaque or empty pixels."""
+    o = opacity.clamp(1e-5, 1 - 1e-5)
+    return -(o * o.log() + (1 - o) * (1 - o).log()).mean()
 
 
 def expression_check(renderer: Renderer, data: SubjectData, ft: FrameTensors, eyes: np.ndarray,
@@ -274,6 +283,8 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
         out_r = renderer.render(frame_camera(data, ft, frame), cond, bg, pix, train=True)
         pix_loss = mse(out_r["rgb"], target)
         loss = pix_loss + cfg.mask_weight * mse(out_r["opacity"], mask)
+        if cfg.opacity_entropy_weight:
+            loss = loss + cfg.opacity_entropy_weight * opacity_entropy(out_r["opacity"])
         if stage == "fine" and batch.patches:
             rgb_flat, target_flat = out_r["rgb"].reshape(-1, 3), target.reshape(-1, 3)
             start_px = 0
