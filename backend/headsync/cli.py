@@ -180,6 +180,15 @@ def _print_result(command: str, result: dict[str, Any]) -> None:
         print(f"prepared subject: {result['subject']} ({result['frames']} frames)")
         for w in result.get("warnings", []):
             print(f"warning: {w}")
+    elif command == "eval" and "metrics" in result:
+        for k, v in result["metrics"].items():
+            print(f"{k}: {v}")
+        if result.get("weak_expressions"):
+            print(f"weak expression coefficients (edits will barely show): {', '.join(result['weak_expressions'])}")
+        for w in result.get("warnings", []):
+            print(f"warning: {w}")
+    elif command == "eval" and "verdict" in result:
+        print(f"{result['video']}: {result['verdict']}")
     elif command == "demo":
         print("demo finished:")
         print(f"  subject:  {result['prepare']['subject']}")

@@ -223,4 +223,7 @@ def eval_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
         saved = {}
     saved["eval"] = metrics
     write_json_atomic(path, saved)
-    return {"metrics": metrics, "metrics_file": str(path)}
+    # what the data could not give, and how strongly each coefficient acts (checked after training)
+    return {"metrics": metrics, "metrics_file": str(path), "warnings": subject.load().get("warnings", []),
+            "expression_response": saved.get("expression_response"),
+            "weak_expressions": saved.get("weak_expressions")}
