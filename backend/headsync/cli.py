@@ -16,7 +16,7 @@ from . import __version__, tasks
 from .core.config import AUTO
 from .core.errors import Cancelled, UserError
 from .core.progress import Reporter, json_lines_sink, terminal_sink
-from .renderers.registry import RENDERERS
+from .renderers.registry import DEFAULT_RENDERER, RENDERERS
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_projects" / "astronaut"
@@ -42,7 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = common(sub.add_parser("train", help="train the talking head of a prepared subject"))
     sp.add_argument("--subject", required=True)
     sp.add_argument("--preset", default=AUTO, help="preset name or .toml path (auto: preview on a CPU, standard on CUDA)")
-    sp.add_argument("--renderer", default="nerf", choices=RENDERERS, help="a registered renderer")
+    sp.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERERS, help="a registered renderer")
     sp.add_argument("--run", default="default")
     sp.add_argument("--resume", action="store_true")
 
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = common(sub.add_parser("demo", help="the whole pipeline on the bundled sample"))
     sp.add_argument("--out", default=str(REPO / "out" / "demo"))
     sp.add_argument("--preset", default="preview")
-    sp.add_argument("--renderer", default="nerf", choices=RENDERERS, help="a registered renderer")
+    sp.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERERS, help="a registered renderer")
 
     sp = sub.add_parser("serve", help="the local service the Blender add-on talks to")
     sp.add_argument("--host", default="127.0.0.1")

@@ -13,7 +13,7 @@ from typing import Any, Callable, Collection
 from .core.config import AUTO
 from .core.errors import UserError
 from .core.progress import Reporter
-from .renderers.registry import RENDERERS
+from .renderers.registry import DEFAULT_RENDERER, RENDERERS
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ TASKS: dict[str, Task] = {
         Task("train", (
             Param("subject", str, True, path=True, help="a prepared subject folder"),
             Param("preset", str, default=AUTO),
-            Param("renderer", str, default="nerf", choices=RENDERERS, help="a registered renderer"),
+            Param("renderer", str, default=DEFAULT_RENDERER, choices=RENDERERS, help="a registered renderer"),
             Param("run", str, default="default", help="name of the model run under models/"),
             Param("resume", bool, default=False, help="continue from the run's last checkpoint"),
         ), "training.trainer:train_task", "prepared subject -> trained model"),

@@ -91,16 +91,21 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) if img.shape[0] != size else img
 
 
+#: The bundled sample's generator: the only script evaluation ever runs, and only from this checkout, never
+#: a file found beside a user's video (DESIGN.md: no file from user media is executed).
+SAMPLE_GENERATOR = Path(__file__).resolve().parents[3] / "sample_projects" / "make_sample.py"
+
+
 def sample_generator(subject: Subject) -> tuple[dict[str, np.ndarray], Any, Path] | None:
     """The bundled sample's ground truth, generator module and folder, when the subject is the sample."""
     src = Path(subject.source().get("path", ""))
     gt_path = src.parent / "ground_truth.npz"
     if not gt_path.is_file():
         return None
-    gt = dict(np.load(gt_path))
+    gt = dict(np.load(gt_path, allow_pickle=False))
     gen = None
-    script = src.parent.parent / "make_sample.py"
-    if script.is_file():
+    script = src.resolve().parent.parent / "make_sample.py"
+    if script.is_file() and script == SAMPLE_GENERATOR:
         spec = importlib.util.spec_from_file_location("headsync_sample_generator", script)
         gen = importlib.util.module_from_spec(spec)
         try:

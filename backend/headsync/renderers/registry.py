@@ -20,6 +20,8 @@ if TYPE_CHECKING:  # the base module imports torch; this one stays light, so lis
 #: Modules holding the built-in renderers (each registers itself when imported).
 BUILTIN = ("headsync.renderers.nerf",)
 PLUGINS_ENV = "HEADSYNC_PLUGINS"
+#: What ``train`` uses without ``--renderer``.
+DEFAULT_RENDERER = "nerf"
 
 _RENDERERS: dict[str, "type[Renderer]"] = {}
 _loaded = False
@@ -60,7 +62,8 @@ def _load() -> None:
 def renderer_names() -> list[str]:
     """Names of the registered renderers, built-in first."""
     _load()
-    return list(_RENDERERS)
+    builtin = [k for k, c in _RENDERERS.items() if c.__module__.startswith(BUILTIN)]
+    return builtin + [k for k in _RENDERERS if k not in builtin]
 
 
 def renderer_class(kind: str) -> "type[Renderer]":

@@ -35,7 +35,7 @@ from ..renderers.base import Renderer, SubjectMeta
 from ..renderers.common.cameras import Camera, camera_to_head
 from ..renderers.common.conditioning import window_indices
 from ..renderers.common.losses import mse, perceptual_loss, psnr_from_mse
-from ..renderers.registry import renderer_class
+from ..renderers.registry import DEFAULT_RENDERER, renderer_class
 from ..subject.data import SubjectData, load_subject_data
 from ..subject.folder import CORE_EXPRESSIONS, Subject
 from ..evaluation.expression_response import box_mask, coefficient_response, weak_coefficients
@@ -216,13 +216,17 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
     reporter.begin_step(0, 1, phases=2)  # loading the frames, then training: one monotonic fraction
     data = load_subject_data(subject, cfg.resolution, cfg.audio_feature, reporter)
     meta = subject_meta(data, cfg)
+    if state is not None and SubjectMeta.from_dict(state["meta"]).train_frames != meta.train_frames:
+        raise UserError(f"the subject's frames changed since run {out.name!r} started (prepared again?)",
+                        "train it again without --resume, or under another --run name")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
     renderer = cls.build(renderer_cfg, meta, device)
+    if state is not None:  # before the optimiser exists: loading may replace parameters (a resized renderer)
+        renderer.load_renderer_state(state["model"])
     opt, sched = make_optimizer(renderer, cfg)
     start = 0
     if state is not None:
-        renderer.load_renderer_state(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start = int(state["iteration"])
@@ -332,7 +336,7 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
 
 def train_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     """Entry of the ``train`` job: ``subject``, ``preset``, ``renderer``, ``run``, ``resume``."""
-    kind = params.get("renderer") or "nerf"
+    kind = params.get("renderer") or DEFAULT_RENDERER
     cls = renderer_class(kind)
     subject = Subject(Path(params["subject"]).expanduser().resolve())
     preset = load_preset(params.get("preset") or AUTO)
