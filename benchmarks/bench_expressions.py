@@ -74,12 +74,13 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
-    from headsync import lip_features, media
+    from headsync.core import media
+    from headsync.face_sync import lip_features
     from headsync.curves import ping_pong
     from headsync.expressions import coefficients, express, vqvae
     from headsync.expressions.coefficients import outside_fraction
-    from headsync.progress import Reporter, terminal_sink
-    from headsync.subject import Subject
+    from headsync.core.progress import Reporter, terminal_sink
+    from headsync.subject.folder import Subject
 
     s = Subject(Path(args.subject))
     t0 = time.perf_counter()

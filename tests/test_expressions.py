@@ -10,15 +10,17 @@ import numpy as np
 import pytest
 import torch
 
-from headsync import cli, media, tasks
-from headsync.audio_features import mel_features
+from headsync import cli, tasks
+from headsync.core import media
+from headsync.prepare.audio_features import mel_features
 from headsync.curves import Curves, read_curves, write_curves
-from headsync.errors import UserError
+from headsync.core.errors import UserError
 from headsync.expressions import coefficients, emotalk, express, livelink, vqvae
 from headsync.expressions.blinks import BlinkModel, blink_statistics
 from headsync.expressions.coefficients import Range, outside_fraction
-from headsync.rendering import load_curves
-from headsync.subject import CORE_EXPRESSIONS, Subject, save_npy_atomic, save_npz_atomic, write_json_atomic
+from headsync.render.dub import load_curves
+from headsync.core.atomic import save_npy_atomic, save_npz_atomic, write_json_atomic
+from headsync.subject.folder import CORE_EXPRESSIONS, Subject
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -360,7 +362,7 @@ def test_express_with_emotalk_generator(subject, tmp_path, monkeypatch):
 
 
 def _silent():
-    from headsync.progress import silent
+    from headsync.core.progress import silent
 
     return silent()
 

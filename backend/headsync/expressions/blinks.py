@@ -16,7 +16,7 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from ..expression import blink_events
+from ..prepare.capture import blink_events
 
 
 @dataclass(frozen=True)

@@ -19,10 +19,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..config import load_preset, section
-from ..dataset import split_frames
-from ..errors import UserError
-from ..subject import CORE_EXPRESSIONS, Subject
+from ..core.config import load_preset, section
+from ..subject.split import split_frames, subject_split
+from ..core.errors import UserError
+from ..subject.folder import CORE_EXPRESSIONS, Subject
 
 N_CORE = len(CORE_EXPRESSIONS)
 
@@ -92,14 +92,8 @@ def space_names(captured_names: list[str]) -> list[str]:
 
 
 def holdout_fraction(subject: Subject) -> float:
-    """The renderer's held-out fraction for this subject (its preset's ``[train]`` table)."""
-    from ..training import TrainConfig
-
-    name = subject.load().get("preset") or "standard"
-    try:
-        return section(load_preset(name), "train", TrainConfig).holdout_fraction
-    except UserError:  # the preset is gone: the renderer's default split
-        return TrainConfig.holdout_fraction
+    """The held-out fraction every learner of this subject uses (its ``[split]``, recorded by prepare)."""
+    return subject_split(subject).holdout_fraction
 
 
 def load(subject: Subject) -> Coefficients:

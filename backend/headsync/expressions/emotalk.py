@@ -38,7 +38,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 RATE = 16000
 FPS = 30.0  # EmoTalk's output rate
@@ -361,7 +361,7 @@ def build(checkpoint: Path, content_dir: Path, emotion_dir: Path) -> tuple[EmoTa
 
 def model_paths() -> tuple[Path, Path, Path]:
     """(EmoTalk.pth, content backbone folder, emotion backbone folder), or a UserError saying what to install."""
-    from .. import registry
+    from ..core import registry
 
     ckpt = registry.find("emotalk")
     if ckpt is None:

@@ -24,13 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from .. import lip_features, media
-from ..config import Preset, load_preset, preset_names, section
+from ..core import media
+from ..face_sync import lip_features
+from ..core.config import Preset, load_preset, preset_names, section
 from ..curves import Curves, read_curves, write_curves
-from ..errors import UserError
-from ..expression import BLINK_COLUMNS
-from ..progress import Reporter, silent
-from ..subject import CORE_EXPRESSIONS, Subject, write_json_atomic
+from ..core.errors import UserError
+from ..prepare.capture import BLINK_COLUMNS
+from ..core.progress import Reporter, silent
+from ..core.atomic import write_json_atomic
+from ..subject.folder import CORE_EXPRESSIONS, Subject
 from . import coefficients, generator, livelink, vqvae
 from .blinks import BlinkConfig, BlinkModel
 from .coefficients import N_CORE, Coefficients, Range

@@ -27,9 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import UserError
-from ..expression import BLINK_COLUMNS
-from ..progress import Reporter
+from ..core.errors import UserError
+from ..prepare.capture import BLINK_COLUMNS
+from ..core.progress import Reporter
 from .blinks import BlinkModel
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 #: The 52 ARKit blendshape names (Apple's ARFaceAnchor.BlendShapeLocation), in ARKit's camelCase.
 ARKIT_NAMES = (

@@ -34,8 +34,8 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from ..errors import UserError
-from ..progress import Reporter
+from ..core.errors import UserError
+from ..core.progress import Reporter
 from .coefficients import Range
 
 
