@@ -74,8 +74,8 @@ def main() -> None:
 
     torch.set_num_threads(args.threads)
 
-    from headsync.core import media
     from headsync.face_sync import lip_features
+    from headsync.core import media
     from headsync.curves import ping_pong
     from headsync.expressions import coefficients, express, vqvae
     from headsync.expressions.coefficients import outside_fraction

@@ -19,14 +19,14 @@ from headsync.expressions import coefficients, emotalk, express, livelink, vqvae
 from headsync.expressions.blinks import BlinkModel, blink_statistics
 from headsync.expressions.coefficients import Range, outside_fraction
 from headsync.render.dub import load_curves
-from headsync.core.atomic import save_npy_atomic, save_npz_atomic, write_json_atomic
 from headsync.subject.folder import CORE_EXPRESSIONS, Subject
+from headsync.core.atomic import save_npy_atomic, save_npz_atomic, write_json_atomic
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 FPS = 25.0
 TINY = """
-[train]
+[split]
 holdout_fraction = 0.1
 [expressions.vqvae]
 steps = 400

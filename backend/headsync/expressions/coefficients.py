@@ -6,8 +6,8 @@ captured with MediaPipe's FaceLandmarker, its other ARKit scores from ``blendsha
 mouth, cheeks, eye look/squint/wide), which give the models the context of the whole face. With the
 geometry estimator K = 7.
 
-Rows are split with the project's single train/held-out split (the renderer's ``[train] holdout_fraction``,
-``dataset.split_frames``), so held-out frames never train an expression model either.
+Rows are split with the project's single train/held-out split (the subject's, :mod:`headsync.subject.split`),
+so held-out frames never train an expression model either.
 
 :class:`Range` holds the subject's per-coefficient range on its training frames, the yardstick of "within
 what the renderer learned": the 1st-99th percentile band for measurement, min..max as the hard bound.
@@ -19,7 +19,6 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.config import load_preset, section
 from ..subject.split import split_frames, subject_split
 from ..core.errors import UserError
 from ..subject.folder import CORE_EXPRESSIONS, Subject
@@ -91,11 +90,6 @@ def space_names(captured_names: list[str]) -> list[str]:
     return list(CORE_EXPRESSIONS) + [n for n in captured_names if n not in CORE_EXPRESSIONS]
 
 
-def holdout_fraction(subject: Subject) -> float:
-    """The held-out fraction every learner of this subject uses (its ``[split]``, recorded by prepare)."""
-    return subject_split(subject).holdout_fraction
-
-
 def load(subject: Subject) -> Coefficients:
     """The subject's coefficient space from ``expression.npy`` and ``blendshapes.npz``."""
     for f in ("expression.npy", "blendshapes.npz"):
@@ -110,7 +104,7 @@ def load(subject: Subject) -> Coefficients:
     values = np.concatenate([core, bs["values"].astype(np.float32)[:, extra]], axis=1) if extra else core
     if not np.isfinite(values).all():
         raise UserError(f"{subject.path('blendshapes.npz')} holds non-finite values", "run `headsync prepare` again")
-    train, hold = split_frames(len(values), holdout_fraction(subject))
+    train, hold = split_frames(len(values), subject_split(subject).holdout_fraction)
     return Coefficients(names, values, train, hold, float(subject.source()["fps"]))
 
 

@@ -24,15 +24,15 @@ from typing import Any
 
 import numpy as np
 
-from ..core import media
 from ..face_sync import lip_features
+from ..core import media
 from ..core.config import Preset, load_preset, preset_names, section
 from ..curves import Curves, read_curves, write_curves
 from ..core.errors import UserError
 from ..prepare.capture import BLINK_COLUMNS
 from ..core.progress import Reporter, silent
-from ..core.atomic import write_json_atomic
 from ..subject.folder import CORE_EXPRESSIONS, Subject
+from ..core.atomic import write_json_atomic
 from . import coefficients, generator, livelink, vqvae
 from .blinks import BlinkConfig, BlinkModel
 from .coefficients import N_CORE, Coefficients, Range
