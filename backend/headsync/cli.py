@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
@@ -148,9 +149,25 @@ def _demo(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     return result
 
 
+#: What is left after a cancelled command (Ctrl-C or SIGTERM), said as it is.
+AFTER_CANCEL = {
+    "prepare": "finished stages are kept and the next run resumes from them",
+    "train": "the last checkpoint is kept: `headsync train --resume` continues from it",
+    "render": "no frames were kept (a render is not resumable): run it again to render from the start",
+    "demo": "finished stages and the last training checkpoint are kept; the next demo continues from them",
+}
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM as Ctrl-C, so temporary folders are removed on the way out instead of left behind."""
+    raise KeyboardInterrupt
+
+
 def main(argv: list[str] | None = None) -> int:
     tasks.load_plugins()
     args = _parser().parse_args(argv)
+    if args.command != "serve":  # the service handles its own signals
+        signal.signal(signal.SIGTERM, _terminate)
     json_mode = getattr(args, "json_progress", False)
     try:
         if args.command == "serve":
@@ -180,7 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"hint: {e.hint}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Cancelled):
-        print("\ncancelled; finished stages are kept and the next run resumes from them", file=sys.stderr)
+        print(f"\ncancelled; {AFTER_CANCEL.get(args.command, 'nothing half-written was kept')}", file=sys.stderr)
         return 130
     except Exception as e:  # internal failure: show the traceback, it is a bug
         if json_mode:
@@ -194,6 +211,15 @@ def _print_result(command: str, result: dict[str, Any]) -> None:
         print(f"prepared subject: {result['subject']} ({result['frames']} frames)")
         for w in result.get("warnings", []):
             print(f"warning: {w}")
+    elif command == "eval" and "metrics" in result:
+        for k, v in result["metrics"].items():
+            print(f"{k}: {v}")
+        if result.get("weak_expressions"):
+            print(f"weak expression coefficients (edits will barely show): {', '.join(result['weak_expressions'])}")
+        for w in result.get("warnings", []):
+            print(f"warning: {w}")
+    elif command == "eval" and "verdict" in result:
+        print(f"{result['video']}: {result['verdict']}")
     elif command == "demo":
         print("demo finished:")
         print(f"  subject:  {result['prepare']['subject']}")

@@ -36,15 +36,30 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in presets_dir().glob("*.toml"))
 
 
-def load_preset(name_or_path: str = "standard") -> Preset:
-    """Load a preset by name (``preview``, ``standard``, ``paper``) or by path to a TOML file."""
+#: The default preset name: ``preview`` on a CPU, ``standard`` on CUDA (:func:`auto_preset`).
+AUTO = "auto"
+
+
+def auto_preset() -> str:
+    """What ``auto`` means on this machine: ``standard`` with a CUDA device, else ``preview`` (``standard``
+    on a CPU spends more than 25 minutes in prepare alone, issue 11)."""
+    from .devices import pick_device
+
+    return "standard" if pick_device("auto").type == "cuda" else "preview"
+
+
+def load_preset(name_or_path: str = AUTO) -> Preset:
+    """Load a preset by name (``auto``, ``preview``, ``standard``, ``paper``) or by path to a TOML file.
+    ``auto`` loads :func:`auto_preset`'s choice, under that name."""
+    if name_or_path == AUTO:
+        name_or_path = auto_preset()
     path = Path(name_or_path)
     if not (path.suffix == ".toml" and path.exists()):
         path = presets_dir() / f"{name_or_path}.toml"
     if not path.exists():
         raise UserError(
             f"unknown preset {name_or_path!r}",
-            f"use one of {', '.join(preset_names())} or the path to a .toml file",
+            f"use one of {', '.join([AUTO, *preset_names()])} or the path to a .toml file",
         )
     try:
         tables = tomllib.loads(path.read_text())

@@ -31,6 +31,7 @@ from ..core.config import load_preset, section
 from ..curves import Curves, captured_curves, ping_pong, pose_matrices, read_curves, write_curves
 from ..subject.data import background_layer, check_prepared, load_pose, read_labels, read_rgb
 from ..core.errors import UserError
+from ..post.occluders import HandFinder
 from ..post.portrait import PortraitConfig, compose, fill_gaps, neck_colour
 from ..core.progress import Reporter
 from ..core.atomic import staging_dir, write_json_atomic
@@ -49,6 +50,7 @@ class RenderConfig:
     blur: float = 0.02  # Portrait-Sync: Gaussian sigma of the merge mask, fraction of the crop side
     grow: float = 0.02  # Portrait-Sync: growth of the face region before blurring
     crf: int = 18  # H.264 quality of render.mp4
+    keep_occluders: bool = True  # Portrait-Sync: hands in front of the face stay the source's (post/occluders.py)
 
 
 def features_for_audio(subject: Subject, kind: str, audio: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
@@ -162,6 +164,7 @@ def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curve
         size = (int(src["width"]), int(src["height"])) if src.get("width") else None
         source = SourceFrames(path, float(src["fps"]), int(src_idx.max()) + 1, size, set(map(int, src_idx)))
     pcfg = PortraitConfig(blur=rcfg.blur, grow=rcfg.grow)
+    hands = HandFinder() if portrait and rcfg.keep_occluders else None
     reporter.start("render", n_out)
     for t in range(n_out):
         j = int(src_idx[t])
@@ -179,7 +182,8 @@ def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curve
         opacity = np.clip(cv2.resize(opacity, (S, S), interpolation=cv2.INTER_LINEAR), 0, 1)
         bgf, cropf = bg.astype(np.float32) / 255.0, crop.astype(np.float32) / 255.0
         if portrait:
-            frame = compose(source[j], box, head, opacity, bgf, labels, cropf, pcfg)
+            frame = compose(source[j], box, head, opacity, bgf, labels, cropf, pcfg,
+                            hands.mask(crop) if hands is not None else None)
         else:
             img = fill_gaps(head, opacity, bgf, labels, neck_colour(cropf, labels))
             frame = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
