@@ -26,7 +26,8 @@ def api(tmp_path, monkeypatch):
     monkeypatch.setenv("HEADSYNC_SERVICE_DEVICE", "cpu")
     ws = tmp_path / "ws"
     make_subject(ws / "subjects" / "synth", n_frames=12)
-    with TestClient(create_app(Service(ws, "tok"))) as c:
+    # The service serves loopback Host headers only (issue 9): TestClient would send "testserver".
+    with TestClient(create_app(Service(ws, "tok")), base_url="http://127.0.0.1") as c:
         c.headers["Authorization"] = "Bearer tok"
         yield c, ws
 
@@ -62,12 +63,15 @@ def test_captured_curves_errors(api, path, status, words):
 
 def test_frames_is_a_render_parameter_of_the_cli_and_the_service():
     from headsync import cli, tasks
+    from headsync.core.errors import UserError
 
-    spec = {p.name: p for p in tasks.TASKS["render"].params}
-    assert spec["frames"].type is str and not spec["frames"].required
+    field = tasks.TASKS["render"].model.model_fields["frames"]
+    assert not field.is_required()
     args = cli._parser().parse_args(["render", "--subject", "s", "--audio", "a.wav", "--frames", "3-5"])
     assert cli._params(args)["frames"] == "3-5"
     assert tasks.validate("render", {"subject": "s", "audio": "a.wav", "frames": "3-5"})["frames"] == "3-5"
+    with pytest.raises(UserError):
+        tasks.validate("render", {"subject": "s", "audio": "a.wav", "frames": "3-x"})
 
 
 def test_frame_rows_name_the_curves_frames():
