@@ -14,6 +14,7 @@ from typing import Any
 from . import __version__, tasks
 from .core.errors import Cancelled, UserError
 from .core.progress import Reporter, json_lines_sink, terminal_sink
+from .post.torso.config import MODES as TORSO_MODES
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_projects" / "astronaut"
@@ -42,6 +43,11 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--renderer", default="nerf", choices=["nerf", "gaussian"])
     sp.add_argument("--run", default="default")
     sp.add_argument("--resume", action="store_true")
+
+    sp = common(sub.add_parser("torso", help="train the torso restorer and/or torso field of a subject"))
+    sp.add_argument("--subject", required=True)
+    sp.add_argument("--preset", default="standard")
+    sp.add_argument("--mode", choices=list(TORSO_MODES))
 
     sp = common(sub.add_parser("render", help="render new dialogue with a trained subject"))
     sp.add_argument("--subject", required=True)

@@ -1,4 +1,4 @@
-"""The job kinds (prepare, train, render, eval): one parameter spec and one entry point each.
+"""The job kinds (prepare, train, torso, render, eval): one parameter spec and one entry point each.
 
 The command line and the local service both go through :func:`validate` and :func:`run`, so a job
 submitted over HTTP does exactly what the same command does in a terminal.
@@ -13,6 +13,7 @@ from typing import Any, Callable
 
 from .core.errors import UserError
 from .core.progress import Reporter
+from .post.torso.config import MODES as TORSO_MODES
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,12 @@ TASKS: dict[str, Task] = {
             Param("run", str, default="default", help="name of the model run under models/"),
             Param("resume", bool, default=False, help="continue from the run's last checkpoint"),
         ), "training.trainer:train_task", "prepared subject -> trained model"),
+        Task("torso", (
+            Param("subject", str, True, path=True, help="a prepared subject folder"),
+            Param("preset", str, default="standard"),
+            Param("mode", str, help="torso path to train (default: the preset's [torso] mode)",
+                  choices=TORSO_MODES),
+        ), "training.torso:torso_task", "prepared subject -> torso restorer and/or torso field"),
         Task("render", (
             Param("subject", str, True, path=True),
             Param("audio", str, True, path=True, help="the new dialogue (any audio format)"),

@@ -53,11 +53,14 @@ def fill_gaps(head_rgb: np.ndarray, opacity: np.ndarray, background: np.ndarray,
     return head_rgb + (1.0 - opacity[..., None]) * under
 
 
-def merge_mask(labels: np.ndarray, opacity: np.ndarray, cfg: PortraitConfig) -> np.ndarray:
+def merge_mask(labels: np.ndarray, opacity: np.ndarray, cfg: PortraitConfig, region: np.ndarray | None = None
+               ) -> np.ndarray:
     """``G(F_r)``: the face region (source face labels plus rendered non-hair pixels), grown and blurred,
-    (S, S) in [0, 1]."""
+    (S, S) in [0, 1]. A given ``region`` (S, S) bool replaces the face region (the torso field's path
+    merges the whole rendered person, see :mod:`headsync.post.torso.path`)."""
     size = labels.shape[0]
-    region = np.isin(labels, FACE_LABELS) | ((opacity >= cfg.opacity_threshold) & (labels != HEAD) & (labels != 0))
+    if region is None:
+        region = np.isin(labels, FACE_LABELS) | ((opacity >= cfg.opacity_threshold) & (labels != HEAD) & (labels != 0))
     g = max(1, int(round(cfg.grow * size)))
     region = cv2.dilate(region.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * g + 1,) * 2))
     sigma = max(cfg.blur * size, 0.5)
@@ -91,13 +94,16 @@ def paste(frame: np.ndarray, crop: np.ndarray, mask: np.ndarray, box: tuple[floa
 
 
 def compose(frame: np.ndarray, box: tuple[float, float, float], head_rgb: np.ndarray, opacity: np.ndarray,
-            background: np.ndarray, labels: np.ndarray, crop_image: np.ndarray, cfg: PortraitConfig) -> np.ndarray:
+            background: np.ndarray, labels: np.ndarray, crop_image: np.ndarray, cfg: PortraitConfig,
+            composite: np.ndarray | None = None, region: np.ndarray | None = None) -> np.ndarray:
     """The whole generator for one frame.
 
     ``frame`` (H, W, 3) uint8 full-resolution source frame; ``box`` its crop box; ``head_rgb``/``opacity``
     the render at S; ``background``, ``labels``, ``crop_image`` the source frame's torso+plate layer, label
-    map and crop at S (float RGB in [0, 1]). Returns the full-resolution uint8 frame.
+    map and crop at S (float RGB in [0, 1]). ``composite`` (S, S, 3), when given, is the head already over
+    its gap-filled torso layer (the torso path's :meth:`~headsync.post.torso.path.TorsoPath.composite`)
+    and replaces step 1; ``region`` as in :func:`merge_mask`. Returns the full-resolution uint8 frame.
     """
-    neck = neck_colour(crop_image, labels)
-    head = fill_gaps(head_rgb, opacity, background, labels, neck)
-    return paste(frame, head, merge_mask(labels, opacity, cfg), box)
+    if composite is None:
+        composite = fill_gaps(head_rgb, opacity, background, labels, neck_colour(crop_image, labels))
+    return paste(frame, composite, merge_mask(labels, opacity, cfg, region), box)

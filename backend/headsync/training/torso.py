@@ -1,0 +1,196 @@
+"""The ``torso`` job: train a subject's torso parts after its head, as its preset's ``[torso]`` mode asks.
+
+* Torso-Inpainting Restorer (SyncTalk++ Eq. 28-29): each step takes training frames, rotates them by a
+  random angle, expands the face mask by a random 10-30 px (at 512 px, scaled) at the cheeks and chin,
+  removes the expansion and asks the U-Net to restore it. Loss ``L1 + w * LPIPS`` of the restored frame
+  (the known pixels passed through, so the gradient comes from the hole); LPIPS when its weights are
+  installed, else the ``1 - SSIM`` stand-in of :func:`renderers.common.losses.perceptual_loss`.
+* Torso field (ER-NeRF Sec. 3.4): random pixels of random training frames; the field's torso over the
+  plate is compared with the frame outside the head (what is under the head is unseen), plus a binary
+  cross-entropy of its alpha against the neck/torso labels there.
+
+Weights go to ``SUBJECT/torso/restorer.pt`` and ``SUBJECT/torso/field.pt``, the record (mode, preset,
+timings, losses) to ``SUBJECT/torso/torso.json``. Held-out frames (the clip's last ``holdout_fraction``)
+are never trained on.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ..core.config import as_dict, load_preset, section
+from ..core.errors import UserError
+from ..core.progress import Reporter
+from ..post.torso import bands
+from ..post.torso import field as torso_field
+from ..post.torso import restorer as torso_restorer
+from ..post.torso.config import TorsoConfig
+from ..post.torso.path import FIELD_FILE, RECORD_FILE, RESTORER_FILE
+from ..face_sync.syncnet import one_cycle
+from ..renderers.common.losses import perceptual_loss
+from ..subject.data import HEAD_LABELS, background_layer, load_pose, read_labels, read_rgb, split_frames
+from ..subject.folder import Subject, write_json_atomic
+from .trainer import pick_device, save_checkpoint, set_threads
+
+
+
+@dataclass
+class Frames:
+    """Training frames at one side: ``images`` (N, s, s, 3) float32 [0, 1], ``labels`` (N, s, s) uint8."""
+
+    images: np.ndarray
+    labels: np.ndarray
+
+
+def read_frames(subject: Subject, idx: np.ndarray, side: int) -> Frames:
+    """The crops and label maps of frames ``idx`` at ``side`` px."""
+    imgs = np.stack([read_rgb(subject.frame_path(int(i)), side) for i in idx]).astype(np.float32) / 255.0
+    labs = np.stack([read_labels(subject.mask_path(int(i)), side) for i in idx])
+    return Frames(imgs, labs)
+
+
+def restorer_sample(image: np.ndarray, labels: np.ndarray, cfg: TorsoConfig, rng: np.random.Generator
+                    ) -> tuple[np.ndarray, ...]:
+    """One training example of Eq. 28: (target (s, s, 3), face mask M (s, s), hole delta (s, s)) after a
+    random rotation and a random expansion of ``[expand_min, expand_max]`` px at 512."""
+    side = labels.shape[0]
+    img, lab = bands.rotate(image, labels, float(rng.uniform(-cfg.rotation, cfg.rotation)))
+    px = bands.scaled_px(float(rng.uniform(cfg.expand_min, cfg.expand_max)), side)
+    m = bands.face_mask(lab)
+    hole = bands.expand_lower(m, px, lab) & ~m
+    return img, m.astype(np.float32), hole.astype(np.float32)
+
+
+def restorer_batch(frames: Frames, cfg: TorsoConfig, rng: np.random.Generator, device: torch.device
+                   ) -> tuple[torch.Tensor, ...]:
+    """A batch (target, face, face mask, background, hole) as (B, C, s, s) tensors."""
+    pick = rng.integers(0, frames.images.shape[0], cfg.restorer_batch)
+    ex = [restorer_sample(frames.images[i], frames.labels[i], cfg, rng) for i in pick]
+    t = lambda a, chan: torch.as_tensor(np.stack(a), device=device).permute(0, 3, 1, 2) if chan else \
+        torch.as_tensor(np.stack(a), device=device)[:, None]  # noqa: E731
+    target, m, hole = t([e[0] for e in ex], True), t([e[1] for e in ex], False), t([e[2] for e in ex], False)
+    return target, target * m, m, target * (1 - hole) * (1 - m), hole
+
+
+def train_restorer(frames: Frames, cfg: TorsoConfig, device: torch.device, reporter: Reporter,
+                   seed: int = 0) -> tuple[torso_restorer.TorsoRestorer, dict[str, Any]]:
+    """Train the U-Net on ``frames`` (at ``cfg.restorer_resolution``); returns it and its record."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    net = torso_restorer.TorsoRestorer(cfg.restorer_width, cfg.restorer_depth).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.restorer_lr)
+    sched = one_cycle(opt, cfg.restorer_lr, cfg.restorer_steps)
+    name, perceptual = perceptual_loss()
+    t0, losses = time.monotonic(), []
+    reporter.start("torso restorer", cfg.restorer_steps)
+    for _ in range(cfg.restorer_steps):
+        target, face, m, bg, hole = restorer_batch(frames, cfg, rng, device)
+        out = torso_restorer.compose_known(net(face, m, bg, hole), face, m, bg, hole)
+        loss = F.l1_loss(out, target) + cfg.perceptual_weight * perceptual(out, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        reporter.advance(1)
+    net.side = cfg.restorer_resolution
+    return net.eval(), {"perceptual": name, "steps": cfg.restorer_steps, "seconds": round(time.monotonic() - t0, 2),
+                        "final_loss": float(np.mean(losses[-20:])) if losses else None}
+
+
+def field_targets(subject: Subject, idx: np.ndarray, side: int) -> dict[str, np.ndarray]:
+    """Per-frame field targets at ``side``: ``layer`` (N, s, s, 3) torso + plate, ``seen`` (N, s, s) (not
+    head), ``torso`` (N, s, s) (neck/torso labels), ``plate`` (s, s, 3), all float32 [0, 1]."""
+    plate = read_rgb(subject.path("background.jpg"), side)
+    fr = read_frames(subject, idx, side)
+    layer = np.stack([background_layer((im * 255).astype(np.uint8), lab, plate) for im, lab in
+                      zip(fr.images, fr.labels)]).astype(np.float32) / 255.0
+    return {"layer": layer, "seen": (~np.isin(fr.labels, HEAD_LABELS)).astype(np.float32),
+            "torso": np.isin(fr.labels, bands.TORSO_LABELS).astype(np.float32),
+            "plate": plate.astype(np.float32) / 255.0}
+
+
+def train_field(subject: Subject, idx: np.ndarray, cfg: TorsoConfig, device: torch.device, reporter: Reporter,
+                seed: int = 0) -> tuple[torso_field.TorsoField, dict[str, Any]]:
+    """Train the torso field on frames ``idx`` of ``subject``; returns it and its record."""
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    pose = load_pose(subject)
+    side = cfg.field_resolution
+    K = pose.K.scaled(side)
+    tg = {k: torch.as_tensor(v, device=device) for k, v in field_targets(subject, idx, side).items()}
+    R = torch.as_tensor(pose.R[idx], dtype=torch.float32, device=device)
+    T = torch.as_tensor(pose.T[idx], dtype=torch.float32, device=device)
+    keys = torso_field.initial_keypoints(pose.template, pose.R[idx[0]], pose.T[idx[0]])
+    net = torso_field.TorsoField(keys, cfg.field_hidden, cfg.field_levels, cfg.field_base_resolution,
+                                 cfg.field_features).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.field_lr)
+    sched = one_cycle(opt, cfg.field_lr, cfg.field_steps)
+    grid = torso_field.pixel_positions(side, device)
+    frames_per_step = 4
+    per = max(1, cfg.field_rays // frames_per_step)
+    t0, losses = time.monotonic(), []
+    reporter.start("torso field", cfg.field_steps)
+    for _ in range(cfg.field_steps):
+        f = torch.as_tensor(rng.integers(0, len(idx), frames_per_step), device=device)
+        p = torch.as_tensor(rng.integers(0, side * side, (frames_per_step, per)), device=device)
+        out = net(grid[p], net.encode(R[f], T[f], K))
+        plate = tg["plate"].reshape(-1, 3)[p]
+        a = out["alpha"][..., None]
+        rgb = a * out["rgb"] + (1 - a) * plate
+        seen = tg["seen"].reshape(len(idx), -1)[f[:, None], p]
+        target = tg["layer"].reshape(len(idx), -1, 3)[f[:, None], p]
+        torso = tg["torso"].reshape(len(idx), -1)[f[:, None], p]
+        n = seen.sum().clamp_min(1)
+        loss = (((rgb - target) ** 2).sum(-1) * seen).sum() / n
+        loss = loss + 0.1 * (F.binary_cross_entropy(out["alpha"].clamp(1e-4, 1 - 1e-4), torso, reduction="none")
+                             * seen).sum() / n
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(loss.detach()))
+        reporter.advance(1)
+    net.side = side
+    return net.eval(), {"steps": cfg.field_steps, "seconds": round(time.monotonic() - t0, 2),
+                        "final_loss": float(np.mean(losses[-20:])) if losses else None}
+
+
+def train_torso(subject: Subject, cfg: TorsoConfig, preset_name: str, reporter: Reporter) -> dict[str, Any]:
+    """Train the parts ``cfg.mode`` uses; write them and ``torso/torso.json``. Returns the record."""
+    if not subject.path("subject.json").exists():
+        raise UserError(f"subject {subject.root} is not prepared (no subject.json)",
+                        "run `headsync prepare VIDEO --subject DIR` first")
+    set_threads(cfg.threads)
+    device = pick_device(cfg.device)
+    train_idx, hold_idx = split_frames(subject.frame_count(), cfg.holdout_fraction)
+    record: dict[str, Any] = {"mode": cfg.mode, "preset": preset_name, "config": as_dict(cfg),
+                              "holdout": [int(hold_idx[0]), int(hold_idx[-1])] if hold_idx.size else None}
+    if cfg.uses_restorer:
+        frames = read_frames(subject, train_idx, cfg.restorer_resolution)
+        net, info = train_restorer(frames, cfg, device, reporter)
+        save_checkpoint(subject.path(RESTORER_FILE), torso_restorer.record(net, cfg.restorer_resolution, info))
+        record["restorer"] = info
+    if cfg.uses_field:
+        net, info = train_field(subject, train_idx, cfg, device, reporter)
+        save_checkpoint(subject.path(FIELD_FILE), torso_field.record(net, cfg.field_resolution, info))
+        record["field"] = info
+    write_json_atomic(subject.path(RECORD_FILE), record)
+    return record
+
+
+def torso_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
+    """Entry of the ``torso`` job: ``subject``, ``preset``, optional ``mode`` overriding the preset's."""
+    subject = Subject(Path(params["subject"]).expanduser().resolve())
+    preset = load_preset(params.get("preset") or "standard")
+    cfg = section(preset, "torso", TorsoConfig, mode=params.get("mode"))
+    record = train_torso(subject, cfg, preset.name, reporter)
+    return {"subject": str(subject.root), "mode": record["mode"], "record": str(subject.path(RECORD_FILE)),
+            **{k: record[k] for k in ("restorer", "field") if k in record}}
