@@ -28,17 +28,22 @@ import torch.nn.functional as F
 from ..core.config import as_dict, load_preset, section
 from ..core.errors import UserError
 from ..core.progress import Reporter
+from ..face_sync.syncnet import one_cycle
 from ..post.torso import bands
 from ..post.torso import field as torso_field
 from ..post.torso import restorer as torso_restorer
 from ..post.torso.config import TorsoConfig
 from ..post.torso.path import FIELD_FILE, RECORD_FILE, RESTORER_FILE
-from ..face_sync.syncnet import one_cycle
+from ..renderers.common.cameras import Intrinsics
 from ..renderers.common.losses import perceptual_loss
 from ..subject.data import HEAD_LABELS, background_layer, load_pose, read_labels, read_rgb, split_frames
 from ..subject.folder import Subject, write_json_atomic
 from .trainer import pick_device, save_checkpoint, set_threads
 
+
+
+#: Weight of the alpha's cross-entropy against the neck/torso labels, next to the colour's squared error.
+ALPHA_WEIGHT = 0.1
 
 
 @dataclass
@@ -117,41 +122,40 @@ def field_targets(subject: Subject, idx: np.ndarray, side: int) -> dict[str, np.
             "plate": plate.astype(np.float32) / 255.0}
 
 
-def train_field(subject: Subject, idx: np.ndarray, cfg: TorsoConfig, device: torch.device, reporter: Reporter,
-                seed: int = 0) -> tuple[torso_field.TorsoField, dict[str, Any]]:
-    """Train the torso field on frames ``idx`` of ``subject``; returns it and its record."""
+def train_field(targets: dict[str, np.ndarray], R: np.ndarray, T: np.ndarray, K: Intrinsics, keys: np.ndarray,
+                cfg: TorsoConfig, device: torch.device, reporter: Reporter, seed: int = 0
+                ) -> tuple[torso_field.TorsoField, dict[str, Any]]:
+    """Train the torso field on per-frame ``targets`` (:func:`field_targets`, side s) with head poses
+    ``R`` (N, 3, 3), ``T`` (N, 3), camera ``K`` (any side) and initial key points ``keys`` (3, 3)."""
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
-    pose = load_pose(subject)
-    side = cfg.field_resolution
-    K = pose.K.scaled(side)
-    tg = {k: torch.as_tensor(v, device=device) for k, v in field_targets(subject, idx, side).items()}
-    R = torch.as_tensor(pose.R[idx], dtype=torch.float32, device=device)
-    T = torch.as_tensor(pose.T[idx], dtype=torch.float32, device=device)
-    keys = torso_field.initial_keypoints(pose.template, pose.R[idx[0]], pose.T[idx[0]])
+    n, side = targets["layer"].shape[0], targets["layer"].shape[1]
+    K = K.scaled(side)
+    tg = {k: torch.as_tensor(v, device=device) for k, v in targets.items()}
+    R = torch.as_tensor(R, dtype=torch.float32, device=device)
+    T = torch.as_tensor(T, dtype=torch.float32, device=device)
     net = torso_field.TorsoField(keys, cfg.field_hidden, cfg.field_levels, cfg.field_base_resolution,
                                  cfg.field_features).to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.field_lr)
     sched = one_cycle(opt, cfg.field_lr, cfg.field_steps)
     grid = torso_field.pixel_positions(side, device)
-    frames_per_step = 4
+    frames_per_step = min(4, n)
     per = max(1, cfg.field_rays // frames_per_step)
+    layer, seen, torso = tg["layer"].reshape(n, -1, 3), tg["seen"].reshape(n, -1), tg["torso"].reshape(n, -1)
+    plate_px = tg["plate"].reshape(-1, 3)
     t0, losses = time.monotonic(), []
     reporter.start("torso field", cfg.field_steps)
     for _ in range(cfg.field_steps):
-        f = torch.as_tensor(rng.integers(0, len(idx), frames_per_step), device=device)
+        f = torch.as_tensor(rng.integers(0, n, frames_per_step), device=device)
         p = torch.as_tensor(rng.integers(0, side * side, (frames_per_step, per)), device=device)
         out = net(grid[p], net.encode(R[f], T[f], K))
-        plate = tg["plate"].reshape(-1, 3)[p]
         a = out["alpha"][..., None]
-        rgb = a * out["rgb"] + (1 - a) * plate
-        seen = tg["seen"].reshape(len(idx), -1)[f[:, None], p]
-        target = tg["layer"].reshape(len(idx), -1, 3)[f[:, None], p]
-        torso = tg["torso"].reshape(len(idx), -1)[f[:, None], p]
-        n = seen.sum().clamp_min(1)
-        loss = (((rgb - target) ** 2).sum(-1) * seen).sum() / n
-        loss = loss + 0.1 * (F.binary_cross_entropy(out["alpha"].clamp(1e-4, 1 - 1e-4), torso, reduction="none")
-                             * seen).sum() / n
+        rgb = a * out["rgb"] + (1 - a) * plate_px[p]
+        w = seen[f[:, None], p]
+        cnt = w.sum().clamp_min(1)
+        loss = (((rgb - layer[f[:, None], p]) ** 2).sum(-1) * w).sum() / cnt
+        bce = F.binary_cross_entropy(out["alpha"].clamp(1e-4, 1 - 1e-4), torso[f[:, None], p], reduction="none")
+        loss = loss + ALPHA_WEIGHT * (bce * w).sum() / cnt
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -161,6 +165,15 @@ def train_field(subject: Subject, idx: np.ndarray, cfg: TorsoConfig, device: tor
     net.side = side
     return net.eval(), {"steps": cfg.field_steps, "seconds": round(time.monotonic() - t0, 2),
                         "final_loss": float(np.mean(losses[-20:])) if losses else None}
+
+
+def train_subject_field(subject: Subject, idx: np.ndarray, cfg: TorsoConfig, device: torch.device,
+                        reporter: Reporter) -> tuple[torso_field.TorsoField, dict[str, Any]]:
+    """:func:`train_field` on frames ``idx`` of a prepared subject (its pose, plate, crops, labels)."""
+    pose = load_pose(subject)
+    keys = torso_field.initial_keypoints(pose.template, pose.R[idx[0]], pose.T[idx[0]])
+    targets = field_targets(subject, idx, cfg.field_resolution)
+    return train_field(targets, pose.R[idx], pose.T[idx], pose.K, keys, cfg, device, reporter)
 
 
 def train_torso(subject: Subject, cfg: TorsoConfig, preset_name: str, reporter: Reporter) -> dict[str, Any]:
@@ -179,7 +192,7 @@ def train_torso(subject: Subject, cfg: TorsoConfig, preset_name: str, reporter: 
         save_checkpoint(subject.path(RESTORER_FILE), torso_restorer.record(net, cfg.restorer_resolution, info))
         record["restorer"] = info
     if cfg.uses_field:
-        net, info = train_field(subject, train_idx, cfg, device, reporter)
+        net, info = train_subject_field(subject, train_idx, cfg, device, reporter)
         save_checkpoint(subject.path(FIELD_FILE), torso_field.record(net, cfg.field_resolution, info))
         record["field"] = info
     write_json_atomic(subject.path(RECORD_FILE), record)

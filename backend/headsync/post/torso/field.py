@@ -11,6 +11,7 @@ moves with the head instead of staying where the source frame had it.
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -117,7 +118,7 @@ def load(path: Path, device: torch.device | str = "cpu") -> TorsoField:
         d = torch.load(path, map_location=device, weights_only=True)
         field = TorsoField(np.zeros((N_KEYS, 3), np.float32), **d["hparams"])
         field.load_state_dict(d["state"])
-    except (KeyError, RuntimeError, OSError, TypeError) as e:
+    except (KeyError, RuntimeError, OSError, TypeError, EOFError, pickle.UnpicklingError) as e:
         raise UserError(f"the torso field {path} is unreadable ({e})", "run `headsync torso` again")
     field.side = int(d["side"])
     return field.to(device).eval()

@@ -11,6 +11,7 @@ face mask, hole mask. Images are (B, 3, H, W) in [0, 1]; H and W divisible by ``
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import numpy as np
@@ -104,7 +105,7 @@ def load(path: Path, device: torch.device | str = "cpu") -> TorsoRestorer:
         d = torch.load(path, map_location=device, weights_only=True)
         net = TorsoRestorer(int(d["width"]), int(d["depth"]))
         net.load_state_dict(d["state"])
-    except (KeyError, RuntimeError, OSError) as e:
+    except (KeyError, RuntimeError, OSError, TypeError, EOFError, pickle.UnpicklingError) as e:
         raise UserError(f"the torso restorer {path} is unreadable ({e})", "run `headsync torso` again")
     net.side = int(d["side"])
     return net.to(device).eval()
