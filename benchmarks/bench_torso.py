@@ -28,8 +28,9 @@ from headsync.evaluation import torso_metrics as tm
 from headsync.post import portrait
 from headsync.post.torso import bands
 from headsync.post.torso.config import TorsoConfig
-from headsync.post.torso.path import TorsoPath, render_hole
+from headsync.post.torso.path import TorsoLayer, TorsoPath, render_hole
 from headsync.post.torso.restorer import inpaint
+from headsync.renderers.common.cameras import project
 from headsync.subject.data import (HEAD_LABELS, background_layer, load_pose, read_labels, read_rgb,
                                    split_frames)
 from headsync.subject.folder import Subject
@@ -122,8 +123,8 @@ def mouth_opens(path: TorsoPath, subject: Subject, hold: np.ndarray, S: int, pla
         head = cj * op[..., None]
         bg = background_layer(crop_i, lab_i, plate).astype(np.float32) / 255.0
         layer_src = TorsoPath("source", path.cfg)
-        today = layer_src.composite(head, op, type("L", (), {"background": bg, "region": None})(), lab_i, ci)
-        restored = path.composite(head, op, type("L", (), {"background": bg, "region": None})(), lab_i, ci)
+        today = layer_src.composite(head, op, TorsoLayer(bg, None), lab_i, ci)
+        restored = path.composite(head, op, TorsoLayer(bg, None), lab_i, ci)
         union = lab_i.copy()
         union[mj] = np.where(lab_j[mj] > 0, lab_j[mj], union[mj])
         band = bands.chin_neck_band(union, px)
@@ -159,8 +160,6 @@ def edited_pose(path: TorsoPath, subject: Subject, hold: np.ndarray, S: int, pla
     res = {k: [] for k in ("keypoint_px", "torso_centroid_px", "head_px", "clip_source", "clip_field",
                            "seam_source", "seam_field")}
     keys = path.field.keys.detach().cpu().numpy()
-    from headsync.renderers.common.cameras import project
-
     for j in hold[:: max(1, len(hold) // n)][:n]:
         crop, labels = frame(subject, int(j), S)
         ci = crop.astype(np.float32) / 255.0

@@ -11,7 +11,6 @@ moves with the head instead of staying where the source frame had it.
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +18,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...core.errors import UserError
 from ...renderers.common.cameras import Intrinsics
+from . import weights
 
 #: ER-NeRF's number of key points.
 N_KEYS = 3
@@ -110,15 +109,5 @@ def record(field: TorsoField, side: int, info: dict) -> dict:
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> TorsoField:
-    """Load a field saved by :func:`save`; a clear error when it is missing or damaged."""
-    if not path.is_file():
-        raise UserError(f"no torso field at {path}",
-                        "run `headsync torso --subject DIR` with a preset whose [torso] mode uses the field")
-    try:
-        d = torch.load(path, map_location=device, weights_only=True)
-        field = TorsoField(np.zeros((N_KEYS, 3), np.float32), **d["hparams"])
-        field.load_state_dict(d["state"])
-    except (KeyError, RuntimeError, OSError, TypeError, EOFError, pickle.UnpicklingError) as e:
-        raise UserError(f"the torso field {path} is unreadable ({e})", "run `headsync torso` again")
-    field.side = int(d["side"])
-    return field.to(device).eval()
+    """Load a field saved from :func:`record`; a clear error when it is missing or damaged."""
+    return weights.load(path, "field", lambda d: TorsoField(np.zeros((N_KEYS, 3), np.float32), **d["hparams"]), device)

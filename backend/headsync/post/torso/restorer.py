@@ -11,7 +11,6 @@ face mask, hole mask. Images are (B, 3, H, W) in [0, 1]; H and W divisible by ``
 
 from __future__ import annotations
 
-import pickle
 from pathlib import Path
 
 import numpy as np
@@ -19,7 +18,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ...core.errors import UserError
+from . import weights
 
 IN_CHANNELS = 8
 
@@ -97,15 +96,5 @@ def record(net: TorsoRestorer, side: int, info: dict) -> dict:
 
 
 def load(path: Path, device: torch.device | str = "cpu") -> TorsoRestorer:
-    """Load a restorer saved by :func:`save`; a clear error when it is missing or damaged."""
-    if not path.is_file():
-        raise UserError(f"no torso restorer at {path}",
-                        "run `headsync torso --subject DIR` (with a preset whose [torso] mode uses the restorer)")
-    try:
-        d = torch.load(path, map_location=device, weights_only=True)
-        net = TorsoRestorer(int(d["width"]), int(d["depth"]))
-        net.load_state_dict(d["state"])
-    except (KeyError, RuntimeError, OSError, TypeError, EOFError, pickle.UnpicklingError) as e:
-        raise UserError(f"the torso restorer {path} is unreadable ({e})", "run `headsync torso` again")
-    net.side = int(d["side"])
-    return net.to(device).eval()
+    """Load a restorer saved from :func:`record`; a clear error when it is missing or damaged."""
+    return weights.load(path, "restorer", lambda d: TorsoRestorer(int(d["width"]), int(d["depth"])), device)
