@@ -4,7 +4,7 @@ band of a mouth-opens dub, an edited head pose with the torso field, and the tim
     PYTHONPATH=backend nice -n 10 .venv/bin/python benchmarks/bench_torso.py SUBJECT [SUBJECT ...] \
         [--preset preview] [--frames 12] [--out result.json]
 
-Trains the subject's torso parts (``field+restorer``, the preset's [torso] sizes) unless ``--no-train``,
+Trains the subject's torso parts (``field+restorer``, the preset's [torso] sizes; ``--train`` says which),
 then measures on the held-out frames (the clip's last ``holdout_fraction``, never trained on). No trained
 head is needed: the "rendered" face is a source face (see each measure), so the numbers isolate the torso
 path. Prints one JSON object per subject.
@@ -28,16 +28,20 @@ from headsync.evaluation import torso_metrics as tm
 from headsync.post import portrait
 from headsync.post.torso import bands
 from headsync.post.torso.config import TorsoConfig
-from headsync.post.torso.path import TorsoLayer, TorsoPath, render_hole
+from headsync.post.torso import field as torso_field
+from headsync.post.torso.path import FIELD_FILE, RECORD_FILE, TorsoLayer, TorsoPath, render_hole
 from headsync.post.torso.restorer import inpaint
 from headsync.renderers.common.cameras import project
 from headsync.subject.data import (HEAD_LABELS, background_layer, load_pose, read_labels, read_rgb,
                                    split_frames)
-from headsync.subject.folder import Subject
-from headsync.training.torso import train_torso
+from headsync.subject.folder import Subject, write_json_atomic
+from headsync.training.torso import save_checkpoint, train_subject_field, train_torso
 
 #: MediaPipe face-mesh inner-lip midpoints (upper, lower) and forehead/chin, for the mouth opening.
 UPPER_LIP, LOWER_LIP, FOREHEAD, CHIN = 13, 14, 10, 152
+#: A "render" face comes from a frame within this rotation (deg) and translation (head units, cm) of the
+#: source frame, whose mouth opening differs by at least MIN_OPENING (inner-lip gap / face height).
+MATCH_DEG, MATCH_T, MIN_OPENING = 5.0, 1.0, 0.02
 
 
 def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
@@ -98,22 +102,25 @@ def rotation_deg(Ra: np.ndarray, Rb: np.ndarray) -> float:
     return float(np.degrees(np.arccos(np.clip(c, -1, 1))))
 
 
-def mouth_opens(path: TorsoPath, subject: Subject, hold: np.ndarray, S: int, plate: np.ndarray, n: int) -> dict:
-    """A dub whose mouth opens where the source's is closed, without a trained head: the face (labels
-    1-3) of an open-mouth frame of nearly the same pose is laid, as the "render", over a closed-mouth
-    held-out frame. Dark-pixel fraction of the chin/neck band (and the seam along the face edge there)
-    for today's neck-colour fill and the restorer, against the source frames' own value."""
+def jaw_mismatch(path: TorsoPath, subject: Subject, hold: np.ndarray, S: int, plate: np.ndarray, n: int,
+                 opens: bool = True) -> dict:
+    """A dub whose mouth opens where the source's is closed (``opens``; else the reverse, SyncTalk++'s
+    case), without a trained head: the face (labels 1-3) of a frame of nearly the same pose with the
+    mouth open (closed) is laid, as the "render", over a held-out source frame with the mouth closed
+    (open). Dark-pixel fraction of the chin/neck band (and the seam along the face edge there) for
+    today's neck-colour fill and the restorer, against the source frames' own value."""
     pose = load_pose(subject)
     jaw = np.nan_to_num(mouth_opening(np.load(subject.path("landmarks.npy"))), nan=0.0)
-    closed = hold[np.argsort(jaw[hold])][:n]
+    sign = 1.0 if opens else -1.0
+    sources = hold[np.argsort(sign * jaw[hold])][:n]
     out = {"today": [], "restorer": [], "source_closed": [], "source_open": [], "seam_today": [],
            "seam_restorer": [], "seam_source": [], "jaw_closed": [], "jaw_open": []}
     px = bands.scaled_px(path.cfg.expand_render, S)
-    for i in closed:
-        near = [j for j in range(len(jaw)) if rotation_deg(pose.R[i], pose.R[j]) < 3.0
-                and np.linalg.norm(pose.T[i] - pose.T[j]) < 0.5]
-        j = max(near, key=lambda k: jaw[k])
-        if jaw[j] - jaw[i] < 0.03:
+    for i in sources:
+        near = [j for j in range(len(jaw)) if rotation_deg(pose.R[i], pose.R[j]) < MATCH_DEG
+                and np.linalg.norm(pose.T[i] - pose.T[j]) < MATCH_T]
+        j = max(near, key=lambda k: sign * jaw[k])
+        if sign * (jaw[j] - jaw[i]) < MIN_OPENING:
             continue
         crop_i, lab_i = frame(subject, int(i), S)
         crop_j, lab_j = frame(subject, int(j), S)
@@ -133,14 +140,16 @@ def mouth_opens(path: TorsoPath, subject: Subject, hold: np.ndarray, S: int, pla
         o_rest, _ = crop_output(crop_i, restored, lab_i, op, None)
         out["today"].append(tm.dark_fraction(o_today, band, ref))
         out["restorer"].append(tm.dark_fraction(o_rest, band, ref))
-        out["source_closed"].append(tm.dark_fraction(ci, bands.chin_neck_band(lab_i, px), ref))
-        out["source_open"].append(tm.dark_fraction(cj, bands.chin_neck_band(lab_j, px), ref))
+        own_i = tm.dark_fraction(ci, bands.chin_neck_band(lab_i, px), ref)
+        own_j = tm.dark_fraction(cj, bands.chin_neck_band(lab_j, px), ref)
+        out["source_closed"].append(own_i if opens else own_j)
+        out["source_open"].append(own_j if opens else own_i)
         out["seam_today"].append(tm.seam_energy(o_today, op, where=band))
         out["seam_restorer"].append(tm.seam_energy(o_rest, op, where=band))
         out["seam_source"].append(tm.seam_energy(ci, bands.face_mask(lab_i).astype(np.float32),
                                                  where=bands.chin_neck_band(lab_i, px)))
-        out["jaw_closed"].append(float(jaw[i]))
-        out["jaw_open"].append(float(jaw[j]))
+        out["jaw_closed"].append(float(min(jaw[i], jaw[j])))
+        out["jaw_open"].append(float(max(jaw[i], jaw[j])))
     return {k: mean(v) for k, v in out.items()} | {"pairs": len(out["today"])}
 
 
@@ -210,10 +219,20 @@ def render_times(path: TorsoPath, subject: Subject, hold: np.ndarray, S: int, pl
     return out
 
 
-def bench(subject_dir: Path, preset: str, n: int, train: bool) -> dict:
+def bench(subject_dir: Path, preset: str, n: int, train: str) -> dict:
     subject = Subject(subject_dir)
     cfg = section(load_preset(preset), "torso", TorsoConfig, mode="field+restorer")
-    record = train_torso(subject, cfg, preset, silent()) if train else json.loads(subject.path("torso/torso.json").read_text())
+    if train == "all":
+        record = train_torso(subject, cfg, preset, silent())
+    else:
+        record = json.loads(subject.path(RECORD_FILE).read_text())
+    if train == "field":  # retrain the field alone, keep the restorer
+        _, idx = split_frames(subject.frame_count(), cfg.holdout_fraction)
+        train_idx = np.setdiff1d(np.arange(subject.frame_count()), idx)
+        net, info = train_subject_field(subject, train_idx, cfg, torch.device("cpu"), silent())
+        save_checkpoint(subject.path(FIELD_FILE), torso_field.record(net, cfg.field_resolution, info))
+        record["field"] = info
+        write_json_atomic(subject.path(RECORD_FILE), record)
     path = TorsoPath.for_subject(subject, "cpu", "field+restorer")
     S = int(subject.load()["crop"]["size"])
     plate = read_rgb(subject.path("background.jpg"), S)
@@ -222,7 +241,8 @@ def bench(subject_dir: Path, preset: str, n: int, train: bool) -> dict:
             "train_seconds": {"restorer": record["restorer"]["seconds"], "field": record["field"]["seconds"]},
             "perceptual": record["restorer"]["perceptual"],
             "expanded_band": expanded_band(path, subject, hold[:: max(1, len(hold) // n)][:n], S, plate),
-            "mouth_opens": mouth_opens(path, subject, hold, S, plate, n),
+            "mouth_opens": jaw_mismatch(path, subject, hold, S, plate, n, opens=True),
+            "mouth_closes": jaw_mismatch(path, subject, hold, S, plate, n, opens=False),
             "edited_pose": edited_pose(path, subject, hold, S, plate, max(2, n // 3)),
             "render_ms_per_frame": render_times(path, subject, hold, S, plate)}
 
@@ -232,14 +252,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("subjects", nargs="+", type=Path)
     ap.add_argument("--preset", default="preview")
     ap.add_argument("--frames", type=int, default=12)
-    ap.add_argument("--no-train", action="store_true")
+    ap.add_argument("--train", choices=("all", "field", "none"), default="all",
+                    help="train both parts (default), the torso field alone, or neither (measure only)")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     results = []
     for s in a.subjects:
-        r = bench(s, a.preset, a.frames, not a.no_train)
+        r = bench(s, a.preset, a.frames, a.train)
         print(json.dumps(r), flush=True)
         results.append(r)
         if a.out:

@@ -324,3 +324,10 @@ def test_torso_job_on_the_sample(prepared_sample, tmp_path, one_torch_thread):
     path = TorsoPath.for_subject(Subject(subj))
     assert path.mode == "field+restorer" and path.restorer.side == 64 and path.field.side == 32
     assert tasks.TASKS["torso"].function() is torso_training.torso_task
+
+
+def test_no_torso_is_expected_behind_the_upper_head():
+    _, labels = scene()
+    up = torso_training.upper_head(labels)
+    lips_row = int(np.nonzero((labels == 2).any(1))[0].mean())
+    assert up.any() and not up[lips_row:].any() and not (up & ~np.isin(labels, (1, 2, 3, 4))).any()

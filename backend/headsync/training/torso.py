@@ -7,7 +7,8 @@
   installed, else the ``1 - SSIM`` stand-in of :func:`renderers.common.losses.perceptual_loss`.
 * Torso field (ER-NeRF Sec. 3.4): random pixels of random training frames; the field's torso over the
   plate is compared with the frame outside the head (what is under the head is unseen), plus a binary
-  cross-entropy of its alpha against the neck/torso labels there.
+  cross-entropy of its alpha against the neck/torso labels there and zero over the head above the mouth
+  (no torso behind the forehead or hair: what a moved head uncovers there is plate, not a torso blob).
 
 Weights go to ``SUBJECT/torso/restorer.pt`` and ``SUBJECT/torso/field.pt``, the record (mode, preset,
 timings, losses) to ``SUBJECT/torso/torso.json``. Held-out frames (the clip's last ``holdout_fraction``)
@@ -36,7 +37,7 @@ from ..post.torso.config import TorsoConfig
 from ..post.torso.path import FIELD_FILE, RECORD_FILE, RESTORER_FILE
 from ..renderers.common.cameras import Intrinsics
 from ..renderers.common.losses import perceptual_loss
-from ..subject.data import HEAD_LABELS, background_layer, load_pose, read_labels, read_rgb, split_frames
+from ..subject.data import HEAD_LABELS, LIPS, background_layer, load_pose, read_labels, read_rgb, split_frames
 from ..subject.folder import Subject, write_json_atomic
 from .trainer import pick_device, save_checkpoint, set_threads
 
@@ -110,16 +111,33 @@ def train_restorer(frames: Frames, cfg: TorsoConfig, device: torch.device, repor
                         "final_loss": float(np.mean(losses[-20:])) if losses else None}
 
 
+def upper_head(labels: np.ndarray) -> np.ndarray:
+    """Head pixels (labels 1-4) above the mouth (the lips' mean row; the head's middle row without lips),
+    where no torso can be behind the head: (s, s) bool."""
+    head = np.isin(labels, HEAD_LABELS)
+    lips = np.nonzero((labels == LIPS).any(1))[0]
+    rows = np.nonzero(head.any(1))[0]
+    if not rows.size:
+        return head
+    cut = int(lips.mean()) if lips.size else int((rows[0] + rows[-1]) / 2)
+    head[cut:] = False
+    return head
+
+
 def field_targets(subject: Subject, idx: np.ndarray, side: int) -> dict[str, np.ndarray]:
     """Per-frame field targets at ``side``: ``layer`` (N, s, s, 3) torso + plate, ``seen`` (N, s, s) (not
-    head), ``torso`` (N, s, s) (neck/torso labels), ``plate`` (s, s, 3), all float32 [0, 1]."""
+    head: where the colour is known), ``torso`` (N, s, s) (neck/torso labels, the alpha target),
+    ``alpha_known`` (N, s, s) (seen, or the head above the mouth, where there is no torso), ``plate``
+    (s, s, 3), all float32 [0, 1]."""
     plate = read_rgb(subject.path("background.jpg"), side)
     fr = read_frames(subject, idx, side)
     layer = np.stack([background_layer((im * 255).astype(np.uint8), lab, plate) for im, lab in
                       zip(fr.images, fr.labels)]).astype(np.float32) / 255.0
-    return {"layer": layer, "seen": (~np.isin(fr.labels, HEAD_LABELS)).astype(np.float32),
+    seen = ~np.isin(fr.labels, HEAD_LABELS)
+    above = np.stack([upper_head(lab) for lab in fr.labels])
+    return {"layer": layer, "seen": seen.astype(np.float32),
             "torso": np.isin(fr.labels, bands.TORSO_LABELS).astype(np.float32),
-            "plate": plate.astype(np.float32) / 255.0}
+            "alpha_known": (seen | above).astype(np.float32), "plate": plate.astype(np.float32) / 255.0}
 
 
 def train_field(targets: dict[str, np.ndarray], R: np.ndarray, T: np.ndarray, K: Intrinsics, keys: np.ndarray,
@@ -142,6 +160,7 @@ def train_field(targets: dict[str, np.ndarray], R: np.ndarray, T: np.ndarray, K:
     frames_per_step = min(4, n)
     per = max(1, cfg.field_rays // frames_per_step)
     layer, seen, torso = tg["layer"].reshape(n, -1, 3), tg["seen"].reshape(n, -1), tg["torso"].reshape(n, -1)
+    known = tg["alpha_known"].reshape(n, -1) if "alpha_known" in tg else seen
     plate_px = tg["plate"].reshape(-1, 3)
     t0, losses = time.monotonic(), []
     reporter.start("torso field", cfg.field_steps)
@@ -155,7 +174,8 @@ def train_field(targets: dict[str, np.ndarray], R: np.ndarray, T: np.ndarray, K:
         cnt = w.sum().clamp_min(1)
         loss = (((rgb - layer[f[:, None], p]) ** 2).sum(-1) * w).sum() / cnt
         bce = F.binary_cross_entropy(out["alpha"].clamp(1e-4, 1 - 1e-4), torso[f[:, None], p], reduction="none")
-        loss = loss + ALPHA_WEIGHT * (bce * w).sum() / cnt
+        wa = known[f[:, None], p]
+        loss = loss + ALPHA_WEIGHT * (bce * wa).sum() / wa.sum().clamp_min(1)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
