@@ -162,12 +162,13 @@ def edited_pose(path: TorsoPath, subject: Subject, hold: np.ndarray, S: int, pla
     """Head pose edited by +/-10 deg yaw (about the head's vertical axis). The "rendered" head is the
     source head (labels 1-4) moved by the affine map that carries the template's projection from the
     source pose to the edited one. Key point motion (px at S), the field torso's centroid motion, head
-    clipping and seam energy (relative to the source frame on the same pixels), source path vs field."""
+    clipping and seam energy along each path's merge boundary (and the source frame's on the same
+    pixels), source path vs field."""
     pose = load_pose(subject)
     K = pose.K
     tpl = pose.template
     res = {k: [] for k in ("keypoint_px", "torso_centroid_px", "head_px", "clip_source", "clip_field",
-                           "seam_source", "seam_field")}
+                           "seam_source", "seam_field", "seam_source_in_source", "seam_field_in_source")}
     keys = path.field.keys.detach().cpu().numpy()
     for j in hold[:: max(1, len(hold) // n)][:n]:
         crop, labels = frame(subject, int(j), S)
@@ -191,8 +192,8 @@ def edited_pose(path: TorsoPath, subject: Subject, hold: np.ndarray, S: int, pla
                 comp = p.composite(head, op, layer, labels, ci)
                 o, m = crop_output(crop, comp, labels, op, layer.region)
                 res[f"clip_{name}"].append(tm.head_clipping(op, m))
-                e_src = tm.seam_energy(ci, m)
-                res[f"seam_{name}"].append(tm.seam_energy(o, m) / max(e_src, 1e-8))
+                res[f"seam_{name}"].append(tm.seam_energy(o, m))
+                res[f"seam_{name}_in_source"].append(tm.seam_energy(ci, m))
     return {k: mean(v) for k, v in res.items()} | {"frames": len(res["clip_source"]) // 2}
 
 
