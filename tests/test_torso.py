@@ -331,3 +331,24 @@ def test_no_torso_is_expected_behind_the_upper_head():
     up = torso_training.upper_head(labels)
     lips_row = int(np.nonzero((labels == 2).any(1))[0].mean())
     assert up.any() and not up[lips_row:].any() and not (up & ~np.isin(labels, (1, 2, 3, 4))).any()
+
+
+@pytest.mark.slow
+def test_render_uses_the_subjects_torso_path(tmp_path, one_torch_thread):
+    """Both parts trained (tiny) on the synthetic subject, then a render goes through them."""
+    from headsync import tasks
+    from headsync.core import media
+    from headsync.subject.folder import Subject
+    from synthetic_head import trained_subject
+
+    root = trained_subject(tmp_path / "s")
+    cfg = TorsoConfig(mode="field+restorer", restorer_resolution=32, restorer_width=4, restorer_depth=2,
+                      restorer_steps=4, restorer_batch=2, field_resolution=16, field_steps=4, field_rays=128,
+                      field_levels=2, threads=1)
+    torso_training.train_torso(Subject(root), cfg, "test", silent())
+    t = np.arange(int(0.4 * media.AUDIO_RATE)) / media.AUDIO_RATE
+    media.write_wav(tmp_path / "a.wav", 0.3 * np.sin(2 * np.pi * 200 * t))
+    art = tasks.run("render", {"subject": str(root), "audio": str(tmp_path / "a.wav"), "out": str(tmp_path / "r"),
+                               "portrait": False}, silent())
+    assert art["torso"] == "field+restorer" and art["frame_count"] >= 1
+    assert len(list((tmp_path / "r" / "frames").glob("*.png"))) == art["frame_count"]
