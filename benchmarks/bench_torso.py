@@ -5,7 +5,7 @@ band of a mouth-opens dub, an edited head pose with the torso field, and the tim
         [--preset preview] [--frames 12] [--out result.json]
 
 Trains the subject's torso parts (``field+restorer``, the preset's [torso] sizes; ``--train`` says which),
-then measures on the held-out frames (the clip's last ``holdout_fraction``, never trained on). No trained
+then measures on the held-out frames (the subject's split, never trained on). No trained
 head is needed: the "rendered" face is a source face (see each measure), so the numbers isolate the torso
 path. Prints one JSON object per subject.
 """
@@ -32,10 +32,13 @@ from headsync.post.torso import field as torso_field
 from headsync.post.torso.path import FIELD_FILE, RECORD_FILE, TorsoLayer, TorsoPath, render_hole
 from headsync.post.torso.restorer import inpaint
 from headsync.renderers.common.cameras import project
-from headsync.subject.data import (HEAD_LABELS, background_layer, load_pose, read_labels, read_rgb,
-                                   split_frames)
-from headsync.subject.folder import Subject, write_json_atomic
-from headsync.training.torso import save_checkpoint, train_subject_field, train_torso
+from headsync.subject.data import background_layer, load_pose, read_labels, read_rgb
+from headsync.subject.labels import HEAD_LABELS
+from headsync.subject.split import split_frames
+from headsync.subject.folder import Subject
+from headsync.core.atomic import torch_save_atomic, write_json_atomic
+from headsync.subject.split import subject_split
+from headsync.training.torso import train_subject_field, train_torso
 
 #: MediaPipe face-mesh inner-lip midpoints (upper, lower) and forehead/chin, for the mouth opening.
 UPPER_LIP, LOWER_LIP, FOREHEAD, CHIN = 13, 14, 10, 152
@@ -228,16 +231,16 @@ def bench(subject_dir: Path, preset: str, n: int, train: str) -> dict:
     else:
         record = json.loads(subject.path(RECORD_FILE).read_text())
     if train == "field":  # retrain the field alone, keep the restorer
-        _, idx = split_frames(subject.frame_count(), cfg.holdout_fraction)
+        _, idx = split_frames(subject.frame_count(), subject_split(subject).holdout_fraction)
         train_idx = np.setdiff1d(np.arange(subject.frame_count()), idx)
         net, info = train_subject_field(subject, train_idx, cfg, torch.device("cpu"), silent())
-        save_checkpoint(subject.path(FIELD_FILE), torso_field.record(net, cfg.field_resolution, info))
+        torch_save_atomic(subject.path(FIELD_FILE), torso_field.record(net, cfg.field_resolution, info))
         record["field"] = info
         write_json_atomic(subject.path(RECORD_FILE), record)
     path = TorsoPath.for_subject(subject, "cpu", "field+restorer")
     S = int(subject.load()["crop"]["size"])
     plate = read_rgb(subject.path("background.jpg"), S)
-    _, hold = split_frames(subject.frame_count(), cfg.holdout_fraction)
+    _, hold = split_frames(subject.frame_count(), subject_split(subject).holdout_fraction)
     return {"subject": subject_dir.name, "frames": subject.frame_count(), "crop": S, "held_out": int(hold.size),
             "train_seconds": {"restorer": record["restorer"]["seconds"], "field": record["field"]["seconds"]},
             "perceptual": record["restorer"]["perceptual"],

@@ -7,7 +7,8 @@ import pytest
 from headsync.core.errors import UserError
 from headsync.core.progress import Reporter
 from headsync.prepare.stages import Stage, run_stage
-from headsync.subject.folder import Subject, staging_dir
+from headsync.core.atomic import staging_dir
+from headsync.subject.folder import Subject
 
 
 @dataclass(frozen=True)

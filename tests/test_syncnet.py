@@ -14,7 +14,8 @@ import torch
 from headsync.face_sync import syncnet
 from headsync.prepare.audio_features import HOP, log_mel
 from headsync.core.errors import UserError
-from headsync.face_sync.mouth_crops import (Clip, audio_row_start, audio_windows, crop_affines, cut_mouth, holdout_start,
+from headsync.subject.split import holdout_start
+from headsync.face_sync.mouth_crops import (Clip, audio_row_start, audio_windows, crop_affines, cut_mouth,
                                   video_windows)
 from headsync.face_sync.sync_judge import judge
 

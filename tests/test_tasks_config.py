@@ -46,6 +46,30 @@ def test_presets_load_and_reject_unknown_keys(tmp_path):
         load_preset("ultra")
 
 
+def test_nested_renderer_tables_and_every_preset_builds_its_components(tmp_path):
+    from headsync.core.config import as_dict, from_table
+    from headsync.renderers.nerf.model import ModelConfig
+    from headsync.render.dub import RenderConfig
+    from headsync.training.trainer import TrainConfig
+
+    cfg = section(load_preset("preview"), "renderer.nerf", ModelConfig)
+    assert cfg.hash.levels == 10 and cfg.march.samples == 16 and cfg.field.geo_feat_dim == 32
+    assert cfg.field.density_layers == ModelConfig().field.density_layers  # unset keys keep the one default
+    assert from_table(ModelConfig, as_dict(cfg)) == cfg  # what a checkpoint stores rebuilds it
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[renderer.nerf.hash]\nlevelz = 3\n")
+    with pytest.raises(UserError, match=r"renderer\.nerf\.hash"):
+        section(load_preset(str(bad)), "renderer.nerf", ModelConfig)
+    bad.write_text("[train]\nhash_levels = 3\n")  # the old flat key: an error, not silently ignored
+    with pytest.raises(UserError, match="unknown setting"):
+        section(load_preset(str(bad)), "train", TrainConfig)
+    for name in preset_names():  # every shipped preset's tables build their components
+        p = load_preset(name)
+        section(p, "train", TrainConfig)
+        section(p, "renderer.nerf", ModelConfig)
+        section(p, "render", RenderConfig)
+
+
 def test_registry_install_checks_hash(tmp_path, monkeypatch):
     fake = tmp_path / "face_landmarker.task"
     fake.write_bytes(b"not the model")

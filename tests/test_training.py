@@ -74,7 +74,7 @@ def test_resume_after_a_cancel_continues_the_count(tmp_path):
 def test_resume_after_sigkill(tmp_path):
     root = make_subject(tmp_path / "s", n_frames=16, size=32)
     preset = write_preset(tmp_path / "p.toml", coarse_iters=400, fine_iters=0, checkpoint_every=20)
-    cmd = [sys.executable, "-c", "import sys; from headsync import tasks; from headsync.progress import silent; "
+    cmd = [sys.executable, "-c", "import sys; from headsync import tasks; from headsync.core.progress import silent; "
            "tasks.run('train', {'subject': sys.argv[1], 'preset': sys.argv[2]}, silent())", str(root), str(preset)]
     proc = subprocess.Popen(cmd)
     ck = root / "models/default/checkpoint.pt"
@@ -108,4 +108,4 @@ def test_bad_input(tmp_path):
         tasks.run("train", {"subject": str(root2), "resume": True}, silent())
     assert "without --resume" in e.value.hint
     with pytest.raises(UserError, match="renderer"):
-        tasks.run("train", {"subject": str(root2), "renderer": "gaussian"}, silent())
+        tasks.run("train", {"subject": str(root2), "renderer": "no-such-renderer"}, silent())

@@ -15,6 +15,7 @@ from . import __version__, tasks
 from .core.errors import Cancelled, UserError
 from .core.progress import Reporter, json_lines_sink, terminal_sink
 from .post.torso.config import MODES as TORSO_MODES
+from .renderers.registry import DEFAULT_RENDERER, RENDERERS
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_projects" / "astronaut"
@@ -40,7 +41,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = common(sub.add_parser("train", help="train the talking head of a prepared subject"))
     sp.add_argument("--subject", required=True)
     sp.add_argument("--preset", default="standard")
-    sp.add_argument("--renderer", default="nerf", choices=["nerf", "gaussian"])
+    sp.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERERS, help="a registered renderer")
     sp.add_argument("--run", default="default")
     sp.add_argument("--resume", action="store_true")
 
@@ -68,6 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     sp = common(sub.add_parser("demo", help="the whole pipeline on the bundled sample"))
     sp.add_argument("--out", default=str(REPO / "out" / "demo"))
     sp.add_argument("--preset", default="preview")
+    sp.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERERS, help="a registered renderer")
 
     sp = sub.add_parser("serve", help="the local service the Blender add-on talks to")
     sp.add_argument("--host", default="127.0.0.1")
@@ -109,12 +111,12 @@ def _demo(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     result["prepare"] = tasks.run("prepare", {"video": str(videos[0]), "subject": str(subject),
                                               "preset": args.preset}, reporter)
     from .subject.folder import Subject
-    from .training.trainer import run_dir
+    from .training.checkpoints import run_dir
 
     # A demo stopped during training picks up from its checkpoint when run again.
     resume = (run_dir(Subject(subject), args.preset) / "checkpoint.pt").exists()
     result["train"] = tasks.run("train", {"subject": str(subject), "preset": args.preset, "run": args.preset,
-                                          "resume": resume}, reporter)
+                                          "renderer": args.renderer, "resume": resume}, reporter)
     result["render"] = tasks.run("render", {"subject": str(subject), "audio": str(SAMPLE / "dub.wav"),
                                             "run": args.preset, "out": str(out / "render")}, reporter)
     return result

@@ -26,7 +26,9 @@ from typing import Any
 import numpy as np
 
 from .core.errors import UserError
-from .subject.folder import CORE_EXPRESSIONS, Subject, write_json_atomic
+from .core.atomic import write_json_atomic
+from .core.euler import euler_xyz_to_matrix, matrix_to_euler_xyz  # noqa: F401  (part of this module's API)
+from .subject.folder import CORE_EXPRESSIONS, Subject
 
 SCHEMA = "headsync.curves/1"
 SOURCES = ("captured", "generated", "edited")
@@ -65,36 +67,6 @@ class Curves:
 
 def _rows(a: np.ndarray) -> list[list[float]]:
     return [[round(float(v), 6) for v in row] for row in np.asarray(a)]
-
-
-# ---- rotations (Blender's XYZ Euler) -------------------------------------------------------------------
-def euler_xyz_to_matrix(e: np.ndarray) -> np.ndarray:
-    """Euler angles (..., 3) in radians, XYZ order as Blender applies them -> R = Rz Ry Rx (..., 3, 3)."""
-    e = np.asarray(e, np.float64)
-    cx, sx = np.cos(e[..., 0]), np.sin(e[..., 0])
-    cy, sy = np.cos(e[..., 1]), np.sin(e[..., 1])
-    cz, sz = np.cos(e[..., 2]), np.sin(e[..., 2])
-    R = np.empty(e.shape[:-1] + (3, 3))
-    R[..., 0, 0] = cy * cz
-    R[..., 0, 1] = sx * sy * cz - cx * sz
-    R[..., 0, 2] = cx * sy * cz + sx * sz
-    R[..., 1, 0] = cy * sz
-    R[..., 1, 1] = sx * sy * sz + cx * cz
-    R[..., 1, 2] = cx * sy * sz - sx * cz
-    R[..., 2, 0] = -sy
-    R[..., 2, 1] = sx * cy
-    R[..., 2, 2] = cx * cy
-    return R
-
-
-def matrix_to_euler_xyz(R: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`euler_xyz_to_matrix` (..., 3, 3) -> (..., 3), y in [-pi/2, pi/2]."""
-    R = np.asarray(R, np.float64)
-    sy = np.clip(-R[..., 2, 0], -1.0, 1.0)
-    y = np.arcsin(sy)
-    x = np.arctan2(R[..., 2, 1], R[..., 2, 2])
-    z = np.arctan2(R[..., 1, 0], R[..., 0, 0])
-    return np.stack([x, y, z], -1)
 
 
 # ---- looping -------------------------------------------------------------------------------------------

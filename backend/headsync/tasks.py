@@ -8,12 +8,12 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Collection
 
 from .core.errors import UserError
 from .core.progress import Reporter
 from .post.torso.config import MODES as TORSO_MODES
+from .renderers.registry import DEFAULT_RENDERER, RENDERERS
 
 
 @dataclass(frozen=True)
@@ -26,7 +26,7 @@ class Param:
     default: Any = None
     help: str = ""
     path: bool = False
-    choices: tuple[str, ...] | None = None
+    choices: Collection[str] | None = None  # a tuple, or a lazy container (the registered renderers)
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ TASKS: dict[str, Task] = {
         Task("train", (
             Param("subject", str, True, path=True, help="a prepared subject folder"),
             Param("preset", str, default="standard"),
-            Param("renderer", str, default="nerf", choices=("nerf", "gaussian")),
+            Param("renderer", str, default=DEFAULT_RENDERER, choices=RENDERERS, help="a registered renderer"),
             Param("run", str, default="default", help="name of the model run under models/"),
             Param("resume", bool, default=False, help="continue from the run's last checkpoint"),
         ), "training.trainer:train_task", "prepared subject -> trained model"),
@@ -125,7 +125,3 @@ def run(kind: str, params: dict[str, Any], reporter: Reporter) -> dict[str, Any]
     """Validate and run a job; returns its artifacts (paths and metrics, JSON-able)."""
     params = validate(kind, params)
     return TASKS[kind].function()(params, reporter)
-
-
-def resolve(path: str | None) -> Path | None:
-    return None if path is None else Path(path).expanduser().resolve()

@@ -1,8 +1,11 @@
-"""Presets: named TOML files in ``presets/`` that configure every stage.
+"""Presets: named TOML files in ``presets/`` that configure every component.
 
-Each stage owns a dataclass of its settings (``PrepareConfig`` here, ``StabilizerConfig`` in
-``stabilizer``, ...). A preset file has one table per stage; :func:`section` builds a stage's
-dataclass from its table, so an unknown or mistyped key is an error rather than silently ignored.
+Each component owns a dataclass of its settings, and each setting's default is defined there once
+(``PrepareConfig`` in ``prepare.pipeline``, ``TrainConfig`` in ``training.trainer``, a renderer's
+``Config`` in its module, ...). A preset has one table per component - ``[prepare]``, ``[split]``,
+``[train]``, ``[renderer.nerf]`` (with sub-tables such as ``[renderer.nerf.hash]``), ``[render]``,
+``[ave]``... - and :func:`section` builds the component's dataclass from its table, so an unknown or
+mistyped key is an error rather than silently ignored.
 """
 
 from __future__ import annotations
@@ -50,25 +53,48 @@ def load_preset(name_or_path: str = "standard") -> Preset:
     return Preset(name=path.stem, tables=tables)
 
 
-def section(preset: Preset | None, table: str, cls: type[T], **overrides: Any) -> T:
-    """Build the dataclass ``cls`` from ``preset``'s ``[table]``; ``overrides`` (not None) win.
+def table(preset: Preset | None, name: str) -> dict[str, Any]:
+    """The raw table ``name`` of ``preset``; dots name nested tables (``renderer.nerf``)."""
+    t: Any = preset.tables if preset else {}
+    for part in name.split("."):
+        t = t.get(part, {}) if isinstance(t, dict) else {}
+    return dict(t) if isinstance(t, dict) else {}
 
-    Unknown keys raise :class:`UserError`; values are coerced to the field's default type
-    (so ``fps = 25`` fills a float field).
+
+def section(preset: Preset | None, name: str, cls: type[T], **overrides: Any) -> T:
+    """Build the dataclass ``cls`` from ``preset``'s table ``[name]``; ``overrides`` (not None) win.
+
+    See :func:`from_table` for the rules.
     """
-    values: dict[str, Any] = dict(preset.tables.get(table, {})) if preset else {}
+    values = table(preset, name)
     values.update({k: v for k, v in overrides.items() if v is not None})
+    return from_table(cls, values, name)
+
+
+def from_table(cls: type[T], values: dict[str, Any], where: str = "") -> T:
+    """Build the dataclass ``cls`` from a TOML/JSON table. A field that is itself a dataclass is filled
+    from the sub-table of the same name (``[renderer.nerf.hash]``). Unknown keys raise
+    :class:`UserError`; values are coerced to the field's default type (``fps = 25`` fills a float field,
+    a list fills a tuple)."""
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(values) - set(fields)
     if unknown:
         raise UserError(
-            f"unknown setting(s) {sorted(unknown)} in [{table}]",
+            f"unknown setting(s) {sorted(unknown)} in [{where or cls.__name__}]",
             f"known settings: {', '.join(sorted(fields))}",
         )
     out = {}
     for k, v in values.items():
-        default = fields[k].default
-        if isinstance(default, bool) or default is dataclasses.MISSING:
+        f = fields[k]
+        default = f.default
+        if default is dataclasses.MISSING and f.default_factory is not dataclasses.MISSING:
+            default = f.default_factory()
+        if dataclasses.is_dataclass(default):
+            if not isinstance(v, dict):
+                raise UserError(f"[{where}] {k} must be a table of settings, got {v!r}",
+                                f"write it as [{where}.{k}] with its own keys")
+            out[k] = from_table(type(default), v, f"{where}.{k}" if where else k)
+        elif isinstance(default, bool) or default is dataclasses.MISSING:
             out[k] = v
         elif isinstance(default, float) and isinstance(v, int):
             out[k] = float(v)
@@ -80,6 +106,14 @@ def section(preset: Preset | None, table: str, cls: type[T], **overrides: Any) -
 
 
 def as_dict(cfg: Any) -> dict[str, Any]:
-    """A dataclass as a plain JSON-able dict (recorded with each stage so a change invalidates it)."""
-    d = dataclasses.asdict(cfg)
-    return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+    """A dataclass as a plain JSON-able dict, nested dataclasses as nested dicts (recorded with each stage
+    and checkpoint, so a change invalidates it; :func:`from_table` reads it back)."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(v: Any) -> Any:
+    if isinstance(v, dict):
+        return {k: _plain(x) for k, x in v.items()}
+    if isinstance(v, (tuple, list)):
+        return [_plain(x) for x in v]
+    return v

@@ -29,12 +29,14 @@ import numpy as np
 from ..core import media
 from ..curves import Curves, matrix_to_euler_xyz
 from ..subject.data import check_prepared, load_expression, load_pose, load_audio_features
+from ..core.devices import pick_device, set_threads
 from ..core.errors import UserError
 from ..renderers.common.losses import psnr_from_mse
 from ..core.progress import Reporter
 from ..render.dub import RenderConfig, features_for_audio, render_frames, run_render_config
-from ..subject.folder import Subject, write_json_atomic
-from ..training.trainer import model_from_checkpoint, pick_device, run_dir, set_threads
+from ..core.atomic import write_json_atomic
+from ..subject.folder import Subject
+from ..training.checkpoints import load_renderer, run_dir
 
 #: Inner-lip landmark pairs (upper, lower) across the mouth, and the face height's ends, in MediaPipe's mesh.
 INNER_LIP_PAIRS = ((13, 14), (82, 87), (312, 317), (81, 178), (311, 402))
@@ -98,16 +100,21 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) if img.shape[0] != size else img
 
 
+#: The bundled sample's generator: the only script evaluation ever runs, and only from this checkout, never
+#: a file found beside a user's video (DESIGN.md: no file from user media is executed).
+SAMPLE_GENERATOR = Path(__file__).resolve().parents[3] / "sample_projects" / "make_sample.py"
+
+
 def sample_generator(subject: Subject) -> tuple[dict[str, np.ndarray], Any, Path] | None:
     """The bundled sample's ground truth, generator module and folder, when the subject is the sample."""
     src = Path(subject.source().get("path", ""))
     gt_path = src.parent / "ground_truth.npz"
     if not gt_path.is_file():
         return None
-    gt = dict(np.load(gt_path))
+    gt = dict(np.load(gt_path, allow_pickle=False))
     gen = None
-    script = src.parent.parent / "make_sample.py"
-    if script.is_file():
+    script = src.resolve().parent.parent / "make_sample.py"
+    if script.is_file() and script == SAMPLE_GENERATOR:
         spec = importlib.util.spec_from_file_location("headsync_sample_generator", script)
         gen = importlib.util.module_from_spec(spec)
         try:
@@ -126,28 +133,29 @@ def evaluate(subject: Subject, run: str = "default", reporter: Reporter | None =
     rdir = run_dir(subject, run)
     rcfg: RenderConfig = run_render_config(rdir)
     set_threads(rcfg.threads)
-    device = pick_device(rcfg.device)
-    model, tcfg, meta = model_from_checkpoint(rdir / "checkpoint.pt", device)
-    check_prepared(subject, tcfg.audio_feature)
+    device = pick_device(rcfg.device, "[render] device")
+    renderer, _ = load_renderer(rdir / "checkpoint.pt", device)
+    kind = renderer.meta.audio_feature
+    check_prepared(subject, kind)
     n = subject.frame_count()
-    hold = np.arange(int(meta["holdout"][0]), n) if meta.get("holdout") else np.arange(0)
+    hold = np.asarray(renderer.meta.holdout_frames, np.int64)
     if hold.size == 0:
         raise UserError(f"run {run!r} was trained on every frame, so there is nothing held out to evaluate",
-                        "train with holdout_fraction > 0")
+                        "prepare the subject with [split] holdout_fraction > 0")
     if max_frames and hold.size > max_frames:
         hold = hold[np.linspace(0, hold.size - 1, max_frames).astype(int)]
     pose = load_pose(subject)
     S = pose.K.size
     expr = load_expression(subject, n)
-    feats = load_audio_features(subject, tcfg.audio_feature, n)
+    feats = load_audio_features(subject, kind, n)
     curves = Curves(float(subject.source()["fps"]), 1, expr[hold], matrix_to_euler_xyz(pose.R[hold]),
                     pose.T[hold], "captured")
-    r = tcfg.resolution
+    r = renderer.meta.resolution
     mesh = MeshReader()
     lips = lip_indices()
     psnrs, ssims, lmds, open_r, open_gt = [], [], [], [], []
-    frames = render_frames(subject, model, meta, r, tcfg.smooth_window, feats, curves, False, rcfg, device,
-                           reporter, src_idx=hold, feat_rows=hold)
+    frames = render_frames(subject, renderer, feats, curves, False, rcfg, device, reporter, src_idx=hold,
+                           feat_rows=hold)
     for k, crop in enumerate(frames):
         real = cv2.cvtColor(cv2.imread(str(subject.frame_path(int(hold[k])))), cv2.COLOR_BGR2RGB)
         real = _resize(real, S)
@@ -176,13 +184,13 @@ def evaluate(subject: Subject, run: str = "default", reporter: Reporter | None =
             metrics["mouth_corr_vs_ground_truth"] = _round(pearson(np.array(open_r), gt["mouth_open"][hold]))
         dub_path = folder / "dub.wav"
         if dub and gen is not None and dub_path.is_file() and hasattr(gen, "mouth_opening"):
-            metrics.update(_dub_correlation(subject, model, meta, tcfg, rcfg, device, dub_path, gen, mesh,
-                                            reporter, max_frames))
+            metrics.update(_dub_correlation(subject, renderer, rcfg, device, dub_path, gen, mesh, reporter,
+                                            max_frames))
     mesh.close()
     return metrics
 
 
-def _dub_correlation(subject, model, meta, tcfg, rcfg, device, dub_path: Path, gen, mesh: MeshReader,
+def _dub_correlation(subject, renderer, rcfg, device, dub_path: Path, gen, mesh: MeshReader,
                      reporter: Reporter, max_frames: int | None) -> dict[str, Any]:
     """Render the held-back dubbing audio and correlate the measured mouth opening with the generator's."""
     from ..curves import captured_curves
@@ -193,11 +201,11 @@ def _dub_correlation(subject, model, meta, tcfg, rcfg, device, dub_path: Path, g
     if max_frames:
         n_out = min(n_out, max(max_frames, 10))
     truth = gen.mouth_opening(audio, int(round(audio.size / media.AUDIO_RATE * fps)))[:n_out]
-    feats = features_for_audio(subject, tcfg.audio_feature, audio, fps, int(round(audio.size / media.AUDIO_RATE * fps)))
+    feats = features_for_audio(subject, renderer.meta.audio_feature, audio, fps,
+                               int(round(audio.size / media.AUDIO_RATE * fps)))
     curves = captured_curves(subject, n_out)
     measured = []
-    for crop in render_frames(subject, model, meta, tcfg.resolution, tcfg.smooth_window, feats, curves, False,
-                              rcfg, device, reporter):
+    for crop in render_frames(subject, renderer, feats, curves, False, rcfg, device, reporter):
         lm = mesh(crop)
         measured.append(mouth_opening(lm) if lm is not None else np.nan)
     return {"dub_frames": n_out, "dub_mouth_corr_vs_ground_truth": _round(pearson(np.array(measured), truth))}

@@ -22,7 +22,6 @@ architecture) replaces phase 2.
 
 from __future__ import annotations
 
-import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,10 +32,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import syncnet
+from ..core.atomic import save_npy_atomic, torch_save_atomic
+from ..core.devices import pick_device
 from ..core.errors import UserError
-from .mouth_crops import Clip, audio_windows, holdout_start, subject_clip, video_clip, video_windows
+from ..subject.split import SplitConfig, holdout_start
+from .mouth_crops import Clip, audio_windows, subject_clip, video_clip, video_windows
 from ..core.progress import Reporter
-from ..subject.folder import Subject, save_npy_atomic
+from ..subject.folder import Subject
 from .syncnet import AudioEncoder, PairSampler, conv_block, load_state, sync_loss, to_face_tensor
 
 NAME = "ave"
@@ -69,7 +71,9 @@ class Config:
     sync_weight: float = 0.01  # weight of Eq. 2 against Eq. 3 (larger values blur the restored mouths)
     min_shift: int = 3  # negatives are at least this many frames off
     max_shift: int = 15  # "near" negatives are at most this many frames off
-    holdout_fraction: float = 0.1  # the last frames, never trained on (as the renderer holds them out)
+    # The subject's split: filled from the preset's [split] table by prepare (subject.split), so the encoder
+    # never trains on the frames the renderer is evaluated on.
+    holdout_fraction: float = SplitConfig.holdout_fraction
     extra_clips: tuple[str, ...] = ()  # more talking-head videos to train on (paths)
     checkpoint: str = ""  # a pretrained encoder: skips phase 2
     seed: int = 0
@@ -234,10 +238,8 @@ def heldout_recon(model: AVEncoder, clip: Clip, lo: int, hi: int, frames: int, r
 # ---- Conv(A): checkpoint and features ------------------------------------------------------------------
 def save_encoder(encoder: AudioEncoder, spec: EncoderSpec, path: Path, fps: float) -> None:
     """Write Conv(A) with its architecture (``ave_encoder.pt``) through a temporary file."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": CHECKPOINT_FORMAT, "spec": asdict(spec), "fps": fps, "state_dict": encoder.state_dict()},
-               tmp)
-    os.replace(tmp, path)
+    torch_save_atomic(path, {"format": CHECKPOINT_FORMAT, "spec": asdict(spec), "fps": fps,
+                             "state_dict": encoder.state_dict()})
 
 
 def load_encoder(path: str | Path, default_spec: EncoderSpec = EncoderSpec()) -> tuple[AudioEncoder, EncoderSpec]:
@@ -278,18 +280,10 @@ def features(encoder: AudioEncoder, mel: np.ndarray, fps: float, n_frames: int, 
 
 
 # ---- the stage -----------------------------------------------------------------------------------------
-def _device(name: str) -> str:
-    if name == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("[ave] device = 'cuda' but no CUDA device is available", "set device = 'auto' or 'cpu'")
-    return name
-
-
 def run(subject: Subject, cfg: Config, reporter: Reporter) -> dict[str, Any]:
     """Stage ``ave``: train (or load) the encoder and the discriminator; write ``audio_features/ave.npy``,
     ``ave_encoder.pt`` and ``syncnet.pt``. Returns the held-out figures for the manifest."""
-    device = _device(cfg.device)
+    device = pick_device(cfg.device, "[ave] device")
     spec = cfg.sync_spec()
     clip = subject_clip(subject, cfg.crop_height, cfg.crop_width, reporter)
     n = clip.n_frames

@@ -21,7 +21,8 @@ import numpy as np
 from ..prepare.audio_features import Config as MelConfig
 from ..prepare.audio_features import log_mel, mel_features, per_video_frame
 from ..core.errors import UserError
-from ..subject.folder import Subject, save_npy_atomic
+from ..core.atomic import save_npy_atomic
+from ..subject.folder import Subject
 
 KINDS = ("mel", "ave", "hubert")
 #: The HuBERT model folder (a ``transformers`` checkpoint of facebook/hubert-large-ls960-ft), looked up in

@@ -141,19 +141,6 @@ def audio_windows(mel: np.ndarray, centres: np.ndarray, fps: float, rows: int) -
     return np.ascontiguousarray(mel[idx].transpose(0, 2, 1), dtype=np.float32)
 
 
-def window_centres(n_frames: int, frames: int, lo: int = 0, hi: int | None = None) -> np.ndarray:
-    """Frames in ``[lo, hi)`` whose whole video window lies inside ``[lo, hi)`` (no clipped crops)."""
-    hi = n_frames if hi is None else hi
-    return np.arange(lo + frames // 2, hi - frames // 2)
-
-
-def holdout_start(n_frames: int, fraction: float) -> int:
-    """First held-out frame: the last ``fraction`` of the clip is evaluation, as the renderer splits it."""
-    if fraction <= 0:
-        return n_frames
-    return n_frames - min(max(1, int(round(n_frames * fraction))), n_frames - 1)
-
-
 # ---- I/O -----------------------------------------------------------------------------------------------
 def crops_from_frames(frames: Iterable[np.ndarray], landmarks: np.ndarray, height: int, width: int,
                       reporter: Reporter | None = None) -> np.ndarray:

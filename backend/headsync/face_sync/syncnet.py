@@ -14,6 +14,7 @@ encoder standardises with the mean/std it was trained with, kept as buffers in i
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,6 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..core.atomic import torch_save_atomic
 from ..core.errors import UserError
 from .mouth_crops import Clip, audio_windows, video_windows
 from ..core.progress import Reporter
@@ -155,12 +157,8 @@ def load_state(module: nn.Module, state: dict[str, Any], what: str) -> None:
 
 def save(net: SyncNet, path, fps: float, **info: Any) -> None:
     """Write the discriminator (spec, weights, frame rate it was trained at) through a temporary file."""
-    import os
-
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save({"format": CHECKPOINT_FORMAT, "spec": asdict(net.spec), "fps": fps, "state_dict": net.state_dict(),
-                **info}, tmp)
-    os.replace(tmp, path)
+    torch_save_atomic(Path(path), {"format": CHECKPOINT_FORMAT, "spec": asdict(net.spec), "fps": fps,
+                                   "state_dict": net.state_dict(), **info})
 
 
 def load(path) -> tuple[SyncNet, float]:

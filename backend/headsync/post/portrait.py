@@ -18,9 +18,9 @@ from dataclasses import dataclass
 import cv2
 import numpy as np
 
-from ..subject.data import EYES, FACE, HEAD, LIPS, NECK, TORSO
+from ..subject.labels import EYES_BROWS, FACE, HEAD, LIPS, NECK, TORSO
 
-FACE_LABELS = (FACE, LIPS, EYES)
+FACE_LABELS = (FACE, LIPS, EYES_BROWS)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,8 @@ import numpy as np
 
 from ..core.media import AUDIO_RATE
 from ..core.progress import Reporter
-from ..subject.folder import Subject, save_npy_atomic
+from ..core.atomic import save_npy_atomic
+from ..subject.folder import Subject
 
 NAME = "mel"
 VERSION = 1

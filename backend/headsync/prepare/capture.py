@@ -65,7 +65,8 @@ from scipy.ndimage import gaussian_filter1d, grey_closing, median_filter
 
 from ..core.errors import UserError
 from ..core.progress import Reporter
-from ..subject.folder import CORE_EXPRESSIONS, Subject, save_npy_atomic, save_npz_atomic
+from ..core.atomic import save_npy_atomic, save_npz_atomic
+from ..subject.folder import CORE_EXPRESSIONS, Subject
 
 NAME = "expression"
 VERSION = 1

@@ -39,9 +39,11 @@ from typing import Any, Iterable
 import numpy as np
 
 from ..core import registry
+from ..core.devices import pick_device
 from ..core.errors import UserError
 from ..core.progress import Reporter
-from ..subject.folder import Subject, save_npy_atomic
+from ..core.atomic import save_npy_atomic
+from ..subject.folder import Subject
 
 NAME = "landmarks68"
 VERSION = 1
@@ -262,14 +264,6 @@ def resolve(cfg: Landmarks68Config) -> tuple[bool, str, dict[str, Path]]:
     return True, "", out
 
 
-def resolve_device(device: str) -> str:
-    if device != "auto":
-        return device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 # ---- the network ------------------------------------------------------------------------------------------
 def build_aligner(cfg: Landmarks68Config, weights: dict[str, Path], device: str):
     """face-alignment's ``FaceAlignment`` over the installed weight files, downloading nothing.
@@ -363,7 +357,7 @@ def _read_frames(subject: Subject, n: int) -> Iterable[np.ndarray]:
         img = cv2.imread(str(p), cv2.IMREAD_COLOR)
         if img is None:
             raise UserError(f"the crop {p} is missing or unreadable",
-                            "run `headsync prepare` again for this subject (with --force if it persists)")
+                            "run `headsync prepare` again for this subject; if it persists, prepare it into a new folder")
         yield cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -379,8 +373,8 @@ def run(subject: Subject, cfg: Landmarks68Config, reporter: Reporter) -> dict:
     n = subject.frame_count()
     mesh = np.load(subject.path("landmarks.npy"))
     if len(mesh) != n:
-        raise UserError(f"landmarks.npy has {len(mesh)} rows for {n} frames", "run `headsync prepare` again with --force")
-    device = resolve_device(cfg.device)
+        raise UserError(f"landmarks.npy has {len(mesh)} rows for {n} frames", "prepare the subject again into a new folder (`headsync prepare VIDEO --subject NEW_DIR`)")
+    device = str(pick_device(cfg.device, f"[{NAME}] device"))
     aligner = build_aligner(cfg, weights, device)
     reporter.start(NAME, n)
     lms, detected = track_frames(aligner, _read_frames(subject, n), mesh, cfg.box_scale,

@@ -21,7 +21,6 @@ Pure logic (geometry, label rasterisation, temporal smoothing, plate median) is 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -31,29 +30,18 @@ import numpy as np
 
 from ..core.errors import UserError
 from ..core.progress import Reporter
-from ..subject.folder import Subject, staging_dir
+from ..core.atomic import staging_dir, write_bytes_atomic
+from ..subject.folder import Subject
+from . import face_template as ft
+from ..subject.labels import BACKGROUND, EYES_BROWS, FACE, HEAD, LABEL_NAMES, LIPS, NECK, TORSO
 
 NAME = "masks"
 VERSION = 1
 REQUIRES = ("landmarks",)
 
-BACKGROUND, FACE, LIPS, EYES_BROWS, HEAD, NECK, TORSO = range(7)
-LABEL_NAMES = ("background", "face", "lips", "eyes_brows", "head", "neck", "torso")
 
-# ---- MediaPipe face-mesh index loops (ordered from mediapipe's FACEMESH_* edge sets) ---------------
-#: Face oval, clockwise in the image from the forehead top (10); 152 is the chin.
-FACE_OVAL = (10, 338, 297, 332, 284, 251, 389, 356, 454, 323, 361, 288, 397, 365, 379, 378, 400, 377,
-             152, 148, 176, 149, 150, 136, 172, 58, 132, 93, 234, 127, 162, 21, 54, 103, 67, 109)
-#: Outer lip contour (mouth corners 61 and 291).
-LIPS_OUTER = (61, 185, 40, 39, 37, 0, 267, 269, 270, 409, 291, 375, 321, 405, 314, 17, 84, 181, 91, 146)
-#: Eye contours. "Right" is the subject's right eye, on the image's left.
-RIGHT_EYE = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
-LEFT_EYE = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373, 390, 249)
-#: Eyebrow outlines: upper row outer->inner, then lower row inner->outer (a closed polygon).
-RIGHT_BROW = (70, 63, 105, 66, 107, 55, 65, 52, 53, 46)
-LEFT_BROW = (300, 293, 334, 296, 336, 285, 295, 282, 283, 276)
 #: Outer eye corners, which define the face's horizontal axis (roll).
-EYE_OUTER = (33, 263)
+EYE_OUTER = (ft.RIGHT_EYE_OUTER, ft.LEFT_EYE_OUTER)
 #: Mouth corners: the neck band starts at their height (the face oval is painted over it above the jaw).
 MOUTH_CORNERS = (61, 291)
 
@@ -106,7 +94,7 @@ class FaceFrame:
 def face_frame(landmarks: np.ndarray) -> FaceFrame:
     """The face-aligned frame of one face-mesh (478, >=2) in crop pixels (only x, y are used)."""
     xy = np.asarray(landmarks, np.float64)[:, :2]
-    oval = xy[list(FACE_OVAL)]
+    oval = xy[list(ft.FACE_OVAL)]
     eye_line = xy[EYE_OUTER[1]] - xy[EYE_OUTER[0]]
     iod = float(np.linalg.norm(eye_line))
     u = eye_line / max(iod, 1e-9)
@@ -159,20 +147,20 @@ def label_map(landmarks: np.ndarray | None, person: np.ndarray, cfg: Config,
     fr = face_frame(xy)
     mouth_v = float(fr.to_face(xy[list(MOUTH_CORNERS)])[:, 1].mean())
     labels = np.where(person, body_regions(fr, mouth_v, person.shape, cfg), BACKGROUND).astype(np.uint8)
-    oval = _poly(xy[list(FACE_OVAL)])
+    oval = _poly(xy[list(ft.FACE_OVAL)])
     if landmarks is None:
         cv2.fillPoly(labels, [oval], HEAD)
         return labels
     cv2.fillPoly(labels, [oval], FACE)
     _paint_eyes_brows(labels, xy, fr.iod, cfg)
-    cv2.fillPoly(labels, [_poly(xy[list(LIPS_OUTER)])], LIPS)
+    cv2.fillPoly(labels, [_poly(xy[list(ft.LIPS_OUTER)])], LIPS)
     return labels
 
 
 def _paint_eyes_brows(labels: np.ndarray, xy: np.ndarray, iod: float, cfg: Config) -> None:
     """Fill the eye contours and the brows, each grown by a band (lashes, brow hair) of relative width."""
-    eyes = [_poly(xy[list(idx)]) for idx in (RIGHT_EYE, LEFT_EYE)]
-    brows = [_poly(xy[list(idx)]) for idx in (RIGHT_BROW, LEFT_BROW)]
+    eyes = [_poly(xy[list(idx)]) for idx in (ft.RIGHT_EYE, ft.LEFT_EYE)]
+    brows = [_poly(xy[list(idx)]) for idx in (ft.RIGHT_BROW, ft.LEFT_BROW)]
     cv2.fillPoly(labels, eyes + brows, EYES_BROWS)
     eye_t = max(1, int(round(cfg.eye_band * iod)))
     brow_t = max(1, int(round(cfg.brow_band * iod)))
@@ -315,17 +303,12 @@ def _read_frame(subject: Subject, i: int, reduce: int = 1) -> np.ndarray:
     return img
 
 
-def _write_image(path: Path, img: np.ndarray, params: list[int] | None = None) -> None:
+def _encode(path: Path, img: np.ndarray, params: list[int] | None = None) -> bytes:
+    """``img`` encoded in the format of ``path``'s suffix."""
     ok, buf = cv2.imencode(path.suffix, img, params or [])
     if not ok:
         raise OSError(f"could not encode {path}")
-    path.write_bytes(buf.tobytes())
-
-
-def _write_image_atomic(path: Path, img: np.ndarray, params: list[int] | None = None) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}{path.suffix}")
-    _write_image(tmp, img, params)
-    os.replace(tmp, path)
+    return buf.tobytes()
 
 
 def _nearest_valid(valid: np.ndarray) -> np.ndarray:
@@ -367,7 +350,7 @@ def run(subject: Subject, cfg: Config, reporter: Reporter) -> dict:
             for i, prob in enumerate(smooth_sequence(probabilities(), cfg.temporal_weights)):
                 person = cv2.resize(prob, (size, size), interpolation=cv2.INTER_LINEAR) > cfg.person_threshold
                 labels = label_map(lm[i] if valid[i] else None, person, cfg, nearest_face=lm[nearest[i]])
-                _write_image(tmp / f"{i:06d}.png", labels, [cv2.IMWRITE_PNG_COMPRESSION, cfg.png_compression])
+                (tmp / f"{i:06d}.png").write_bytes(_encode(tmp / f"{i:06d}.png", labels, [cv2.IMWRITE_PNG_COMPRESSION, cfg.png_compression]))
                 counts += np.bincount(labels.ravel(), minlength=7)[:7]
                 if i in plate_at:
                     plate_frames.append(_read_frame(subject, i))
@@ -378,7 +361,7 @@ def run(subject: Subject, cfg: Config, reporter: Reporter) -> dict:
 
     plate, holes = plate_median(np.stack(plate_frames), np.stack(plate_bg), cfg.plate_min_samples)
     plate = fill_holes(plate, holes, cfg.inpaint_radius)
-    _write_image_atomic(subject.path("background.jpg"), plate, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    write_bytes_atomic(subject.path("background.jpg"), _encode(subject.path("background.jpg"), plate, [cv2.IMWRITE_JPEG_QUALITY, 95]))
     filled = float(holes.mean())
     if filled > 0.75:
         subject.warn(f"masks: the person covers {filled:.0%} of the background in every sampled frame; "

@@ -18,11 +18,12 @@ from . import audio as audio_stage
 from . import audio_features, capture as expression, landmarks68, masks, stabilizer, tracking
 from ..face_sync import av_encoder
 from ..core import registry
-from ..core.config import Preset, load_preset, section
+from ..core.config import Preset, as_dict, load_preset, section
 from ..core.errors import UserError
 from ..core.progress import Reporter
 from .stages import run_stage
 from ..subject.folder import Subject
+from ..subject.split import SplitConfig
 
 
 @dataclass(frozen=True)
@@ -42,6 +43,7 @@ def stage_configs(preset: Preset, video: Path, audio: Path | None, fps: float | 
                   resolution: int | None) -> dict[str, Any]:
     """Each stage's config from the preset, with the inputs and command-line overrides filled in."""
     pcfg = section(preset, "prepare", PrepareConfig, fps=fps, resolution=resolution)
+    split = section(preset, "split", SplitConfig)
     sound = audio or video
     # The video's hash identifies the input: a different file under the same name redoes everything.
     video_sha = tracking.file_sha256(video)
@@ -55,6 +57,8 @@ def stage_configs(preset: Preset, video: Path, audio: Path | None, fps: float | 
             extra = {"resolution": pcfg.resolution}
         elif st is audio_stage.AUDIO:
             extra = {"path": str(sound), "sha256": sound_sha}
+        elif st is av_encoder:
+            extra = {"holdout_fraction": split.holdout_fraction}
         cfgs[st.NAME] = section(preset, st.NAME, st.Config, **extra)
     # Record what the installed models make of "auto" settings, so installing the face_landmarker model
     # later redoes the capture (blendshapes) and the pose (canonical template, focal search).
@@ -85,6 +89,8 @@ def prepare_subject(video: str | Path, subject_dir: str | Path, audio: str | Pat
     subject = Subject(Path(subject_dir).expanduser().resolve())
     subject.root.mkdir(parents=True, exist_ok=True)
     cfgs = stage_configs(preset, video, audio, fps, resolution)
+    # The split every learner of this subject uses (the encoder below, the renderer later): subject.split.
+    subject.update(split=as_dict(section(preset, "split", SplitConfig)))
     t0 = time.perf_counter()
     for i, st in enumerate(STAGES):
         reporter.begin_step(i, len(STAGES))

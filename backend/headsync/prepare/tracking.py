@@ -27,7 +27,8 @@ from ..core import media
 from ..core.errors import UserError
 from ..core.progress import Reporter
 from .stages import Stage
-from ..subject.folder import Subject, save_npy_atomic, staging_dir
+from ..core.atomic import save_npy_atomic, staging_dir
+from ..subject.folder import Subject
 
 N_LANDMARKS = 478
 

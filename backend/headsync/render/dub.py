@@ -23,7 +23,9 @@ import torch
 
 from ..face_sync import lip_features
 from ..core import media
-from ..renderers.common.cameras import camera_to_head
+from ..core.devices import pick_device, set_threads
+from ..renderers.base import Renderer
+from ..renderers.common.cameras import Camera, camera_to_head
 from ..renderers.common.conditioning import window_indices
 from ..core.config import load_preset, section
 from ..curves import Curves, captured_curves, ping_pong, pose_matrices, read_curves, write_curves
@@ -32,8 +34,9 @@ from ..core.errors import UserError
 from ..post.portrait import PortraitConfig, compose
 from ..post.torso.path import TorsoPath
 from ..core.progress import Reporter
-from ..subject.folder import Subject, staging_dir
-from ..training.trainer import model_from_checkpoint, pick_device, run_dir, set_threads
+from ..core.atomic import staging_dir
+from ..subject.folder import Subject
+from ..training.checkpoints import load_renderer, run_dir
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,6 @@ class RenderConfig:
 
     device: str = "auto"
     threads: int = 0
-    chunk: int = 16384  # rays per forward pass
     blur: float = 0.02  # Portrait-Sync: Gaussian sigma of the merge mask, fraction of the crop side
     grow: float = 0.02  # Portrait-Sync: growth of the face region before blurring
     crf: int = 18  # H.264 quality of render.mp4
@@ -100,15 +102,15 @@ def load_curves(subject: Subject, curves_path: Path | None, n_frames: int) -> Cu
     return read_curves(curves_path, n_frames)
 
 
-def render_frames(subject: Subject, model, meta: dict[str, Any], train_res: int, smooth_window: int,
-                  feats: np.ndarray, curves: Curves, portrait: bool, rcfg: RenderConfig, device: torch.device,
-                  reporter: Reporter, src_idx: np.ndarray | None = None, feat_rows: np.ndarray | None = None,
-                  torso: TorsoPath | None = None) -> Iterator[np.ndarray]:
+def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curves: Curves, portrait: bool,
+                  rcfg: RenderConfig, device: torch.device, reporter: Reporter, src_idx: np.ndarray | None = None,
+                  feat_rows: np.ndarray | None = None, torso: TorsoPath | None = None) -> Iterator[np.ndarray]:
     """Yield the output frames (uint8 RGB): full-resolution portraits, or crops (S, S) when ``portrait`` is False.
 
     Output frame ``t`` uses source frame ``src_idx[t]`` (default: the ping-pong loop) for camera, torso and
-    plate, and audio-feature row ``feat_rows[t]`` (default ``t``) of ``feats``. ``torso`` (default: the
-    subject's trained torso path, :class:`post.torso.path.TorsoPath`) gives the layer under the head.
+    plate (and, through the renderer's conditions, that frame's per-frame state), and audio-feature row
+    ``feat_rows[t]`` (default ``t``) of ``feats`` (n, D). ``torso`` (default: the subject's trained torso
+    path, :class:`post.torso.path.TorsoPath`) gives the layer under the head and fills its gaps.
     """
     n_src = subject.frame_count()
     n_out = curves.frame_count
@@ -116,6 +118,7 @@ def render_frames(subject: Subject, model, meta: dict[str, Any], train_res: int,
     feat_rows = np.arange(n_out) if feat_rows is None else np.asarray(feat_rows)
     pose = load_pose(subject)
     S = pose.K.size
+    train_res = renderer.meta.resolution
     K = pose.K.scaled(train_res)
     if curves.has_pose:
         R, T = pose_matrices(curves)
@@ -126,7 +129,6 @@ def render_frames(subject: Subject, model, meta: dict[str, Any], train_res: int,
     o = torch.as_tensor(o, dtype=torch.float32, device=device)
     feats_t = torch.as_tensor(feats, dtype=torch.float32, device=device)
     expr_t = torch.as_tensor(curves.expression, dtype=torch.float32, device=device)
-    n_codes = int(meta["n_codes"])
     plate = read_rgb(subject.path("background.jpg"), S)
     m = subject.load()
     box = tuple(m.get("crop", {}).get("box", (0.0, 0.0, float(S))))
@@ -148,11 +150,11 @@ def render_frames(subject: Subject, model, meta: dict[str, Any], train_res: int,
         labels = read_labels(subject.mask_path(j), S)
         layer = torso.layer(crop, labels, plate, R[t], T[t], pose.K)
         bg_r = cv2.resize(layer.background, (train_res, train_res), interpolation=cv2.INTER_AREA)
-        win = torch.as_tensor(window_indices(feat_rows[t:t + 1], feats.shape[0], smooth_window), device=device)
-        code = torch.tensor([j], device=device) if j < n_codes else None
+        win = torch.as_tensor(window_indices(feat_rows[t:t + 1], feats.shape[0], renderer.audio_window),
+                              device=device)
         with torch.no_grad():
-            cond = model.frame_conditions(feats_t[win], expr_t[t:t + 1], code)
-            out = model.render_image(K, Rc[t], o[t], cond, torch.as_tensor(bg_r, device=device), chunk=rcfg.chunk)
+            cond = renderer.conditions(feats_t[win], expr_t[t:t + 1], torch.tensor([j], device=device))
+            out = renderer.render(Camera(K, Rc[t], o[t]), cond, torch.as_tensor(bg_r, device=device))
         opacity = out["opacity"].cpu().numpy()
         head = cv2.resize(out["head"].cpu().numpy(), (S, S), interpolation=cv2.INTER_LINEAR)
         opacity = np.clip(cv2.resize(opacity, (S, S), interpolation=cv2.INTER_LINEAR), 0, 1)
@@ -179,23 +181,23 @@ def render(subject: Subject, audio_path: Path, run: str = "default", curves_path
     rdir = run_dir(subject, run)
     rcfg = rcfg or run_render_config(rdir)
     set_threads(rcfg.threads)
-    device = pick_device(rcfg.device)
-    model, tcfg, meta = model_from_checkpoint(rdir / "checkpoint.pt", device)
-    check_prepared(subject, tcfg.audio_feature)
+    device = pick_device(rcfg.device, "[render] device")
+    renderer, _ = load_renderer(rdir / "checkpoint.pt", device)
+    kind = renderer.meta.audio_feature
+    check_prepared(subject, kind)
     fps = float(subject.source()["fps"])
     audio = media.read_audio(audio_path)
     n_out = int(round(audio.size / media.AUDIO_RATE * fps))
     if n_out < 1:
         raise UserError(f"the audio {audio_path} is shorter than one frame", "pass a longer dialogue clip")
     curves = load_curves(subject, curves_path, n_out)
-    feats = features_for_audio(subject, tcfg.audio_feature, audio, fps, n_out)
+    feats = features_for_audio(subject, kind, audio, fps, n_out)
     out = out or subject.path(f"renders/{render_id(audio_path, curves_path, run)}")
     t0 = time.monotonic()
     with staging_dir(out) as tmp:
         (tmp / "frames").mkdir()
         torso = TorsoPath.for_subject(subject, device)
-        frames = render_frames(subject, model, meta, tcfg.resolution, tcfg.smooth_window, feats, curves, portrait,
-                               rcfg, device, reporter, torso=torso)
+        frames = render_frames(subject, renderer, feats, curves, portrait, rcfg, device, reporter, torso=torso)
         for t, frame in enumerate(frames):
             cv2.imwrite(str(tmp / "frames" / f"{t:06d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         seconds = time.monotonic() - t0

@@ -21,7 +21,7 @@ from typing import Any
 from .. import tasks
 from ..core.errors import UserError
 from ..core.progress import Reporter
-from ..subject.folder import write_json_atomic
+from ..core.atomic import write_json_atomic
 
 KIND = "test_sleep"
 

@@ -5,7 +5,7 @@ features, brings the images to the render resolution and builds each frame's *ba
 the head (labels 1-4) replaced by the plate, i.e. torso + background, the layer the head NeRF is composited
 over (ER-NeRF renders its head on top of torso and background the same way).
 
-The ray/patch samplers at the bottom are pure functions of arrays and a random generator.
+What one training iteration draws from these arrays is :mod:`headsync.training.samplers`.
 """
 
 from __future__ import annotations
@@ -20,11 +20,9 @@ from ..renderers.common.cameras import Intrinsics
 from ..core.errors import UserError
 from ..core.progress import Reporter
 from .folder import CORE_EXPRESSIONS, Subject
+from .labels import HEAD_LABELS, LIPS
+from .split import split_frames, subject_split
 
-#: Label-map values (DESIGN.md): 0 bg, 1 face skin, 2 lips+mouth, 3 eyes+brows, 4 hair/other head, 5 neck,
-#: 6 torso.
-FACE, LIPS, EYES, HEAD, NECK, TORSO = 1, 2, 3, 4, 5, 6
-HEAD_LABELS = (FACE, LIPS, EYES, HEAD)
 
 
 def required_files(audio_kind: str) -> tuple[str, ...]:
@@ -82,7 +80,7 @@ class SubjectData:
     ``images``/``backgrounds`` (N, size, size, 3) uint8 RGB; ``head`` (N, size, size) bool (labels 1-4);
     ``lips_box`` (N, 4) int (x0, y0, x1, y1) at ``size``, all -1 when the frame shows no lips;
     ``expression`` (N, 7) in [0, 1]; ``audio`` (N, D) audio-feature rows; ``pose`` at crop resolution;
-    ``train``/``holdout`` frame indices (the last ``holdout_fraction`` of the clip is held out).
+    ``train``/``holdout`` frame indices (:mod:`headsync.subject.split`).
     """
 
     images: np.ndarray
@@ -105,12 +103,6 @@ class SubjectData:
     def K(self) -> Intrinsics:
         """The camera at render resolution."""
         return self.pose.K.scaled(self.size)
-
-
-def split_frames(n: int, holdout_fraction: float) -> tuple[np.ndarray, np.ndarray]:
-    """Train on the first frames, hold out the last ``holdout_fraction`` (at least one frame each)."""
-    n_hold = min(max(1, int(round(n * holdout_fraction))), n - 1) if holdout_fraction > 0 else 0
-    return np.arange(n - n_hold), np.arange(n - n_hold, n)
 
 
 def background_layer(image: np.ndarray, labels: np.ndarray, plate: np.ndarray, grow: int = 1) -> np.ndarray:
@@ -174,8 +166,8 @@ def load_expression(subject: Subject, n: int) -> np.ndarray:
     return np.clip(expr, 0.0, 1.0)
 
 
-def load_subject_data(subject: Subject, size: int, audio_kind: str, holdout_fraction: float,
-                      reporter: Reporter | None = None) -> SubjectData:
+def load_subject_data(subject: Subject, size: int, audio_kind: str, reporter: Reporter | None = None
+                      ) -> SubjectData:
     """Read a prepared subject at render resolution ``size`` (see :class:`SubjectData`)."""
     check_prepared(subject, audio_kind)
     n = subject.frame_count()
@@ -200,61 +192,6 @@ def load_subject_data(subject: Subject, size: int, audio_kind: str, holdout_frac
         boxes[i] = lips_box(lab)
         if reporter:
             reporter.advance(1)
-    train, holdout = split_frames(n, holdout_fraction)
+    train, holdout = split_frames(n, subject_split(subject).holdout_fraction)
     return SubjectData(images, backgrounds, head, boxes, expr, audio, pose, size,
                        float(subject.source()["fps"]), train, holdout)
-
-
-# ---- samplers (pure) ----------------------------------------------------------------------------------
-def sample_rays(head: np.ndarray, n: int, inside_fraction: float, rng: np.random.Generator,
-                lips: np.ndarray | None = None, lips_fraction: float = 0.0) -> np.ndarray:
-    """Pixel coordinates (n, 2) as (x, y): ``lips_fraction`` of them in the lips box (x0, y0, x1, y1) grown
-    by half its size (the audio-driven region is small, yet it is what the audio must learn to move),
-    ``inside_fraction`` of the rest inside the head mask (S, S) grown by a few pixels (the silhouette edge
-    is where the head must learn to stop), the remainder anywhere."""
-    size = head.shape[0]
-    if lips is not None and lips[0] >= 0 and lips_fraction > 0:
-        n_lips = int(round(n * lips_fraction))
-        w, h = lips[2] - lips[0], lips[3] - lips[1]
-        lo = np.array([lips[0] - w // 4, lips[1] - h // 4])
-        hi = np.array([lips[2] + w // 4, lips[3] + h // 4])
-        around = np.clip(rng.integers(lo, np.maximum(hi, lo + 1), (n_lips, 2)), 0, size - 1)
-        return np.concatenate([around, sample_rays(head, n - n_lips, inside_fraction, rng)])
-    grown = cv2.dilate(head.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
-    ys, xs = np.nonzero(grown)
-    n_in = int(round(n * inside_fraction)) if xs.size else 0
-    pick = rng.integers(0, max(xs.size, 1), n_in)
-    inside = np.stack([xs[pick], ys[pick]], -1) if n_in else np.zeros((0, 2), np.int64)
-    anywhere = rng.integers(0, size, (n - n_in, 2))
-    return np.concatenate([inside, anywhere]).astype(np.int64)
-
-
-def patch_pixels(x0: int, y0: int, side: int) -> np.ndarray:
-    """Pixels (side * side, 2) of the square patch at (x0, y0), row-major."""
-    ys, xs = np.meshgrid(np.arange(y0, y0 + side), np.arange(x0, x0 + side), indexing="ij")
-    return np.stack([xs.reshape(-1), ys.reshape(-1)], -1)
-
-
-def random_patch(head: np.ndarray, side: int, rng: np.random.Generator) -> np.ndarray:
-    """A random ``side`` patch whose centre lies on the head (anywhere when there is no head)."""
-    size = head.shape[0]
-    ys, xs = np.nonzero(head)
-    if xs.size:
-        k = rng.integers(xs.size)
-        cx, cy = xs[k], ys[k]
-    else:
-        cx, cy = rng.integers(0, size, 2)
-    x0 = int(np.clip(cx - side // 2, 0, size - side))
-    y0 = int(np.clip(cy - side // 2, 0, size - side))
-    return patch_pixels(x0, y0, side)
-
-
-def lips_patch(box: np.ndarray, side: int, size: int, rng: np.random.Generator) -> np.ndarray | None:
-    """A ``side`` patch centred on the lips box (jittered by a few pixels), or None without lips."""
-    if box[0] < 0:
-        return None
-    cx = (box[0] + box[2]) // 2 + int(rng.integers(-2, 3))
-    cy = (box[1] + box[3]) // 2 + int(rng.integers(-2, 3))
-    x0 = int(np.clip(cx - side // 2, 0, size - side))
-    y0 = int(np.clip(cy - side // 2, 0, size - side))
-    return patch_pixels(x0, y0, side)

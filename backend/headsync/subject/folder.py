@@ -1,4 +1,5 @@
-"""The subject folder: manifest (``subject.json``), stage bookkeeping and atomic writes.
+"""The subject folder: manifest (``subject.json``) and stage bookkeeping (files are written through
+:mod:`headsync.core.atomic`).
 
 Layout and field names are the contract in DESIGN.md. A stage is *done* only when its outputs were
 renamed into place and the manifest says so with the parameters and code version it ran with; a change
@@ -8,16 +9,11 @@ of either makes it stale, so it runs again.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import time
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
-import numpy as np
-
+from ..core.atomic import write_json_atomic
 from ..core.errors import UserError
 
 SCHEMA = "headsync.subject/1"
@@ -112,13 +108,6 @@ class Subject:
         }
         self.save(m)
 
-    def invalidate(self, *names: str) -> None:
-        """Forget stages (their inputs changed); their files are overwritten on the next run."""
-        m = self.load()
-        for n in names:
-            m.get("stages", {}).pop(n, None)
-        self.save(m)
-
     def require(self, *names: str) -> None:
         """Raise a :class:`UserError` naming the first of ``names`` that is not done."""
         stages = self.load().get("stages", {})
@@ -137,63 +126,3 @@ class Subject:
         if not n:
             raise UserError(f"subject {self.root} is not prepared", "run `headsync prepare` first")
         return int(n)
-
-
-# ---- atomic writes -------------------------------------------------------------------------
-def _tmp(path: Path) -> Path:
-    return path.with_name(f".{path.name}.tmp-{os.getpid()}")
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Write JSON to ``path`` through a temporary file and a rename."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    tmp.write_text(json.dumps(obj, indent=1))
-    os.replace(tmp, path)
-
-
-def save_npy_atomic(path: Path, arr: np.ndarray) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-    os.replace(tmp, path)
-
-
-def save_npz_atomic(path: Path, **arrays: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = _tmp(path)
-    with open(tmp, "wb") as f:
-        np.savez(f, **arrays)
-    os.replace(tmp, path)
-
-
-@contextmanager
-def staging_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``final`` whole, on error it is removed."""
-    tmp = final.with_name(f".{final.name}.tmp-{os.getpid()}")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
-
-
-class StageTimer:
-    """Measures a stage's wall time for the manifest."""
-
-    def __enter__(self) -> "StageTimer":
-        self.t0 = time.perf_counter()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.seconds = time.perf_counter() - self.t0

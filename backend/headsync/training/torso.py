@@ -11,8 +11,8 @@
   (no torso behind the forehead or hair: what a moved head uncovers there is plate, not a torso blob).
 
 Weights go to ``SUBJECT/torso/restorer.pt`` and ``SUBJECT/torso/field.pt``, the record (mode, preset,
-timings, losses) to ``SUBJECT/torso/torso.json``. Held-out frames (the clip's last ``holdout_fraction``)
-are never trained on.
+timings, losses) to ``SUBJECT/torso/torso.json``. Held-out frames (the subject's split,
+:mod:`headsync.subject.split`) are never trained on.
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ..core.atomic import torch_save_atomic, write_json_atomic
 from ..core.config import as_dict, load_preset, section
+from ..core.devices import pick_device, set_threads
 from ..core.errors import UserError
 from ..core.progress import Reporter
 from ..face_sync.syncnet import one_cycle
@@ -37,9 +39,10 @@ from ..post.torso.config import TorsoConfig
 from ..post.torso.path import FIELD_FILE, RECORD_FILE, RESTORER_FILE
 from ..renderers.common.cameras import Intrinsics
 from ..renderers.common.losses import perceptual_loss
-from ..subject.data import HEAD_LABELS, LIPS, background_layer, load_pose, read_labels, read_rgb, split_frames
-from ..subject.folder import Subject, write_json_atomic
-from .trainer import pick_device, save_checkpoint, set_threads
+from ..subject.data import background_layer, load_pose, read_labels, read_rgb
+from ..subject.folder import Subject
+from ..subject.labels import HEAD_LABELS, LIPS
+from ..subject.split import split_frames, subject_split
 
 
 
@@ -203,17 +206,17 @@ def train_torso(subject: Subject, cfg: TorsoConfig, preset_name: str, reporter: 
                         "run `headsync prepare VIDEO --subject DIR` first")
     set_threads(cfg.threads)
     device = pick_device(cfg.device)
-    train_idx, hold_idx = split_frames(subject.frame_count(), cfg.holdout_fraction)
+    train_idx, hold_idx = split_frames(subject.frame_count(), subject_split(subject).holdout_fraction)
     record: dict[str, Any] = {"mode": cfg.mode, "preset": preset_name, "config": as_dict(cfg),
                               "holdout": [int(hold_idx[0]), int(hold_idx[-1])] if hold_idx.size else None}
     if cfg.uses_restorer:
         frames = read_frames(subject, train_idx, cfg.restorer_resolution)
         net, info = train_restorer(frames, cfg, device, reporter)
-        save_checkpoint(subject.path(RESTORER_FILE), torso_restorer.record(net, cfg.restorer_resolution, info))
+        torch_save_atomic(subject.path(RESTORER_FILE), torso_restorer.record(net, cfg.restorer_resolution, info))
         record["restorer"] = info
     if cfg.uses_field:
         net, info = train_subject_field(subject, train_idx, cfg, device, reporter)
-        save_checkpoint(subject.path(FIELD_FILE), torso_field.record(net, cfg.field_resolution, info))
+        torch_save_atomic(subject.path(FIELD_FILE), torso_field.record(net, cfg.field_resolution, info))
         record["field"] = info
     write_json_atomic(subject.path(RECORD_FILE), record)
     return record

@@ -1,22 +1,23 @@
-"""``headsync train``: fit the talking head to a prepared subject, in two stages, resumably.
+"""``headsync train``: fit a renderer to a prepared subject, resumably. One loop for every renderer.
 
-Coarse stage (ER-NeRF Eq. 11): per iteration one training frame, ``rays`` pixels sampled mostly inside
-the head mask, pixel MSE. Fine stage (Eq. 12): a random patch on the head plus a patch on the lips, MSE +
-``perceptual_weight`` x the perceptual term of :mod:`headsync.losses` (LPIPS, or 1 - SSIM without its
-weights). AdamW with learning rate 1e-2 on the hash tables and 1e-3 elsewhere, decayed exponentially to
-``lr_final_ratio`` of that over the whole schedule (ER-NeRF's ``0.1 ** (step / iters)``). The occupancy
-grid is refreshed every ``update_every`` iterations from a random frame's conditions.
+The schedule has two stages (ER-NeRF Eq. 11 and 12): ``coarse_iters`` then ``fine_iters``. Per iteration
+one training frame is drawn and the renderer's :meth:`~headsync.renderers.base.Renderer.sampling` for the
+stage says what is rendered of it (:mod:`headsync.training.samplers`: ray sets, head + lips patches, the
+whole image). The loss is pixel MSE + ``mask_weight`` x the silhouette term (opacity vs the head mask),
+in the fine stage + ``perceptual_weight`` x the perceptual term on each patch (LPIPS, or 1 - SSIM without
+its weights, :mod:`headsync.renderers.common.losses`), + the renderer's own :meth:`losses`. AdamW over the
+renderer's parameter groups, decayed exponentially to ``lr_final_ratio`` of their rates over the whole
+schedule (ER-NeRF's ``0.1 ** (step / iters)``); the renderer's callbacks run around each step (the NeRF
+refreshes its occupancy grid there).
 
-The run lives in ``SUBJECT/models/RUN/``: ``config.json`` (settings), ``checkpoint.pt`` (written atomically
-every ``checkpoint_every`` iterations and at the end; ``resume`` continues from it), ``log.txt``,
-``metrics.json``.
+The run lives in ``SUBJECT/models/RUN/``: ``config.json`` (settings), ``checkpoint.pt``
+(:mod:`headsync.training.checkpoints`, written every ``checkpoint_every`` iterations and at the end;
+``resume`` continues from it), ``log.txt``, ``metrics.json``.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import json
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,176 +26,65 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..renderers.common.cameras import camera_to_head, rays
-from ..renderers.common.conditioning import ConditioningConfig, window_indices
-from ..core.config import as_dict, load_preset, section
-from ..subject.data import SubjectData, load_subject_data, lips_patch, random_patch, sample_rays
+from ..core.atomic import write_json_atomic
+from ..core.config import as_dict, from_table, load_preset, section
+from ..core.devices import pick_device, set_threads
 from ..core.errors import UserError
-from ..renderers.nerf.field import FieldConfig
-from ..renderers.common.hashgrid import HashGridConfig
-from ..renderers.common.losses import mse, perceptual_loss, psnr_from_mse
-from ..renderers.nerf.model import ModelConfig, TalkingHead
 from ..core.progress import Reporter
-from ..renderers.nerf.raymarch import MarchConfig
-from ..subject.folder import Subject, write_json_atomic
-
-CHECKPOINT_VERSION = 1
+from ..renderers.base import Renderer, SubjectMeta
+from ..renderers.common.cameras import Camera, camera_to_head
+from ..renderers.common.conditioning import window_indices
+from ..renderers.common.losses import mse, perceptual_loss, psnr_from_mse
+from ..renderers.registry import DEFAULT_RENDERER, renderer_class
+from ..subject.data import SubjectData, load_subject_data
+from ..subject.folder import CORE_EXPRESSIONS, Subject
+from .checkpoints import load_checkpoint, run_dir, save_checkpoint
+from .samplers import draw
 
 
 @dataclass(frozen=True)
 class TrainConfig:
-    """The ``[train]`` table. Defaults are the papers' (``paper`` preset); presets scale them down."""
+    """The ``[train]`` table: the schedule, what is sampled, the loss weights, bookkeeping. Defaults are
+    the papers' (``paper`` preset); presets scale them down. The renderer's own settings (network shape,
+    learning rates) are its ``[renderer.KIND]`` table."""
 
-    # schedule
     resolution: int = 512  # side of the rendered crop during training (pixels)
     coarse_iters: int = 100_000
     fine_iters: int = 25_000
-    rays: int = 65_536  # rays per coarse iteration (256^2)
-    inside_fraction: float = 0.75  # share of coarse rays drawn inside the (grown) head mask
-    lips_fraction: float = 0.0  # share of coarse rays drawn around the lips (short schedules need the push)
-    patch: int = 64  # fine stage: side of the random head patch (pixels at ``resolution``)
-    lips_patch: int = 32  # fine stage: side of the lips patch
-    perceptual_weight: float = 0.01  # lambda of Eq. 12/13
+    rays: int = 65_536  # rays per iteration when the renderer samples rays (256^2)
+    inside_fraction: float = 0.75  # share of those rays drawn inside the (grown) head mask
+    lips_fraction: float = 0.0  # share of rays drawn around the lips (short schedules need the push)
+    patch: int = 64  # patches: side of the random head patch (pixels at ``resolution``)
+    lips_patch: int = 32  # patches: side of the lips patch
+    perceptual_weight: float = 0.01  # lambda of Eq. 12/13 (fine stage)
     # Weight of the silhouette term: opacity vs the head mask (labels 1-4). Without it the field may learn
     # a faint dark layer over the bright plate that reproduces the frame but cannot be composited.
     mask_weight: float = 0.1
-    lr_hash: float = 1e-2
-    lr_net: float = 1e-3
     lr_final_ratio: float = 0.1
-    weight_decay: float = 1e-4  # AdamW's, on the MLPs only (hash tables are sparse lookups)
-    holdout_fraction: float = 0.1
     heldout_eval_frames: int = 8  # held-out crops rendered at the end for metrics.json (0: none)
     audio_feature: str = "ave"  # audio_features/KIND.npy; ave beat mel on lip sync (docs/benchmarks.md)
     checkpoint_every: int = 1000
     log_every: int = 50
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
-    threads: int = 0  # CPU threads for torch (0 = the idle cores, see auto_threads)
-    # model
-    hash_levels: int = 14
-    hash_features: int = 1
-    hash_base_resolution: int = 64
-    hash_finest_resolution: int = 512
-    hash_log2_table_size: int = 14
-    hidden: int = 64
-    geo_feat_dim: int = 64
-    appearance_dim: int = 4
-    audio_dim: int = 32
-    smooth_window: int = 8
-    face_split: bool = True
-    split_softness: float = 0.03
-    samples: int = 32
-    probes: int = 128
-    march_depth: float = 0.3
-    grid_resolution: int = 64
-    update_every: int = 16
-    density_threshold: float = 0.01
-    bound_margin: tuple = (0.45, 0.45, 0.6)
+    threads: int = 0  # CPU threads for torch (0 = the idle cores, see core.devices.auto_threads)
 
     @property
     def total_iters(self) -> int:
         return self.coarse_iters + self.fine_iters
 
-
-def model_config(cfg: TrainConfig) -> ModelConfig:
-    """The network's shape from the flat ``[train]`` table."""
-    return ModelConfig(
-        hash=HashGridConfig(cfg.hash_levels, cfg.hash_features, cfg.hash_base_resolution,
-                            cfg.hash_finest_resolution, cfg.hash_log2_table_size),
-        cond=ConditioningConfig(audio_dim=cfg.audio_dim, smooth_window=cfg.smooth_window,
-                                split_softness=cfg.split_softness, use_face_split=cfg.face_split),
-        field=FieldConfig(hidden=cfg.hidden, geo_feat_dim=cfg.geo_feat_dim, color_hidden=cfg.hidden,
-                          appearance_dim=cfg.appearance_dim),
-        march=MarchConfig(samples=cfg.samples, probes=cfg.probes, depth=cfg.march_depth,
-                          grid_resolution=cfg.grid_resolution,
-                          density_threshold=cfg.density_threshold, update_every=cfg.update_every),
-        bound_margin=tuple(float(v) for v in cfg.bound_margin),
-    )
+    def stage(self, it: int) -> str:
+        """The schedule stage of iteration ``it``: ``"coarse"`` or ``"fine"``."""
+        return "coarse" if it < self.coarse_iters else "fine"
 
 
-def config_from_dict(d: dict[str, Any]) -> TrainConfig:
-    """Rebuild a :class:`TrainConfig` saved with :func:`headsync.config.as_dict`."""
-    fields = {f.name for f in dataclasses.fields(TrainConfig)}
-    return TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in d.items() if k in fields})
-
-
-def pick_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cuda" and not torch.cuda.is_available():
-        raise UserError("CUDA was requested but no CUDA device is available",
-                        "use device = \"cpu\" (or auto) in the preset, or install the CUDA build of torch")
-    return torch.device(name)
-
-
-def auto_threads() -> int:
-    """CPU threads worth using now: the cores not already busy (1-minute load average), at least one.
-
-    Small tensor ops synchronise their threads at every op; when another process holds a core, a second
-    thread mostly waits for it (measured here: 0.58 s/iteration with one thread, 3.5 s with two, on a
-    loaded two-core machine).
-    """
-    cores = os.cpu_count() or 1
-    try:
-        busy = os.getloadavg()[0]
-    except OSError:  # not available on this platform
-        busy = 0.0
-    return max(1, min(cores, int(cores - busy + 0.5)))
-
-
-def set_threads(n: int) -> int:
-    """Use ``n`` CPU threads (0: :func:`auto_threads`); returns the number set."""
-    n = n or auto_threads()
-    torch.set_num_threads(n)
-    return n
-
-
-# ---- checkpoints ---------------------------------------------------------------------------------------
-def run_dir(subject: Subject, run: str) -> Path:
-    if not run or "/" in run or "\\" in run or run.startswith("."):
-        raise UserError(f"bad run name {run!r}", "use a plain name such as 'default' or 'preview'")
-    return subject.path(f"models/{run}")
-
-
-def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
-    """``torch.save`` through a temporary file and a rename, so a kill never leaves half a checkpoint."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-
-
-def load_checkpoint(path: Path, device: torch.device | str = "cpu") -> dict[str, Any]:
-    """Read a checkpoint; a missing or damaged file is a :class:`UserError` with what to do."""
-    if not path.exists():
-        raise UserError(f"no checkpoint at {path}", "train the run first: `headsync train --subject DIR`")
-    try:
-        state = torch.load(path, map_location=device, weights_only=False)
-    except Exception as e:  # torch raises several kinds for truncated/garbage files
-        raise UserError(f"checkpoint {path} is corrupt or unreadable ({type(e).__name__})",
-                        "delete it and train again (without --resume)")
-    if not isinstance(state, dict) or state.get("version") != CHECKPOINT_VERSION or "model" not in state:
-        raise UserError(f"checkpoint {path} is not a HeadSync renderer checkpoint (version {CHECKPOINT_VERSION})",
-                        "train the run again")
-    return state
-
-
-def build_model(cfg: TrainConfig, meta: dict[str, Any], device: torch.device) -> TalkingHead:
-    """A fresh model for the subject described by ``meta`` (template, audio width, code count)."""
-    return TalkingHead(model_config(cfg), np.asarray(meta["template"], np.float32), int(meta["audio_in"]),
-                       int(meta["n_codes"]), device=device)
-
-
-def model_from_checkpoint(path: Path, device: torch.device | str = "cpu") -> tuple[TalkingHead, TrainConfig, dict]:
-    """Load a trained model for rendering: ``(model in eval mode, its TrainConfig, meta)``."""
-    state = load_checkpoint(path, device)
-    cfg = config_from_dict(state["config"])
-    model = build_model(cfg, state["meta"], torch.device(device))
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError as e:
-        raise UserError(f"checkpoint {path} does not match the model ({str(e)[:200]})", "train the run again")
-    return model.eval(), cfg, state["meta"]
+def subject_meta(data: SubjectData, cfg: TrainConfig) -> SubjectMeta:
+    """The :class:`SubjectMeta` of a loaded subject for a run with ``cfg``."""
+    return SubjectMeta(template=data.pose.template, audio_feature=cfg.audio_feature,
+                       audio_dim=int(data.audio.shape[1]), coefficient_names=CORE_EXPRESSIONS,
+                       n_frames=int(data.n_frames), train_frames=tuple(int(i) for i in data.train),
+                       holdout_frames=tuple(int(i) for i in data.holdout), crop_size=int(data.pose.K.size),
+                       resolution=int(data.size), intrinsics=data.K, fps=float(data.fps))
 
 
 # ---- one iteration's batch ------------------------------------------------------------------------------
@@ -218,100 +108,113 @@ class FrameTensors:
                             f(data.backgrounds, torch.uint8), f(data.head, torch.bool))
 
 
-def frame_conditions(model: TalkingHead, ft: FrameTensors, frame: int, code: int | None, window: int
+@dataclass
+class StepContext:
+    """What the renderer's callbacks may use at an iteration (see :class:`~headsync.renderers.base.TrainingCallback`)."""
+
+    renderer: Renderer
+    data: SubjectData
+    frames: FrameTensors
+    rng: np.random.Generator
+
+    def conditions(self, frame: int, neutral: bool = False) -> dict[str, torch.Tensor]:
+        """The renderer's conditions of subject frame ``frame`` (``neutral``: as for a frame it never saw)."""
+        return frame_conditions(self.renderer, self.frames, frame, neutral)
+
+    def random_training_frame(self) -> int:
+        return int(self.data.train[self.rng.integers(self.data.train.size)])
+
+
+def frame_conditions(renderer: Renderer, ft: FrameTensors, frame: int, neutral: bool = False
                      ) -> dict[str, torch.Tensor]:
-    """Conditions of one frame of the subject (``code`` None: the mean appearance code)."""
-    idx = torch.as_tensor(window_indices(np.array([frame]), ft.audio.shape[0], window), device=ft.audio.device)
-    ci = None if code is None else torch.tensor([code], device=ft.audio.device)
-    return model.frame_conditions(ft.audio[idx], ft.expression[frame:frame + 1], ci)
+    """Conditions of one frame of the subject: its audio window, expression and index."""
+    dev = ft.audio.device
+    idx = torch.as_tensor(window_indices(np.array([frame]), ft.audio.shape[0], renderer.audio_window), device=dev)
+    fi = None if neutral else torch.tensor([frame], device=dev)
+    return renderer.conditions(ft.audio[idx], ft.expression[frame:frame + 1], fi)
 
 
-def render_pixels(model: TalkingHead, data: SubjectData, ft: FrameTensors, frame: int, pix: np.ndarray,
-                  cond: dict[str, torch.Tensor], perturb: bool
-                  ) -> tuple[dict[str, torch.Tensor], torch.Tensor, torch.Tensor]:
-    """Render pixels (M, 2) of ``frame``; returns the render, the target colours (M, 3) in [0, 1] and the
-    head mask (M,) as 0/1."""
-    p = torch.as_tensor(pix, device=ft.audio.device)
-    o, d = rays(data.K, ft.R_c2h[frame], ft.origin[frame], p)
-    bg = ft.backgrounds[frame, p[:, 1], p[:, 0]].float() / 255.0
-    target = ft.images[frame, p[:, 1], p[:, 0]].float() / 255.0
-    mask = ft.head[frame, p[:, 1], p[:, 0]].float()
-    return model.render_rays(o, d, cond, bg, perturb=perturb), target, mask
+def frame_camera(data: SubjectData, ft: FrameTensors, frame: int) -> Camera:
+    return Camera(data.K, ft.R_c2h[frame], ft.origin[frame])
 
 
 # ---- the loop ------------------------------------------------------------------------------------------
-def make_optimizer(model: TalkingHead, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
-    """AdamW with the papers' two learning rates, and the exponential decay over the whole schedule."""
-    opt = torch.optim.AdamW([
-        {"params": model.hash_parameters(), "lr": cfg.lr_hash, "weight_decay": 0.0},
-        {"params": model.other_parameters(), "lr": cfg.lr_net, "weight_decay": cfg.weight_decay},
-    ], betas=(0.9, 0.99), eps=1e-15)
+def make_optimizer(renderer: Renderer, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
+    """AdamW over the renderer's parameter groups, and the exponential decay over the whole schedule."""
+    opt = torch.optim.AdamW(renderer.param_groups(cfg), betas=(0.9, 0.99), eps=1e-15)
     total = max(cfg.total_iters, 1)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda it: cfg.lr_final_ratio ** min(it / total, 1.0))
     return opt, sched
 
 
-def heldout_psnr(model: TalkingHead, data: SubjectData, ft: FrameTensors, cfg: TrainConfig, max_frames: int = 8
-                 ) -> float | None:
-    """Mean PSNR (dB) of whole rendered crops over up to ``max_frames`` held-out frames (mean code)."""
+def heldout_psnr(renderer: Renderer, data: SubjectData, ft: FrameTensors, max_frames: int = 8) -> float | None:
+    """Mean PSNR (dB) of whole rendered crops over up to ``max_frames`` held-out frames."""
     if data.holdout.size == 0:
         return None
     frames = data.holdout[np.linspace(0, data.holdout.size - 1, min(max_frames, data.holdout.size)).astype(int)]
     vals = []
     with torch.no_grad():
         for f in frames:
-            cond = frame_conditions(model, ft, int(f), None, cfg.smooth_window)
-            out = model.render_image(data.K, ft.R_c2h[f], ft.origin[f], cond, ft.backgrounds[f].float() / 255.0)
+            cond = frame_conditions(renderer, ft, int(f))
+            out = renderer.render(frame_camera(data, ft, int(f)), cond, ft.backgrounds[f].float() / 255.0)
             vals.append(psnr_from_mse(float(mse(out["rgb"], ft.images[f].float() / 255.0))))
     return float(np.mean(vals))
 
 
-def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, resume: bool = False,
-          preset_name: str = "") -> dict[str, Any]:
-    """Train (or resume) a run in ``out``; returns its metrics."""
+def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out: Path, reporter: Reporter,
+          resume: bool = False, preset_name: str = "") -> dict[str, Any]:
+    """Train (or resume) a run of renderer ``kind`` (settings ``renderer_cfg``) in ``out``; returns its metrics."""
+    cls = renderer_class(kind)
     threads = set_threads(cfg.threads)
-    device = pick_device(cfg.device)
+    device = pick_device(cfg.device, "[train] device")
     ckpt_path = out / "checkpoint.pt"
-    state = load_checkpoint(ckpt_path, device) if resume else None
+    state = load_checkpoint(ckpt_path, device, kind=kind) if resume else None
     if state is not None:
-        saved = config_from_dict(state["config"])
-        if saved != cfg:
+        saved = from_table(TrainConfig, state["train"], "train")
+        saved_r = from_table(cls.Config, state["renderer_config"], f"renderer.{kind}")
+        if saved != cfg or saved_r != renderer_cfg:
             reporter.message("resuming with the settings the run was started with (the preset differs)", "warning")
-        cfg = saved
-    data = load_subject_data(subject, cfg.resolution, cfg.audio_feature, cfg.holdout_fraction, reporter)
-    meta = {"template": data.pose.template.tolist(), "audio_in": int(data.audio.shape[1]),
-            "n_codes": int(data.train.size), "audio_feature": cfg.audio_feature, "resolution": cfg.resolution,
-            "frames": int(data.n_frames), "holdout": [int(data.holdout[0]), int(data.n_frames)]
-            if data.holdout.size else None}
+        cfg, renderer_cfg = saved, saved_r
+    data = load_subject_data(subject, cfg.resolution, cfg.audio_feature, reporter)
+    meta = subject_meta(data, cfg)
+    if state is not None and SubjectMeta.from_dict(state["meta"]).train_frames != meta.train_frames:
+        raise UserError(f"the subject's frames changed since run {out.name!r} started (prepared again?)",
+                        "train it again without --resume, or under another --run name")
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
-    model = build_model(cfg, meta, device)
-    opt, sched = make_optimizer(model, cfg)
+    renderer = cls.build(renderer_cfg, meta, device)
+    if state is not None:  # before the optimiser exists: loading may replace parameters (a resized renderer)
+        renderer.load_renderer_state(state["model"])
+    opt, sched = make_optimizer(renderer, cfg)
     start = 0
     if state is not None:
-        model.load_state_dict(state["model"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         start = int(state["iteration"])
         torch.set_rng_state(state["rng"]["torch"])
         rng.bit_generator.state = state["rng"]["numpy"]
     else:
-        model.audio_encoder.set_statistics(data.audio[data.train])
+        renderer.start_training(data.audio[data.train])
         out.mkdir(parents=True, exist_ok=True)
         (out / "log.txt").write_text("")
-    write_json_atomic(out / "config.json", {"preset": preset_name, "subject": str(subject.root),
-                                            "train": as_dict(cfg), "started_at_iteration": start})
+    write_json_atomic(out / "config.json", {"preset": preset_name, "subject": str(subject.root), "renderer": kind,
+                                            "train": as_dict(cfg), "renderer_config": as_dict(renderer_cfg),
+                                            "started_at_iteration": start})
     ft = FrameTensors.of(data, device)
+    ctx = StepContext(renderer, data, ft, rng)
+    callbacks = renderer.callbacks()
     perc_name, perc = perceptual_loss()
     log = open(out / "log.txt", "a")
-    log.write(f"# {'resumed at' if start else 'started'} iteration {start}; device {device}, {threads} CPU threads; "
-              f"perceptual term: {perc_name}; {data.train.size} training / {data.holdout.size} held-out frames\n")
+    log.write(f"# {'resumed at' if start else 'started'} iteration {start}; renderer {kind}; device {device}, "
+              f"{threads} CPU threads; perceptual term: {perc_name}; {data.train.size} training / "
+              f"{data.holdout.size} held-out frames\n")
 
     def checkpoint(it: int, metrics: dict[str, Any]) -> None:
         save_checkpoint(ckpt_path, {
-            "version": CHECKPOINT_VERSION, "iteration": it, "config": as_dict(cfg), "meta": meta,
-            "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-            "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state}, "metrics": metrics,
+            "iteration": it, "renderer": kind, "renderer_config": as_dict(renderer_cfg), "train": as_dict(cfg),
+            "meta": meta.to_dict(), "model": renderer.state_dict(), "optimizer": opt.state_dict(),
+            "scheduler": sched.state_dict(), "rng": {"torch": torch.get_rng_state(), "numpy": rng.bit_generator.state},
+            "metrics": metrics,
         })
 
     total = cfg.total_iters
@@ -320,60 +223,60 @@ def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, res
     t0, it0 = time.monotonic(), start
     ema_loss = None
     last: dict[str, Any] = {}
-    occupied = 1.0
+    stats: dict[str, float] = {}
     for it in range(start, total):
-        model.train()
-        slot = int(rng.integers(data.train.size))
-        frame = int(data.train[slot])
-        cond = frame_conditions(model, ft, frame, slot, cfg.smooth_window)
-        fine = it >= cfg.coarse_iters
-        if not fine:
-            pix = sample_rays(data.head[frame], cfg.rays, cfg.inside_fraction, rng, data.lips_box[frame],
-                              cfg.lips_fraction)
-            out_r, target, mask = render_pixels(model, data, ft, frame, pix, cond, perturb=True)
-            pix_loss = mse(out_r["rgb"], target)
-            loss = pix_loss + cfg.mask_weight * mse(out_r["opacity"], mask)
+        renderer.train()
+        for cb in callbacks:
+            cb.before_step(it, ctx)
+        frame = ctx.random_training_frame()
+        cond = frame_conditions(renderer, ft, frame)
+        stage = cfg.stage(it)
+        batch = draw(renderer.sampling(stage), data.head[frame], data.lips_box[frame], cfg, rng)
+        bg_img, img, head = ft.backgrounds[frame], ft.images[frame], ft.head[frame]
+        if batch.pixels is None:
+            pix = None
+            bg, target, mask = bg_img.float() / 255.0, img.float() / 255.0, head.float()
         else:
-            patches = [random_patch(data.head[frame], min(cfg.patch, data.size), rng)]
-            lp = lips_patch(data.lips_box[frame], min(cfg.lips_patch, data.size), data.size, rng)
-            if lp is not None:
-                patches.append(lp)
-            pix = np.concatenate(patches)
-            out_r, target, mask = render_pixels(model, data, ft, frame, pix, cond, perturb=True)
-            pix_loss = mse(out_r["rgb"], target)
-            loss = pix_loss + cfg.mask_weight * mse(out_r["opacity"], mask)
+            pix = torch.as_tensor(batch.pixels, device=device)
+            bg = bg_img[pix[:, 1], pix[:, 0]].float() / 255.0
+            target = img[pix[:, 1], pix[:, 0]].float() / 255.0
+            mask = head[pix[:, 1], pix[:, 0]].float()
+        out_r = renderer.render(frame_camera(data, ft, frame), cond, bg, pix, train=True)
+        pix_loss = mse(out_r["rgb"], target)
+        loss = pix_loss + cfg.mask_weight * mse(out_r["opacity"], mask)
+        if stage == "fine" and batch.patches:
+            rgb_flat, target_flat = out_r["rgb"].reshape(-1, 3), target.reshape(-1, 3)
             start_px = 0
-            for p in patches:
-                side = int(round(np.sqrt(p.shape[0])))
-                sl = slice(start_px, start_px + p.shape[0])
-                a = out_r["rgb"][sl].view(1, side, side, 3).permute(0, 3, 1, 2)
-                b = target[sl].view(1, side, side, 3).permute(0, 3, 1, 2)
+            for side in batch.patches:
+                sl = slice(start_px, start_px + side * side)
+                a = rgb_flat[sl].view(1, side, side, 3).permute(0, 3, 1, 2)
+                b = target_flat[sl].view(1, side, side, 3).permute(0, 3, 1, 2)
                 loss = loss + cfg.perceptual_weight * perc(a, b)
-                start_px += p.shape[0]
+                start_px += side * side
+        for term in renderer.losses(out_r, target, mask, batch).values():
+            loss = loss + term
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
         sched.step()
-        if (it + 1) % cfg.update_every == 0:
-            g = int(data.train[rng.integers(data.train.size)])
-            model.eval()
-            occupied = model.update_grid(frame_conditions(model, ft, g, None, cfg.smooth_window))
+        for cb in callbacks:
+            stats.update(cb.after_step(it, ctx))
         lv = pix_loss.item()
         ema_loss = lv if ema_loss is None else 0.9 * ema_loss + 0.1 * lv
         done = it + 1
         rate = (done - it0) / max(time.monotonic() - t0, 1e-6)
-        last = {"iteration": done, "stage": "fine" if fine else "coarse", "loss": round(ema_loss, 6),
-                "psnr": round(psnr_from_mse(ema_loss), 3), "it_per_s": round(rate, 3),
-                "occupied": round(occupied, 4), "samples_per_ray": round(out_r["samples"] / max(pix.shape[0], 1), 2)}
+        last = {"iteration": done, "stage": stage, "loss": round(ema_loss, 6),
+                "psnr": round(psnr_from_mse(ema_loss), 3), "it_per_s": round(rate, 3), **stats,
+                **{k: round(float(v), 2) for k, v in out_r.get("stats", {}).items()}}
         if done % cfg.log_every == 0 or done == total:
             log.write(json.dumps(last) + "\n")
             log.flush()
         if done % cfg.checkpoint_every == 0 and done < total:
             checkpoint(done, last)
         reporter.set(done, loss=last["loss"], psnr=last["psnr"], phase=last["stage"])
-    hold = heldout_psnr(model, data, ft, cfg, cfg.heldout_eval_frames) if cfg.heldout_eval_frames else None
+    hold = heldout_psnr(renderer, data, ft, cfg.heldout_eval_frames) if cfg.heldout_eval_frames else None
     metrics = {**last, "iterations": total, "heldout_psnr": None if hold is None else round(hold, 3),
-               "perceptual": perc_name, "device": str(device), "resumed_from": start or None,
+               "perceptual": perc_name, "device": str(device), "resumed_from": start or None, "renderer": kind,
                "train_frames": int(data.train.size), "heldout_frames": int(data.holdout.size)}
     checkpoint(total, metrics)
     write_json_atomic(out / "metrics.json", metrics)
@@ -384,17 +287,17 @@ def train(subject: Subject, cfg: TrainConfig, out: Path, reporter: Reporter, res
 
 def train_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     """Entry of the ``train`` job: ``subject``, ``preset``, ``renderer``, ``run``, ``resume``."""
-    if params.get("renderer", "nerf") != "nerf":
-        raise UserError(f"renderer {params['renderer']!r} is not available in this build",
-                        "use --renderer nerf")
+    kind = params.get("renderer") or DEFAULT_RENDERER
+    cls = renderer_class(kind)
     subject = Subject(Path(params["subject"]).expanduser().resolve())
     preset = load_preset(params.get("preset") or "standard")
     cfg = section(preset, "train", TrainConfig)
+    renderer_cfg = section(preset, f"renderer.{kind}", cls.Config)
     out = run_dir(subject, params.get("run") or "default")
     resume = bool(params.get("resume"))
     if resume and not (out / "checkpoint.pt").exists():
         raise UserError(f"run {out.name!r} has no checkpoint to resume from ({out / 'checkpoint.pt'})",
                         "start it without --resume")
-    metrics = train(subject, cfg, out, reporter, resume=resume, preset_name=preset.name)
+    metrics = train(subject, cfg, kind, renderer_cfg, out, reporter, resume=resume, preset_name=preset.name)
     return {"run": str(out), "checkpoint": str(out / "checkpoint.pt"), "metrics": metrics,
             "config": str(out / "config.json"), "log": str(out / "log.txt")}

@@ -10,11 +10,11 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-from ...subject.data import EYES, FACE, LIPS, NECK, TORSO
+from ...subject.labels import EYES_BROWS, LIPS, NECK, TORSO
+from ..portrait import FACE_LABELS
 
 #: The side the papers' pixel counts refer to.
 REFERENCE_SIDE = 512
-FACE_LABELS = (FACE, LIPS, EYES)
 TORSO_LABELS = (NECK, TORSO)
 
 
@@ -43,7 +43,7 @@ def expand_lower(mask: np.ndarray, px: int, labels: np.ndarray | None = None) ->
         return mask.copy()
     grown = cv2.dilate(mask.astype(np.uint8), disk(px)) > 0
     rows = np.nonzero(mask.any(1))[0]
-    eye_rows = np.nonzero((labels == EYES).any(1))[0] if labels is not None else np.zeros(0, int)
+    eye_rows = np.nonzero((labels == EYES_BROWS).any(1))[0] if labels is not None else np.zeros(0, int)
     top = int(eye_rows.mean()) if eye_rows.size else int(rows[0] + (rows[-1] - rows[0]) / 3)
     grown[:top] = mask[:top]
     return grown

@@ -19,7 +19,6 @@ class TorsoConfig:
     mode: str = "restorer"
     device: str = "auto"
     threads: int = 0
-    holdout_fraction: float = 0.1  # the last frames, never trained on (measured in benchmarks)
     # Torso-Inpainting Restorer (SyncTalk++ Sec. III-F)
     restorer_resolution: int = 256  # side the U-Net runs at
     restorer_width: int = 16  # channels of the first U-Net level (doubling per level)

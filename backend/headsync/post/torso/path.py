@@ -25,8 +25,9 @@ import numpy as np
 import torch
 
 from ...renderers.common.cameras import Intrinsics
-from ...subject.data import HEAD_LABELS, background_layer
+from ...subject.data import background_layer
 from ...subject.folder import Subject
+from ...subject.labels import HEAD_LABELS
 from .. import portrait
 from . import bands
 from . import field as torso_field

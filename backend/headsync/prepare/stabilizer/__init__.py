@@ -28,7 +28,8 @@ import numpy as np
 from .. import face_template as ft
 from ...core.errors import UserError
 from ...core.progress import Reporter
-from ...subject.folder import Subject, save_npz_atomic
+from ...core.atomic import save_npz_atomic
+from ...subject.folder import Subject
 from .bundle import BundleResult, bundle_adjust, init_track_points, rodrigues
 from .config import REF_SIZE, Config
 from .keypoints import (Tracks, face_seed_mask, flow_laplacian, nearest_regions, select_laplacian_keypoints,
@@ -37,12 +38,13 @@ from .keypoints import _lookahead  # noqa: F401  (the tests drive it directly)
 from .pose_fit import (RawFit, choose_focal, fill_invalid_poses, fit_poses, fit_raw_poses, initial_poses, project,
                        refine_poses, search_focal, weighted_mse)
 from .result import PoseResult, stabilize
-from .rotations import euler_xyz_to_rotation, matrix_to_rotvec, pose_jitter, rotation_to_euler_xyz, rotvec_to_matrix
+from ...core.euler import euler_xyz_to_matrix, matrix_to_euler_xyz
+from .rotations import matrix_to_rotvec, pose_jitter, rotvec_to_matrix
 from .weights import fit_weights, landmark_inputs, region_weights, semantic_weights, spread_subset
 
 __all__ = [
     "NAME", "VERSION", "REQUIRES", "REF_SIZE", "Config", "run", "flow_scale", "iter_gray_frames",
-    "rotation_to_euler_xyz", "euler_xyz_to_rotation", "rotvec_to_matrix", "matrix_to_rotvec", "pose_jitter",
+    "matrix_to_euler_xyz", "euler_xyz_to_matrix", "rotvec_to_matrix", "matrix_to_rotvec", "pose_jitter",
     "region_weights", "semantic_weights", "spread_subset", "fit_weights", "landmark_inputs",
     "project", "initial_poses", "refine_poses", "weighted_mse", "fit_poses", "choose_focal", "search_focal",
     "fill_invalid_poses", "RawFit", "fit_raw_poses",

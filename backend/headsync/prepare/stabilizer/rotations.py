@@ -1,4 +1,4 @@
-"""Rotation helpers: Blender ``'XYZ'`` Euler angles, axis-angle vectors, and the jitter of a pose sequence.
+"""Rotation helpers: axis-angle vectors and the jitter of a pose sequence (Euler angles: :mod:`headsync.core.euler`).
 
 Conventions: ``X_cam = R @ X_head + T`` in the OpenCV camera (x right, y down, z forward).
 """
@@ -8,30 +8,7 @@ from __future__ import annotations
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-
-def rotation_to_euler_xyz(R: np.ndarray) -> np.ndarray:
-    """Rotation matrices (..., 3, 3) -> Euler angles (..., 3) in radians, Blender's ``'XYZ'`` order.
-
-    ``R = Rz(e[2]) @ Ry(e[1]) @ Rx(e[0])``: rotate about x (pitch), then y (yaw), then z (roll), fixed axes.
-    Unique for |e[1]| < 90 degrees (head poses are far from that gimbal lock).
-    """
-    R = np.asarray(R, np.float64)
-    x = np.arctan2(R[..., 2, 1], R[..., 2, 2])
-    y = np.arctan2(-R[..., 2, 0], np.hypot(R[..., 0, 0], R[..., 1, 0]))
-    z = np.arctan2(R[..., 1, 0], R[..., 0, 0])
-    return np.stack([x, y, z], -1)
-
-
-def euler_xyz_to_rotation(e: np.ndarray) -> np.ndarray:
-    """Euler angles (..., 3) in radians (Blender ``'XYZ'``) -> rotation matrices (..., 3, 3)."""
-    e = np.asarray(e, np.float64)
-    c, s = np.cos(e), np.sin(e)
-    one, zero = np.ones_like(c[..., 0]), np.zeros_like(c[..., 0])
-    rx = np.stack([one, zero, zero, zero, c[..., 0], -s[..., 0], zero, s[..., 0], c[..., 0]], -1)
-    ry = np.stack([c[..., 1], zero, s[..., 1], zero, one, zero, -s[..., 1], zero, c[..., 1]], -1)
-    rz = np.stack([c[..., 2], -s[..., 2], zero, s[..., 2], c[..., 2], zero, zero, zero, one], -1)
-    shape = e.shape[:-1] + (3, 3)
-    return rz.reshape(shape) @ ry.reshape(shape) @ rx.reshape(shape)
+from ...core.euler import matrix_to_euler_xyz
 
 
 def rotvec_to_matrix(w: np.ndarray) -> np.ndarray:
@@ -54,7 +31,7 @@ def pose_jitter(R: np.ndarray, T: np.ndarray) -> tuple[float, float]:
     """
     if len(R) < 3:
         return 0.0, 0.0
-    e = np.unwrap(rotation_to_euler_xyz(R), axis=0)
+    e = np.unwrap(matrix_to_euler_xyz(R), axis=0)
     d2e = np.diff(e, 2, axis=0)
     d2t = np.diff(np.asarray(T, np.float64), 2, axis=0)
     return float(np.degrees(np.abs(d2e)).mean()), float(np.abs(d2t).mean())

@@ -32,9 +32,20 @@ class Intrinsics:
         s = size / self.size
         return Intrinsics(self.focal * s, self.cx * s, self.cy * s, size)
 
-    def matrix(self) -> np.ndarray:
-        """K (3, 3)."""
-        return np.array([[self.focal, 0, self.cx], [0, self.focal, self.cy], [0, 0, 1]], np.float64)
+
+
+@dataclass(frozen=True)
+class Camera:
+    """One frame's view of the head: intrinsics at the render resolution, and the camera-to-head rotation
+    ``R_c2h`` (3, 3) and camera centre ``origin`` (3,) in head units (:func:`camera_to_head`)."""
+
+    K: Intrinsics
+    R_c2h: torch.Tensor
+    origin: torch.Tensor
+
+    def rays(self, pixels: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head-space rays (origins (M, 3), unit directions (M, 3)) through ``pixels`` (M, 2)."""
+        return rays(self.K, self.R_c2h, self.origin, pixels)
 
 
 def camera_to_head(R: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

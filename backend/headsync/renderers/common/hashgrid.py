@@ -24,7 +24,6 @@ from torch import nn
 
 #: tiny-cuda-nn's coherent prime hash factors for the first two dimensions.
 _PRIMES = (1, 2654435761)
-_U32 = 0xFFFFFFFF
 
 
 @dataclass(frozen=True)
@@ -35,7 +34,7 @@ class HashGridConfig:
     features: int = 1
     base_resolution: int = 64
     finest_resolution: int = 512
-    log2_table_size: int = 17
+    log2_table_size: int = 14
 
     @property
     def per_level_scale(self) -> float:

@@ -28,7 +28,7 @@ class FieldConfig:
 
     hidden: int = 64
     density_layers: int = 3
-    geo_feat_dim: int = 32
+    geo_feat_dim: int = 64
     color_hidden: int = 64
     color_layers: int = 2
     appearance_dim: int = 4
