@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -88,6 +88,24 @@ def restorer_batch(frames: Frames, cfg: TorsoConfig, rng: np.random.Generator, d
     return target, target * m, m, target * (1 - hole) * (1 - m), hole
 
 
+def optimise(loss: Callable[[], torch.Tensor], opt: torch.optim.Optimizer, sched, steps: int, name: str,
+             reporter: Reporter) -> dict[str, Any]:
+    """``steps`` optimiser steps on ``loss()``; returns the record: steps, wall seconds, final loss (mean of
+    the last 20 steps)."""
+    t0, losses = time.monotonic(), []
+    reporter.start(name, steps)
+    for _ in range(steps):
+        value = loss()
+        opt.zero_grad(set_to_none=True)
+        value.backward()
+        opt.step()
+        sched.step()
+        losses.append(float(value.detach()))
+        reporter.advance(1)
+    return {"steps": steps, "seconds": round(time.monotonic() - t0, 2),
+            "final_loss": float(np.mean(losses[-20:])) if losses else None}
+
+
 def train_restorer(frames: Frames, cfg: TorsoConfig, device: torch.device, reporter: Reporter,
                    seed: int = 0) -> tuple[torso_restorer.TorsoRestorer, dict[str, Any]]:
     """Train the U-Net on ``frames`` (at ``cfg.restorer_resolution``); returns it and its record."""
@@ -97,21 +115,15 @@ def train_restorer(frames: Frames, cfg: TorsoConfig, device: torch.device, repor
     opt = torch.optim.Adam(net.parameters(), lr=cfg.restorer_lr)
     sched = one_cycle(opt, cfg.restorer_lr, cfg.restorer_steps)
     name, perceptual = perceptual_loss()
-    t0, losses = time.monotonic(), []
-    reporter.start("torso restorer", cfg.restorer_steps)
-    for _ in range(cfg.restorer_steps):
+
+    def loss() -> torch.Tensor:
         target, face, m, bg, hole = restorer_batch(frames, cfg, rng, device)
         out = torso_restorer.compose_known(net(face, m, bg, hole), face, m, bg, hole)
-        loss = F.l1_loss(out, target) + cfg.perceptual_weight * perceptual(out, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        reporter.advance(1)
+        return F.l1_loss(out, target) + cfg.perceptual_weight * perceptual(out, target)
+
+    record = optimise(loss, opt, sched, cfg.restorer_steps, "torso restorer", reporter)
     net.side = cfg.restorer_resolution
-    return net.eval(), {"perceptual": name, "steps": cfg.restorer_steps, "seconds": round(time.monotonic() - t0, 2),
-                        "final_loss": float(np.mean(losses[-20:])) if losses else None}
+    return net.eval(), {"perceptual": name, **record}
 
 
 def upper_head(labels: np.ndarray) -> np.ndarray:
@@ -165,29 +177,22 @@ def train_field(targets: dict[str, np.ndarray], R: np.ndarray, T: np.ndarray, K:
     layer, seen, torso = tg["layer"].reshape(n, -1, 3), tg["seen"].reshape(n, -1), tg["torso"].reshape(n, -1)
     known = tg["alpha_known"].reshape(n, -1) if "alpha_known" in tg else seen
     plate_px = tg["plate"].reshape(-1, 3)
-    t0, losses = time.monotonic(), []
-    reporter.start("torso field", cfg.field_steps)
-    for _ in range(cfg.field_steps):
+
+    def loss() -> torch.Tensor:
         f = torch.as_tensor(rng.integers(0, n, frames_per_step), device=device)
         p = torch.as_tensor(rng.integers(0, side * side, (frames_per_step, per)), device=device)
         out = net(grid[p], net.encode(R[f], T[f], K))
         a = out["alpha"][..., None]
         rgb = a * out["rgb"] + (1 - a) * plate_px[p]
         w = seen[f[:, None], p]
-        cnt = w.sum().clamp_min(1)
-        loss = (((rgb - layer[f[:, None], p]) ** 2).sum(-1) * w).sum() / cnt
+        colour = (((rgb - layer[f[:, None], p]) ** 2).sum(-1) * w).sum() / w.sum().clamp_min(1)
         bce = F.binary_cross_entropy(out["alpha"].clamp(1e-4, 1 - 1e-4), torso[f[:, None], p], reduction="none")
         wa = known[f[:, None], p]
-        loss = loss + ALPHA_WEIGHT * (bce * wa).sum() / wa.sum().clamp_min(1)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        sched.step()
-        losses.append(float(loss.detach()))
-        reporter.advance(1)
+        return colour + ALPHA_WEIGHT * (bce * wa).sum() / wa.sum().clamp_min(1)
+
+    record = optimise(loss, opt, sched, cfg.field_steps, "torso field", reporter)
     net.side = side
-    return net.eval(), {"steps": cfg.field_steps, "seconds": round(time.monotonic() - t0, 2),
-                        "final_loss": float(np.mean(losses[-20:])) if losses else None}
+    return net.eval(), record
 
 
 def train_subject_field(subject: Subject, idx: np.ndarray, cfg: TorsoConfig, device: torch.device,
