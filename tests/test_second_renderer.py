@@ -100,3 +100,16 @@ def test_service_trains_and_renders_a_plugin_renderer(tmp_path):
         assert len(list(Path(j["artifacts"]["frames"]).glob("*.png"))) == 10
     finally:
         svc.stop()
+
+
+def test_unknown_renderer_and_missing_plugin_are_user_errors(monkeypatch):
+    from headsync.renderers import registry
+
+    with pytest.raises(UserError, match="unknown renderer 'ghost'") as e:
+        registry.renderer_class("ghost")
+    assert "nerf" in e.value.hint and PLUGINS_ENV in e.value.hint
+    monkeypatch.setattr(registry, "_loaded", False)
+    monkeypatch.setenv(PLUGINS_ENV, "colour_renderer, no_such_renderer_plugin")
+    with pytest.raises(UserError, match="no_such_renderer_plugin") as e:
+        registry.renderer_names()
+    assert PLUGINS_ENV in e.value.hint

@@ -2,7 +2,7 @@
 
 Training, per subject (or on extra clips the user lists), in two phases:
 
-1. the lip-sync discriminator (:mod:`headsync.syncnet`) learns in-sync vs offset pairs (Eq. 1-2);
+1. the lip-sync discriminator (:mod:`headsync.face_sync.syncnet`) learns in-sync vs offset pairs (Eq. 1-2);
 2. with the discriminator frozen, Conv(A) (an audio encoder over a 0.2 s log-mel window) and Conv(F) (a
    face encoder) are concatenated and a convolutional decoder restores the window of mouth crops:
    ``L = |F - Dec(Conv(A) + Conv(F))|_1`` (Eq. 3) ``+ sync_weight * L_sync`` (Eq. 2 on the restored window:
@@ -12,7 +12,7 @@ Conv(F) sees the target window with its lower part masked plus a reference windo
 (as Wav2Lip does), not the target itself: fed the very frames it must restore, the decoder would copy
 them and Conv(A) would learn nothing. After training only Conv(A) is kept: ``audio_features/ave.npy``
 (N, feature_dim) holds Conv(A) of the audio window centred on each frame, rows aligned like ``mel.npy``;
-``ave_encoder.pt`` holds Conv(A) for new audio (:mod:`headsync.lip_features`) and ``syncnet.pt`` the
+``ave_encoder.pt`` holds Conv(A) for new audio (:mod:`headsync.face_sync.lip_features`) and ``syncnet.pt`` the
 discriminator for ``headsync eval --sync``. The last ``holdout_fraction`` of the subject's frames is never
 trained on (the renderer evaluates there); the discriminator's ROC AUC on it is recorded.
 
@@ -101,7 +101,7 @@ class EncoderSpec:
 class AVEncoder(nn.Module):
     """``Dec(Conv(A) + Conv(F))``: (masked (B,T,H,W), reference (B,T,H,W), mel (B,n_mels,R)) -> (B,T,H,W).
 
-    Faces are in [-0.5, 0.5] (:func:`headsync.syncnet.to_face_tensor`); so is the output. Conv(F) is a
+    Faces are in [-0.5, 0.5] (:func:`headsync.face_sync.syncnet.to_face_tensor`); so is the output. Conv(F) is a
     4-level strided encoder whose levels also feed the decoder (U-Net skips); Conv(A)'s vector is tiled
     over the coarsest level and concatenated there (the ``+`` of Eq. 3)."""
 

@@ -1,7 +1,7 @@
 """``headsync eval --sync``: how well a video's lips follow its sound, judged by the subject's discriminator.
 
 In the manner of SyncNet's LSE-D / LSE-C (Chung & Zisserman; used by Wav2Lip and the SyncTalk papers), but
-with HeadSync's own per-subject lip-sync discriminator (:mod:`headsync.syncnet`), so the numbers are
+with HeadSync's own per-subject lip-sync discriminator (:mod:`headsync.face_sync.syncnet`), so the numbers are
 *not* comparable with published LSE figures. We call them:
 
 * **HS-Sync distance** — mean distance between the unit face and audio embeddings at the best offset

@@ -1,7 +1,7 @@
 """The lip-sync discriminator (SyncNet style, SyncTalk Eq. 1-2) and the encoders it shares with the AVE.
 
 The discriminator embeds a window of ``T`` mouth crops (the face encoder) and the log-mel window of the
-same 0.2 s (the audio encoder, :mod:`headsync.mouth_crops` defines the windows), and scores a pair by the
+same 0.2 s (the audio encoder, :mod:`headsync.face_sync.mouth_crops` defines the windows), and scores a pair by the
 cosine similarity of the two embeddings (Eq. 1). Both embeddings end in a ReLU, so the similarity lies in
 [0, 1] and can be read as the probability that the pair is in sync, which the binary cross-entropy of
 Eq. 2 needs (Wav2Lip's expert discriminator does the same). It is trained on in-sync pairs (y = 1) and on

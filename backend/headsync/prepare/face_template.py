@@ -18,7 +18,7 @@ Where the template comes from (see docs/stabilizer.md):
     then oriented (eye line = x, chin-forehead = y), scaled to the canonical eye-corner distance and
     centred like the canonical model.
 
-The bundle adjustment in :mod:`headsync.stabilizer` refines the landmark points further per subject.
+The bundle adjustment in :mod:`headsync.prepare.stabilizer` refines the landmark points further per subject.
 """
 
 from __future__ import annotations

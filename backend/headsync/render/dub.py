@@ -3,7 +3,7 @@
 Frame ``t`` of the output is driven by row ``t`` of the new audio's features and by the expression (and
 head pose) of the curves; its camera, torso and background come from source frame ``ping_pong(t)``, so the
 plate loops back and forth when the audio outlasts the video. The head is rendered at the training
-resolution and the Portrait-Sync Generator (:mod:`headsync.portrait`) puts it back into the source frame at
+resolution and the Portrait-Sync Generator (:mod:`headsync.post.portrait`) puts it back into the source frame at
 full resolution; ``portrait=False`` writes the crop renders instead (head over torso + plate). The torso
 under the head comes from the subject's torso path (:mod:`headsync.post.torso`: source, restorer, field).
 """

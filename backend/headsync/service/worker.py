@@ -6,7 +6,7 @@ records the outcome. A crash here cannot take the service down; a worker that di
 an outcome is noticed by the scheduler, which records one for it.
 
 Stopping: SIGTERM sets a flag that the reporter's ``should_stop`` sees at the next progress step, so the
-stage raises :class:`~headsync.errors.Cancelled` and its atomic writes clean up after themselves. The row's
+stage raises :class:`~headsync.core.errors.Cancelled` and its atomic writes clean up after themselves. The row's
 ``stop_reason`` says why: ``cancel`` (the user) or ``shutdown`` (the service is stopping). The worker also
 stops when the service process dies (``PR_SET_PDEATHSIG`` on Linux, and a check of the parent's PID).
 """

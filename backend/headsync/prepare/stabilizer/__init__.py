@@ -12,7 +12,7 @@ Settings in :mod:`.config`, rotation helpers in :mod:`.rotations`; this module i
 re-exports the public API (``from headsync import stabilizer; stabilizer.fit_raw_poses(...)``).
 
 Conventions: ``X_cam = R @ X_head + T`` in the OpenCV camera (x right, y down, z forward), head
-coordinates as in :mod:`headsync.face_template` (cm). Pixel coordinates are continuous crop pixels with
+coordinates as in :mod:`headsync.prepare.face_template` (cm). Pixel coordinates are continuous crop pixels with
 pixel ``i`` covering ``[i, i + 1)`` (MediaPipe's normalised landmark x crop side), so ``cx = cy = S / 2``.
 Pixel-valued settings are given for a 512-px crop and scale with the crop side.
 """

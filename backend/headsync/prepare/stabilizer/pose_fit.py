@@ -8,7 +8,7 @@
 2. Raw poses (Eq. 6): the template refined to the subject, fitted to every frame with the chosen focal
    on semantically weighted landmarks (:mod:`.weights`).
 
-Conventions as in :mod:`headsync.stabilizer`: ``X_cam = R @ X_head + T``, continuous crop pixels with
+Conventions as in :mod:`headsync.prepare.stabilizer`: ``X_cam = R @ X_head + T``, continuous crop pixels with
 ``cx = cy = S / 2``.
 """
 

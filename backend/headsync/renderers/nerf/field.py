@@ -8,7 +8,7 @@ ER-NeRF Eq. 6 / SyncTalk Eq. 12: ``F(x, d, f_l, f_e; H^3) -> (c, sigma)``.
   appearance code (ER-NeRF's "individual code", as in NeRF-W) absorbs exposure/lighting changes of the
   clip so the MLPs need not explain them with audio.
 
-Density is expressed per unit of the head box's diagonal (see :class:`~headsync.model.TalkingHead`), so
+Density is expressed per unit of the head box's diagonal (see :class:`~headsync.renderers.nerf.model.TalkingHead`), so
 the same initialisation works whatever the template's units are.
 """
 
