@@ -144,6 +144,36 @@ def mouth_opening(audio: np.ndarray, n_frames: int) -> np.ndarray:
     return np.clip(o, 0.0, 1.0).astype(np.float32)
 
 
+def dub_truth(out: Path) -> dict[str, np.ndarray]:
+    """The mouth opening of the held-back dubbing audio ``out/dub.wav`` at FPS (what eval correlates a
+    render of it with), and the sha256 of that file; empty without it. Stored in ground_truth.npz so that
+    eval reads data only and never runs this script."""
+    import hashlib
+
+    import soundfile as sf
+
+    dub = out / "dub.wav"
+    if not dub.is_file():
+        return {}
+    audio, sr = sf.read(str(dub), dtype="float32", always_2d=True)
+    if sr != SR:
+        sys.exit(f"{dub}: expected {SR} Hz, got {sr}")
+    audio = audio.mean(axis=1)
+    n = int(round(audio.size / SR * FPS))
+    return {"dub_mouth_open": mouth_opening(audio, n),
+            "dub_sha256": np.array(hashlib.sha256(dub.read_bytes()).hexdigest())}
+
+
+def add_dub_truth(out: Path) -> None:
+    """Add (or refresh) the dub's truth in an existing ``out/ground_truth.npz``, the rest unchanged."""
+    path = out / "ground_truth.npz"
+    gt = dict(np.load(path))
+    gt.update(dub_truth(out))
+    tmp = path.with_name(".ground_truth.tmp.npz")
+    np.savez_compressed(tmp, **gt)
+    os.replace(tmp, path)
+
+
 def blink_track(n: int, rng: np.random.Generator):
     """(N, 2) eyeBlinkLeft/Right in [0, 1] and (K, 3) events [start, end, eye]."""
     blink = np.zeros((n, 2), np.float32)
@@ -553,7 +583,13 @@ def main(argv=None):
     ap.add_argument("--seconds", type=float, default=None, help="only render the first S seconds (testing)")
     ap.add_argument("--png", type=Path, default=None, help="also write every frame as PNG here (inspection)")
     ap.add_argument("--crf", type=int, default=27)
+    ap.add_argument("--dub-truth-only", action="store_true",
+                    help="only add the truth of OUT/dub.wav to an existing OUT/ground_truth.npz")
     args = ap.parse_args(argv)
+    if args.dub_truth_only:
+        add_dub_truth(args.out)
+        print(f"added the truth of {args.out / 'dub.wav'} to {args.out / 'ground_truth.npz'}")
+        return
 
     import cv2
     import imageio_ffmpeg
@@ -642,6 +678,7 @@ def main(argv=None):
         frame_count=np.int32(n),
         still_landmarks=lm.astype(np.float32),
         seed=np.int64(SEED),
+        **dub_truth(args.out),
     )
     if sys.stderr.isatty():
         print("", file=sys.stderr)

@@ -47,6 +47,25 @@ def test_render_longer_audio_loops_the_plate_and_writes_everything(subject, tmp_
     assert np.abs(a.astype(int) - b.astype(int))[:, :10].mean() < 2  # the static left border matches
 
 
+def test_a_frame_range_renders_exactly_those_frames_of_the_whole_render(subject, tmp_path):
+    """``frames`` (Blender's Preview Frame): the same pictures as the whole render, in their own places."""
+    audio = speech(tmp_path / "a.wav", 0.4)  # 10 frames, numbered 1..10 without curves
+    whole = tasks.run("render", {"subject": str(subject), "audio": str(audio), "out": str(tmp_path / "all"),
+                                 "portrait": False}, silent())
+    part = tasks.run("render", {"subject": str(subject), "audio": str(audio), "out": str(tmp_path / "part"),
+                                "portrait": False, "frames": "4-6"}, silent())
+    assert part["frame_range"] == [4, 6] and whole["frame_range"] == [1, 10]
+    assert part["video"] is None and not (tmp_path / "part" / "render.mp4").exists()
+    names = sorted(p.name for p in (tmp_path / "part" / "frames").glob("*.png"))
+    assert names == ["000003.png", "000004.png", "000005.png"]
+    for n in names:
+        a = cv2.imread(str(tmp_path / "part" / "frames" / n)).astype(int)
+        b = cv2.imread(str(tmp_path / "all" / "frames" / n)).astype(int)
+        assert np.abs(a - b).max() <= 1
+    with pytest.raises(UserError, match="outside the shot's frames 1-10"):
+        tasks.run("render", {"subject": str(subject), "audio": str(audio), "frames": "9-12"}, silent())
+
+
 def test_default_render_id_and_crop_output(subject, tmp_path):
     audio = speech(tmp_path / "a.wav", 0.4)
     art = tasks.run("render", {"subject": str(subject), "audio": str(audio), "portrait": False}, silent())
@@ -94,6 +113,32 @@ def test_bad_input(subject, tmp_path):
         tasks.run("render", {"subject": str(subject), "audio": str(audio), "run": "nope"}, silent())
     with pytest.raises(UserError, match="not prepared"):
         tasks.run("render", {"subject": str(tmp_path / "nothing"), "audio": str(audio)}, silent())
+
+
+def test_render_replaces_only_an_earlier_render_of_its_shot(subject, tmp_path):
+    """Issue 9: the staging swap replaces a folder whole, so only a render of the same shot may be replaced."""
+    audio = speech(tmp_path / "a.wav", 0.2)
+    out = tmp_path / "shot"
+    params = {"subject": str(subject), "audio": str(audio), "out": str(out), "shot": "take", "portrait": False}
+    tasks.run("render", params, silent())
+    m = json.loads((out / "render.json").read_text())
+    assert m["shot"] == "take" and m["subject"] == str(subject.resolve()) and m["schema"] == "headsync.render/1"
+    (out / "frames" / "000000.png").unlink()
+    tasks.run("render", params, silent())  # the same shot again: replaced whole
+    assert (out / "frames" / "000000.png").is_file()
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(UserError, match="another shot"):
+        tasks.run("render", {**params, "shot": "other"}, silent())
+    assert sorted(p.name for p in out.rglob("*")) == before
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("the user's")
+    for bad, words in [(mine, "files in it"), (subject, "inside the subject"), (subject / "models", "inside the subject")]:
+        with pytest.raises(UserError, match=words):
+            tasks.run("render", {**params, "out": str(bad)}, silent())
+    assert (mine / "notes.txt").read_text() == "the user's" and (subject / "models" / "default" / "checkpoint.pt").is_file()
+    default = tasks.run("render", {"subject": str(subject), "audio": str(audio), "portrait": False}, silent())
+    assert json.loads((Path(default["out"]) / "render.json").read_text())["shot"] == str(audio.resolve())
 
 
 def test_eval_reports_heldout_metrics(subject):

@@ -80,7 +80,7 @@ def test_cli_trains_renders_and_evaluates_a_registered_second_renderer(tmp_path)
 
 
 def test_service_trains_and_renders_a_plugin_renderer(tmp_path):
-    from test_service import ServiceProc
+    from service_harness import ServiceProc
 
     ws = tmp_path / "ws"
     root = make_subject(ws / "subjects" / "s", n_frames=16, size=24)

@@ -1,8 +1,8 @@
 """The local service over real HTTP on loopback, started in a subprocess as a user would start it.
 
-Most tests use the test-only job kind ``test_sleep`` (``HEADSYNC_TEST_TASKS=1``, see
-``headsync/service/testing.py``) so that cancel, SIGKILL and restart need no minutes of real work; the
-real ``prepare`` and ``train`` run in ``test_service_slow.py``.
+Most tests use the test-only job kind ``test_sleep`` (``tests/plugins/headsync_test_tasks.py``, a plugin
+the harness puts on the service's path) so that cancel, SIGKILL and restart need no minutes of real work;
+the real ``prepare`` and ``train`` run in ``test_service_slow.py``. The harness is ``service_harness.py``.
 """
 
 from __future__ import annotations
@@ -20,119 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-BACKEND = REPO / "backend"
-
-
-# ---- a service in a subprocess -----------------------------------------------------------------
-class ServiceProc:
-    """``python -m headsync.service --workspace W`` with a client that carries the token."""
-
-    def __init__(self, workspace: Path, max_jobs: int = 1, grace_s: float = 2.0, test_tasks: bool = True,
-                 extra_env: dict[str, str] | None = None):
-        self.workspace = Path(workspace)
-        env = dict(os.environ)
-        env["PYTHONPATH"] = str(BACKEND) + (os.pathsep + env["PYTHONPATH"] if env.get("PYTHONPATH") else "")
-        env["HEADSYNC_MAX_JOBS"] = str(max_jobs)
-        env["HEADSYNC_CANCEL_GRACE_S"] = str(grace_s)
-        env.setdefault("HEADSYNC_SERVICE_DEVICE", "cpu")  # skip the torch probe: tests do not need it
-        if test_tasks:
-            env["HEADSYNC_TEST_TASKS"] = "1"
-        env.update(extra_env or {})
-        self.env = env
-        self.start()
-
-    def start(self) -> None:
-        sj = self.workspace / "server.json"
-        self.out = open(self.workspace.parent / f"{self.workspace.name}-service.out", "ab")
-        self.proc = subprocess.Popen([sys.executable, "-m", "headsync.service", "--workspace", str(self.workspace)],
-                                     env=self.env, stdout=self.out, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the service exited with {self.proc.returncode}: {self.output()}")
-            try:
-                info = json.loads(sj.read_text())
-                if info.get("pid") == self.proc.pid:
-                    break
-            except (OSError, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the service did not write server.json in 60 s")
-            time.sleep(0.05)
-        self.info = info
-        self.url, self.token = info["url"], info["token"]
-        self.client = httpx.Client(base_url=self.url, headers={"Authorization": f"Bearer {self.token}"},
-                                   timeout=30)
-
-    def output(self) -> str:
-        return (self.workspace.parent / f"{self.workspace.name}-service.out").read_text(errors="replace")
-
-    def stop(self, sig: int = signal.SIGTERM, timeout: float = 30) -> int:
-        self.client.close()
-        if self.proc.poll() is None:
-            self.proc.send_signal(sig)
-        try:
-            return self.proc.wait(timeout=timeout)
-        finally:
-            self.out.close()
-
-    # ---- API helpers ----
-    def submit(self, kind: str = "test_sleep", subject: str = "s", **params) -> str:
-        r = self.client.post("/api/v1/jobs", json={"kind": kind, "subject": subject, "params": params})
-        assert r.status_code == 201, r.text
-        return r.json()["id"]
-
-    def job(self, job_id: str) -> dict:
-        r = self.client.get(f"/api/v1/jobs/{job_id}")
-        assert r.status_code == 200, r.text
-        return r.json()
-
-    def wait(self, job_id: str, states=("succeeded", "failed", "cancelled"), timeout: float = 60) -> dict:
-        deadline = time.monotonic() + timeout
-        while True:
-            j = self.job(job_id)
-            if j["state"] in states:
-                return j
-            if time.monotonic() > deadline:
-                raise AssertionError(f"job {job_id} still {j['state']} after {timeout}s: {j}\n{self.log(job_id)}")
-            time.sleep(0.05)
-
-    def log(self, job_id: str, offset: int = 0) -> str:
-        return self.client.get(f"/api/v1/jobs/{job_id}/log", params={"offset": offset}).text
-
-
-def worker_pid(job_id: str) -> int | None:
-    """The PID of the worker running ``job_id`` (found through /proc)."""
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            cmd = (d / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"headsync.service.worker" in cmd and job_id.encode() in cmd:
-            return int(d.name)
-    return None
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        st = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return st.rsplit(")", 1)[1].split()[0] != "Z"
-
-
-def wait_for(pred, timeout: float = 20, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        v = pred()
-        if v:
-            return v
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
+from service_harness import BACKEND, REPO, ServiceProc, pid_alive, wait_for, worker_pid  # noqa: F401
 
 
 @pytest.fixture(scope="module")
@@ -230,7 +118,8 @@ def test_queued_jobs_of_one_subject_run_one_after_the_other_and_cancel(svc):
     a = svc.submit(subject="same", seconds=3.0, steps=30)
     b = svc.submit(subject="same", seconds=0.2, steps=2)
     svc.wait(a, states=("running",))
-    time.sleep(0.5)
+    wait_for(lambda: svc.job(a)["progress"]["done"] >= 1, what="a step (a checkpoint to resume from)")
+    time.sleep(0.3)
     assert svc.job(b)["state"] == "queued"  # max_jobs=2, but never two jobs of one subject at once
     r = svc.client.post(f"/api/v1/jobs/{b}/cancel")
     assert r.status_code == 200 and r.json()["state"] == "cancelled"
@@ -244,7 +133,8 @@ def test_queued_jobs_of_one_subject_run_one_after_the_other_and_cancel(svc):
     root = svc.workspace / "subjects" / "same"
     assert not list(root.glob(".partial.tmp-*")) and not (root / "result.json").exists()
     assert "cancel requested" in svc.log(a)
-    assert svc.client.post(f"/api/v1/jobs/{a}/resume").status_code == 201  # test_sleep has resume=
+    r = svc.client.post(f"/api/v1/jobs/{a}/resume")
+    assert r.status_code == 201, r.text  # test_sleep has resume=
 
 
 def test_a_worker_that_ignores_cancel_is_killed_after_the_grace_period(svc):
@@ -382,13 +272,13 @@ BAD = [
     ("unknown-param", "POST", "/api/v1/jobs", {"kind": "train", "subject": "fake", "params": {"lr": 1}}, 422,
      "unknown parameter"),
     ("wrong-type-bool", "POST", "/api/v1/jobs", {"kind": "train", "subject": "fake",
-                                                 "params": {"resume": "yes"}}, 422, "must be a bool"),
+                                                 "params": {"resume": "yes"}}, 422, "must be a valid boolean"),
     ("wrong-type-int", "POST", "/api/v1/jobs", {"kind": "prepare", "subject": "p",
-                                                "params": {"video": AUDIO, "resolution": 2.5}}, 422, "must be a int"),
+                                                "params": {"video": AUDIO, "resolution": 2.5}}, 422, "must be a valid integer"),
     ("negative", "POST", "/api/v1/jobs", {"kind": "prepare", "subject": "p",
-                                          "params": {"video": AUDIO, "fps": -1}}, 422, "positive"),
+                                          "params": {"video": AUDIO, "fps": -1}}, 422, "must be greater than or equal to 1"),
     ("bad-choice", "POST", "/api/v1/jobs", {"kind": "train", "subject": "fake",
-                                            "params": {"renderer": "raytracer"}}, 422, "must be one of"),
+                                            "params": {"renderer": "raytracer"}}, 422, "must be 'nerf' or 'gaussian'"),
     ("missing-param", "POST", "/api/v1/jobs", {"kind": "prepare", "subject": "p"}, 422, "needs the parameter 'video'"),
     ("unknown-subject", "POST", "/api/v1/jobs", {"kind": "train", "subject": "nobody"}, 404, "unknown subject"),
     ("unknown-subject-render", "POST", "/api/v1/jobs", {"kind": "render", "subject": "nobody",

@@ -8,6 +8,7 @@ Both are ``slow``: minutes on two CPU cores.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from test_service import REPO, ServiceProc, wait_for
+from service_harness import REPO, ServiceProc, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -107,11 +108,14 @@ def test_prepare_and_train_the_sample_through_the_service(tmp_path):
 
 
 def test_fuzz_the_api_with_schemathesis():
-    """Schema-driven fuzzing of every endpoint (benchmarks/fuzz_service.py): no 5xx, responses match the
-    schema, nothing queued with an output outside the workspace."""
+    """Schema-driven fuzzing of every endpoint (benchmarks/fuzz_service.py), every string parameter also
+    taking hostile paths and names: no 5xx, responses match the schema, nothing queued with an output
+    outside the workspace, and nothing outside it (a sentinel tree, an unnamed subject) changed on disk."""
     pytest.importorskip("schemathesis")
     r = subprocess.run([sys.executable, str(REPO / "benchmarks" / "fuzz_service.py"),
                         "--max-examples", os.environ.get("HEADSYNC_FUZZ_EXAMPLES", "100")],
                        capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stdout[-5000:] + r.stderr[-3000:]
     assert "5xx: 0" in r.stdout and "outputs outside the workspace: 0" in r.stdout
+    assert "writes outside the workspace: 0" in r.stdout  # the real file system, compared byte for byte
+    assert int(re.search(r"requests carrying a hostile path or name: (\d+)", r.stdout)[1]) > 0

@@ -15,16 +15,49 @@ def test_validate_fills_defaults_and_checks_types():
     p = tasks.validate("prepare", {"video": "/x.mp4", "subject": "/s", "fps": 30})
     assert p["preset"] == "standard" and p["fps"] == 30.0 and p["audio"] is None
     for bad, match in [({"subject": "/s"}, "needs the parameter 'video'"),
-                       ({"video": "/x", "subject": "/s", "fps": "fast"}, "must be a float"),
-                       ({"video": "/x", "subject": "/s", "resolution": 12.5}, "must be a int"),
-                       ({"video": "/x", "subject": "/s", "resolution": -4}, "positive"),
+                       ({"video": "/x", "subject": "/s", "fps": "fast"}, "must be a valid number"),
+                       ({"video": "/x", "subject": "/s", "fps": float("inf")}, "must be a finite number"),
+                       ({"video": "/x", "subject": "/s", "fps": 1e3}, "less than or equal to 120"),
+                       ({"video": "/x", "subject": "/s", "resolution": 12.5}, "must be a valid integer"),
+                       ({"video": "/x", "subject": "/s", "resolution": True}, "must be a valid integer"),
+                       ({"video": "/x", "subject": "/s", "resolution": -4}, "greater than or equal to 64"),
+                       ({"video": "/x", "subject": "/s", "resolution": 100000}, "less than or equal to 2048"),
+                       ({"video": "", "subject": "/s"}, "at least 1 character"),
                        ({"video": "/x", "subject": "/s", "colour": 1}, "unknown parameter")]:
         with pytest.raises(UserError, match=match):
             tasks.validate("prepare", bad)
     with pytest.raises(UserError, match="unknown job kind"):
         tasks.validate("paint", {})
-    with pytest.raises(UserError, match="one of"):
+    with pytest.raises(UserError, match="must be a registered renderer: nerf"):
         tasks.validate("train", {"subject": "/s", "renderer": "raytracer"})
+    for run in ("a\n", "../x", "a..b", "a/b", "", " a", "x" * 65):
+        with pytest.raises(UserError, match="parameter 'run'"):
+            tasks.validate("train", {"subject": "/s", "run": run})
+    assert tasks.validate("train", {"subject": "/s", "run": "v1.2_b-3"})["run"] == "v1.2_b-3"
+
+
+def test_names_are_matched_whole():
+    """A name ending in a newline (Python's ``$`` matches before one) or holding '..' is refused."""
+    for ok in ("a", "astro", "A1.b-c_d", "x" * 64, "a."):
+        assert tasks.is_name(ok), ok
+    for bad in ("a\n", "a\nb", "\na", "a..b", "..", ".a", "a/b", "a b", "é", "x" * 65, "", None, 5):
+        assert not tasks.is_name(bad), bad
+
+
+def test_one_schema_drives_the_command_line():
+    """The CLI's flags come from the kinds' schemas: a flag per parameter, the same checks."""
+    from headsync import cli
+
+    parser = cli._parser()
+    for kind, task in tasks.TASKS.items():
+        args = parser.parse_args([kind, "v.mp4", "--subject", "s"] if kind == "prepare" else
+                                 [kind, "--subject", "s"] + (["--audio", "a.wav"] if kind == "render" else []))
+        assert set(cli._params(args)) <= set(task.names)
+    args = parser.parse_args(["render", "--subject", "s", "--audio", "a.wav", "--no-portrait", "--shot", "take2"])
+    assert cli._params(args) == {"subject": "s", "audio": "a.wav", "portrait": False, "shot": "take2"}
+    assert cli._params(parser.parse_args(["eval", "--subject", "s", "--sync"]))["sync"] == "latest"
+    rc = cli.main(["prepare", "v.mp4", "--subject", "s", "--fps", "inf"])
+    assert rc == 2  # the schema refuses it before anything runs
 
 
 def test_presets_load_and_reject_unknown_keys(tmp_path):

@@ -9,13 +9,11 @@ import json
 import sys
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args, get_origin
 
 from . import __version__, tasks
 from .core.errors import Cancelled, UserError
 from .core.progress import Reporter, json_lines_sink, terminal_sink
-from .post.torso.config import MODES as TORSO_MODES
-from .renderers.registry import DEFAULT_RENDERER, RENDERERS
 
 REPO = Path(__file__).resolve().parents[2]
 SAMPLE = REPO / "sample_projects" / "astronaut"
@@ -30,51 +28,19 @@ def _parser() -> argparse.ArgumentParser:
         sp.add_argument("--json-progress", action="store_true", help="print one JSON object per line")
         return sp
 
-    sp = common(sub.add_parser("prepare", help="video (+ audio) -> prepared subject folder"))
-    sp.add_argument("video")
-    sp.add_argument("--audio")
-    sp.add_argument("--subject", required=True)
-    sp.add_argument("--preset", default="standard")
-    sp.add_argument("--fps", type=float)
-    sp.add_argument("--resolution", type=int)
-
-    sp = common(sub.add_parser("train", help="train the talking head of a prepared subject"))
-    sp.add_argument("--subject", required=True)
-    sp.add_argument("--preset", default="standard")
-    sp.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERERS, help="a registered renderer")
-    sp.add_argument("--run", default="default")
-    sp.add_argument("--resume", action="store_true")
-
-    sp = common(sub.add_parser("torso", help="train the torso restorer and/or torso field of a subject"))
-    sp.add_argument("--subject", required=True)
-    sp.add_argument("--preset", default="standard")
-    sp.add_argument("--mode", choices=list(TORSO_MODES))
-
-    sp = common(sub.add_parser("render", help="render new dialogue with a trained subject"))
-    sp.add_argument("--subject", required=True)
-    sp.add_argument("--audio", required=True)
-    sp.add_argument("--run", default="default")
-    sp.add_argument("--curves")
-    sp.add_argument("--out")
-    sp.add_argument("--no-portrait", action="store_true", help="write the raw head crops, not the composited plate")
-
-    sp = common(sub.add_parser("eval", help="held-out metrics of a trained model"))
-    sp.add_argument("--subject", required=True)
-    sp.add_argument("--run", default="default")
-    sp.add_argument("--json", action="store_true", help="print the metrics as JSON")
-    sp.add_argument("--sync", nargs="?", const="latest", metavar="VIDEO",
-                    help="judge lip sync of VIDEO (default: the newest render) with the subject's discriminator")
-    sp.add_argument("--audio", help="with --sync: judge against this sound instead of the video's own")
+    for task in tasks.TASKS.values():  # one subcommand per job kind, its flags from the kind's schema
+        sp = common(sub.add_parser(task.kind, help=task.help))
+        _job_flags(sp, task)
+        if task.kind == "eval":
+            sp.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     sp = common(sub.add_parser("demo", help="the whole pipeline on the bundled sample"))
     sp.add_argument("--out", default=str(REPO / "out" / "demo"))
     sp.add_argument("--preset", default="preview")
-    sp.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERERS, help="a registered renderer")
 
-    sp = sub.add_parser("serve", help="the local service the Blender add-on talks to")
-    sp.add_argument("--host", default="127.0.0.1")
-    sp.add_argument("--port", type=int, default=0)
-    sp.add_argument("--workspace", default=str(Path.home() / "HeadSync"))
+    from .service.server import add_arguments
+
+    add_arguments(sub.add_parser("serve", help="the local service the Blender add-on talks to"))
 
     sp = sub.add_parser("models", help="optional pretrained models")
     msub = sp.add_subparsers(dest="models_command", required=True)
@@ -85,13 +51,67 @@ def _parser() -> argparse.ArgumentParser:
     return p
 
 
+def _job_flags(sp: argparse.ArgumentParser, task: tasks.Task) -> None:
+    """The flags of a job kind's parameters: ``--name VALUE`` (a positional, ``--no-name`` or ``--name
+    [VALUE]`` where the schema's :class:`~headsync.tasks.Cli` says so). Defaults and checks stay in the
+    schema (:func:`headsync.tasks.validate`): a flag not given is a parameter not sent."""
+    types = {int: int, float: float, str: str}
+    for name, f in task.model.model_fields.items():
+        cli = task.cli(name)
+        shown = f"{f.description} (default {f.default})" if f.default is not None and f.annotation is not bool \
+            and not f.is_required() else f.description
+        kw: dict[str, Any] = {"help": shown, "dest": name, "default": None}
+        base, choices = _flag_type(f.annotation)
+        if cli.choices is not None:
+            choices = cli.choices
+        if cli.hidden:
+            continue
+        if cli.or_file:  # captured|generated|FILE: one flag, two parameters (see _params)
+            kw["metavar"] = "|".join(choices or []) + "|FILE"
+            choices = None
+        if cli.metavar:
+            kw["metavar"] = cli.metavar
+        if base is bool:
+            if cli.flag:
+                sp.add_argument(cli.flag, action="store_false", **kw)
+            else:
+                sp.add_argument(f"--{name.replace('_', '-')}", action="store_true", **kw)
+            continue
+        kw["type"] = types[base]
+        if choices is not None:  # not truthiness: a lazy container would import what it lists
+            kw["choices"] = choices
+        if cli.positional:
+            kw.pop("dest")
+            kw.pop("default")
+            sp.add_argument(name, **kw)
+            continue
+        if cli.nargs:
+            kw.update(nargs=cli.nargs, const=cli.const, metavar=name.upper())
+        sp.add_argument(cli.flag or f"--{name.replace('_', '-')}", required=f.is_required(), **kw)
+
+
+def _flag_type(ann: Any) -> tuple[type, list[str] | None]:
+    """The flag's Python type (bool, int, float or str) and its choices (a Literal's values), through
+    ``Optional`` and ``Annotated``."""
+    if ann in (bool, int, float, str):
+        return ann, None
+    if get_origin(ann) is Literal:
+        return str, [str(a) for a in get_args(ann)]
+    for a in get_args(ann):  # Optional[X] / Annotated[X, ...]
+        if a is not type(None):
+            return _flag_type(a)
+    return str, None
+
+
 def _params(args: argparse.Namespace) -> dict[str, Any]:
-    """The job parameters of a parsed subcommand (names as in ``tasks.TASKS``)."""
-    spec = tasks.TASKS[args.command].params
+    """The job parameters of a parsed subcommand (names as in its schema); flags not given are left out."""
+    task = tasks.TASKS[args.command]
     raw = vars(args)
-    out = {p.name: raw[p.name] for p in spec if p.name in raw and raw[p.name] is not None}
-    if args.command == "render":
-        out["portrait"] = not args.no_portrait
+    out = {n: raw[n] for n in task.names if raw.get(n) is not None}
+    for n in task.names:
+        cli, values = task.cli(n), _flag_type(task.model.model_fields[n].annotation)[1]
+        if cli.or_file and n in out and out[n] not in (values or []):  # a file, not a choice
+            out[cli.or_file] = out.pop(n)
     return out
 
 
@@ -116,21 +136,21 @@ def _demo(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     # A demo stopped during training picks up from its checkpoint when run again.
     resume = (run_dir(Subject(subject), args.preset) / "checkpoint.pt").exists()
     result["train"] = tasks.run("train", {"subject": str(subject), "preset": args.preset, "run": args.preset,
-                                          "renderer": args.renderer, "resume": resume}, reporter)
+                                          "resume": resume}, reporter)
     result["render"] = tasks.run("render", {"subject": str(subject), "audio": str(SAMPLE / "dub.wav"),
                                             "run": args.preset, "out": str(out / "render")}, reporter)
     return result
 
 
 def main(argv: list[str] | None = None) -> int:
+    tasks.load_plugins()
     args = _parser().parse_args(argv)
     json_mode = getattr(args, "json_progress", False)
     try:
         if args.command == "serve":
-            from .service.server import serve
+            from .service.server import run
 
-            serve(args.host, args.port, Path(args.workspace))
-            return 0
+            return run(args)
         if args.command == "models":
             return _models(args)
         reporter = _reporter(args)

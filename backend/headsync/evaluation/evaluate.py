@@ -11,14 +11,16 @@ audio, expression and pose and compared with the real crop:
   measured on the render against the same measure on the real frames, and, on the bundled sample (its
   source folder holds ``ground_truth.npz``), against the generator's true opening. When the sample's
   held-back dubbing audio (``dub.wav``) is there too, it is rendered and its measured opening correlated with
-  the generator's opening for that audio (the sample generator's own ``mouth_opening``).
+  the true opening for that audio, recorded in ``ground_truth.npz`` (``dub_mouth_open``, computed by the
+  sample generator's ``mouth_opening``; ``dub_sha256`` ties it to that file). Ground truth is data: eval
+  never runs code found beside a video.
 
 Results go to ``models/RUN/metrics.json`` under ``"eval"``.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import hashlib
 import json
 from pathlib import Path
 from typing import Any
@@ -100,28 +102,35 @@ def _resize(img: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) if img.shape[0] != size else img
 
 
-#: The bundled sample's generator: the only script evaluation ever runs, and only from this checkout, never
-#: a file found beside a user's video (DESIGN.md: no file from user media is executed).
-SAMPLE_GENERATOR = Path(__file__).resolve().parents[3] / "sample_projects" / "make_sample.py"
-
-
-def sample_generator(subject: Subject) -> tuple[dict[str, np.ndarray], Any, Path] | None:
-    """The bundled sample's ground truth, generator module and folder, when the subject is the sample."""
+def sample_truth(subject: Subject) -> tuple[dict[str, np.ndarray], Path] | None:
+    """The bundled sample's ground truth (``ground_truth.npz`` beside the subject's source video) and its
+    folder, or None. Data only: nothing found in a user's folder is ever run."""
     src = Path(subject.source().get("path", ""))
     gt_path = src.parent / "ground_truth.npz"
     if not gt_path.is_file():
         return None
-    gt = dict(np.load(gt_path, allow_pickle=False))
-    gen = None
-    script = src.resolve().parent.parent / "make_sample.py"
-    if script.is_file() and script == SAMPLE_GENERATOR:
-        spec = importlib.util.spec_from_file_location("headsync_sample_generator", script)
-        gen = importlib.util.module_from_spec(spec)
-        try:
-            spec.loader.exec_module(gen)
-        except Exception:  # the generator's optional imports are missing: ground truth of the video only
-            gen = None
-    return gt, gen, src.parent
+    try:
+        with np.load(gt_path, allow_pickle=False) as f:
+            gt = {k: f[k] for k in f.files}
+    except (OSError, ValueError) as e:
+        raise UserError(f"{gt_path} is not a readable ground-truth file ({e})",
+                        "restore it from git, or remove it to evaluate without ground truth")
+    return gt, src.parent
+
+
+def dub_truth(gt: dict[str, np.ndarray], dub_path: Path, fps: float, n: int) -> np.ndarray | None:
+    """The true mouth opening of ``dub_path`` at ``n`` frames of ``fps`` from the sample's ground truth
+    (recorded at the sample's frame rate; resampled at frame centres), or None when the ground truth has
+    none for this very file (its sha256 differs)."""
+    if "dub_mouth_open" not in gt or "dub_sha256" not in gt:
+        return None
+    if hashlib.sha256(dub_path.read_bytes()).hexdigest() != str(gt["dub_sha256"]):
+        return None
+    truth, gt_fps = gt["dub_mouth_open"], float(gt["fps"])
+    if abs(fps - gt_fps) < 1e-9:
+        return truth[:n]
+    t = (np.arange(n) + 0.5) / fps
+    return np.interp(t, (np.arange(truth.size) + 0.5) / gt_fps, truth).astype(np.float32)
 
 
 def evaluate(subject: Subject, run: str = "default", reporter: Reporter | None = None,
@@ -177,22 +186,22 @@ def evaluate(subject: Subject, run: str = "default", reporter: Reporter | None =
         "mouth_corr_vs_real_frames": _round(pearson(np.array(open_r), np.array(open_gt))),
         "resolution": r,
     }
-    sample = sample_generator(subject)
+    sample = sample_truth(subject)
     if sample is not None:
-        gt, gen, folder = sample
+        gt, folder = sample
         if "mouth_open" in gt and gt["mouth_open"].shape[0] == n:
             metrics["mouth_corr_vs_ground_truth"] = _round(pearson(np.array(open_r), gt["mouth_open"][hold]))
         dub_path = folder / "dub.wav"
-        if dub and gen is not None and dub_path.is_file() and hasattr(gen, "mouth_opening"):
-            metrics.update(_dub_correlation(subject, renderer, rcfg, device, dub_path, gen, mesh, reporter,
+        if dub and dub_path.is_file() and "dub_mouth_open" in gt:
+            metrics.update(_dub_correlation(subject, renderer, rcfg, device, dub_path, gt, mesh, reporter,
                                             max_frames))
     mesh.close()
     return metrics
 
 
-def _dub_correlation(subject, renderer, rcfg, device, dub_path: Path, gen, mesh: MeshReader,
-                     reporter: Reporter, max_frames: int | None) -> dict[str, Any]:
-    """Render the held-back dubbing audio and correlate the measured mouth opening with the generator's."""
+def _dub_correlation(subject, renderer, rcfg, device, dub_path: Path, gt: dict[str, np.ndarray],
+                     mesh: MeshReader, reporter: Reporter, max_frames: int | None) -> dict[str, Any]:
+    """Render the held-back dubbing audio and correlate the measured mouth opening with the true one."""
     from ..curves import captured_curves
 
     fps = float(subject.source()["fps"])
@@ -200,7 +209,9 @@ def _dub_correlation(subject, renderer, rcfg, device, dub_path: Path, gen, mesh:
     n_out = int(round(audio.size / media.AUDIO_RATE * fps))
     if max_frames:
         n_out = min(n_out, max(max_frames, 10))
-    truth = gen.mouth_opening(audio, int(round(audio.size / media.AUDIO_RATE * fps)))[:n_out]
+    truth = dub_truth(gt, dub_path, fps, n_out)
+    if truth is None:
+        return {}
     feats = features_for_audio(subject, renderer.meta.audio_feature, audio, fps,
                                int(round(audio.size / media.AUDIO_RATE * fps)))
     curves = captured_curves(subject, n_out)

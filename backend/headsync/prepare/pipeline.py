@@ -24,6 +24,7 @@ from ..core.progress import Reporter
 from .stages import run_stage
 from ..subject.folder import Subject
 from ..subject.split import SplitConfig
+from ..tasks import FPS_RANGE, RESOLUTION_RANGE
 
 
 @dataclass(frozen=True)
@@ -82,10 +83,12 @@ def prepare_subject(video: str | Path, subject_dir: str | Path, audio: str | Pat
     for p in filter(None, (video, audio)):
         if not p.is_file():
             raise UserError(f"file not found: {p}", "check the path")
-    if resolution is not None and not 64 <= resolution <= 2048:
-        raise UserError(f"--resolution {resolution} is out of range", "use 64..2048 (the papers use 512)")
-    if fps is not None and not 1 <= fps <= 120:
-        raise UserError(f"--fps {fps} is out of range", "use 1..120 (the papers use 25)")
+    lo, hi = RESOLUTION_RANGE
+    if resolution is not None and not lo <= resolution <= hi:
+        raise UserError(f"--resolution {resolution} is out of range", f"use {lo}..{hi} (the papers use 512)")
+    lo, hi = FPS_RANGE
+    if fps is not None and not lo <= fps <= hi:
+        raise UserError(f"--fps {fps} is out of range", f"use {lo:g}..{hi:g} (the papers use 25)")
     subject = Subject(Path(subject_dir).expanduser().resolve())
     subject.root.mkdir(parents=True, exist_ok=True)
     cfgs = stage_configs(preset, video, audio, fps, resolution)

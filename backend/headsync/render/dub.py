@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 import torch
 
+from .. import curves_format
 from ..face_sync import lip_features
 from ..core import media
 from ..core.devices import pick_device, set_threads
@@ -34,9 +35,11 @@ from ..core.errors import UserError
 from ..post.portrait import PortraitConfig, compose
 from ..post.torso.path import TorsoPath
 from ..core.progress import Reporter
-from ..core.atomic import staging_dir
+from ..core.atomic import staging_dir, write_json_atomic
 from ..subject.folder import Subject
 from ..training.checkpoints import load_renderer, run_dir
+from ..tasks import shot_of
+from .folder import MANIFEST as RENDER_MANIFEST, RENDERS, check_render_folder, manifest as render_manifest
 
 
 @dataclass(frozen=True)
@@ -63,15 +66,19 @@ class SourceFrames:
     for HD footage, compressed it is a few megabytes per hundred frames.
     """
 
-    def __init__(self, path: str | Path, fps: float, count: int, size: tuple[int, int] | None):
-        self._jpeg: list[bytes] = []
+    def __init__(self, path: str | Path, fps: float, count: int, size: tuple[int, int] | None,
+                 keep: set[int] | None = None):
+        # ``keep``: the only indices a frame-range render needs (the others are decoded, never stored)
+        self._jpeg: dict[int, bytes] = {}
         for i, frame in enumerate(media.iter_frames(path, fps)):
             if i >= count:
                 break
+            if keep is not None and i not in keep:
+                continue
             if size is not None and (frame.shape[1], frame.shape[0]) != size:
                 frame = cv2.resize(frame, size, interpolation=cv2.INTER_AREA)
             ok, buf = cv2.imencode(".jpg", cv2.cvtColor(frame, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 97])
-            self._jpeg.append(buf.tobytes())
+            self._jpeg[i] = buf.tobytes()
         if not self._jpeg:
             raise UserError(f"no frames could be decoded from the source video {path}",
                             "the subject's source video changed or is damaged; prepare the subject again")
@@ -80,7 +87,10 @@ class SourceFrames:
         return len(self._jpeg)
 
     def __getitem__(self, i: int) -> np.ndarray:
-        img = cv2.imdecode(np.frombuffer(self._jpeg[min(i, len(self._jpeg) - 1)], np.uint8), cv2.IMREAD_COLOR)
+        data = self._jpeg.get(i)
+        if data is None:  # past the end of a video shorter than its subject.json says: its last frame
+            data = self._jpeg[max(k for k in self._jpeg if k <= i) if min(self._jpeg) <= i else min(self._jpeg)]
+        img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -95,11 +105,24 @@ def render_id(audio_path: Path, curves_path: Path | None, run: str) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + h.hexdigest()[:6]
 
 
-def load_curves(subject: Subject, curves_path: Path | None, n_frames: int) -> Curves:
-    """The curves of the render: the file's (validated against ``n_frames``) or the captured ones."""
-    if curves_path is None:
-        return captured_curves(subject, n_frames)
-    return read_curves(curves_path, n_frames)
+def load_curves(subject: Subject, curves_path: Path | None, n_frames: int, expressions: str = "captured",
+                audio: np.ndarray | None = None, reporter: Reporter | None = None) -> Curves:
+    """The curves of the render: the file's (validated against ``n_frames``), or the captured ones with the
+    expression of ``expressions`` (captured | generated from ``audio`` | a curves.json or Live Link CSV, both
+    mapped through the subject's VQ-VAE: ``expressions.express``)."""
+    if curves_path is not None:
+        if expressions != "captured":
+            raise UserError("--curves and --expressions both set the expression",
+                            "pass one: --curves FILE (used as it is) or --expressions generated|FILE")
+        return read_curves(curves_path, n_frames)
+    curves = captured_curves(subject, n_frames)
+    if expressions != "captured":
+        from ..expressions.express import render_expressions
+
+        expr = render_expressions(subject, expressions, audio, n_frames, reporter)
+        curves = Curves(curves.fps, curves.frame_start, expr.expression, curves.rotation, curves.translation,
+                        expr.source)
+    return curves
 
 
 def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curves: Curves, portrait: bool,
@@ -140,7 +163,7 @@ def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curve
             raise UserError(f"the subject's source video {path} is missing, so the portrait cannot be composited",
                             "put the video back at that path, or render with --no-portrait")
         size = (int(src["width"]), int(src["height"])) if src.get("width") else None
-        source = SourceFrames(path, float(src["fps"]), int(src_idx.max()) + 1, size)
+        source = SourceFrames(path, float(src["fps"]), int(src_idx.max()) + 1, size, set(map(int, src_idx)))
     pcfg = PortraitConfig(blur=rcfg.blur, grow=rcfg.grow)
     torso = torso or TorsoPath.for_subject(subject, device)
     reporter.start("render", n_out)
@@ -170,10 +193,17 @@ def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curve
 
 def render(subject: Subject, audio_path: Path, run: str = "default", curves_path: Path | None = None,
            out: Path | None = None, portrait: bool = True, rcfg: RenderConfig | None = None,
-           reporter: Reporter | None = None) -> dict[str, Any]:
+           reporter: Reporter | None = None, expressions: str = "captured", shot: str | None = None,
+           frames: str | None = None) -> dict[str, Any]:
     """Render ``audio_path`` with run ``run``; returns the artifacts (paths, frame count, timing).
 
-    ``rcfg`` defaults to the ``[render]`` table of the preset the run was trained with.
+    ``rcfg`` defaults to the ``[render]`` table of the preset the run was trained with; ``expressions`` is
+    the expression source (see :func:`load_curves`). ``out`` must be a folder
+    :func:`headsync.render.folder.check_render_folder` allows for ``shot`` (default: the audio file); the
+    folder gets a ``render.json`` naming the subject and the shot. ``frames`` ("A-B",
+    in the curves' frame numbers: ``frame_start`` ..., 1-based without ``curves``) renders only those
+    frames, exactly as the whole render would draw them (Blender's Preview Frame): their PNGs keep their
+    place in the numbering (``frames/{row:06d}.png``) and no ``render.mp4`` is written.
     """
     from ..core.progress import silent
 
@@ -190,25 +220,53 @@ def render(subject: Subject, audio_path: Path, run: str = "default", curves_path
     n_out = int(round(audio.size / media.AUDIO_RATE * fps))
     if n_out < 1:
         raise UserError(f"the audio {audio_path} is shorter than one frame", "pass a longer dialogue clip")
-    curves = load_curves(subject, curves_path, n_out)
+    curves = load_curves(subject, curves_path, n_out, expressions, audio, reporter)
+    first, last = frame_rows(frames, curves)
     feats = features_for_audio(subject, kind, audio, fps, n_out)
-    out = out or subject.path(f"renders/{render_id(audio_path, curves_path, run)}")
+    out = out or subject.path(f"{RENDERS}/{render_id(audio_path, curves_path, run)}")
+    shot = shot or str(Path(audio_path).resolve())
+    check_render_folder(out, subject.root, shot)
+    rows = np.arange(first, last + 1)
     t0 = time.monotonic()
     with staging_dir(out) as tmp:
+        write_json_atomic(tmp / RENDER_MANIFEST, render_manifest(subject.root, shot, run=run, audio=str(audio_path),
+                                                                 curves=str(curves_path) if curves_path else None))
         (tmp / "frames").mkdir()
         torso = TorsoPath.for_subject(subject, device)
-        frames = render_frames(subject, renderer, feats, curves, portrait, rcfg, device, reporter, torso=torso)
-        for t, frame in enumerate(frames):
+        drawn = render_frames(subject, renderer, feats, curves_rows(curves, rows), portrait, rcfg, device, reporter,
+                              src_idx=ping_pong(subject.frame_count(), n_out)[rows], feat_rows=rows, torso=torso)
+        for t, frame in zip(rows, drawn):
             cv2.imwrite(str(tmp / "frames" / f"{t:06d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         seconds = time.monotonic() - t0
         write_curves(tmp / "curves.json", curves)
-        pngs = sorted((tmp / "frames").glob("*.png"))
-        media.write_video(tmp / "render.mp4", (cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in pngs),
-                          fps, audio=audio_path, crf=rcfg.crf)
-    return {"out": str(out), "frames": str(out / "frames"), "video": str(out / "render.mp4"),
+        whole = len(rows) == n_out
+        if whole:
+            pngs = sorted((tmp / "frames").glob("*.png"))
+            media.write_video(tmp / "render.mp4", (cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in pngs),
+                              fps, audio=audio_path, crf=rcfg.crf)
+        check_render_folder(out, subject.root, shot)  # again: the folder may have changed while rendering
+    return {"out": str(out), "frames": str(out / "frames"), "video": str(out / "render.mp4") if whole else None,
             "curves": str(out / "curves.json"), "frame_count": n_out, "fps": fps,
-            "render_fps": round(n_out / max(seconds, 1e-6), 3), "portrait": portrait,
+            "frame_range": [curves.frame_start + first, curves.frame_start + last],
+            "render_fps": round(len(rows) / max(seconds, 1e-6), 3), "portrait": portrait,
             "curves_source": curves.source, "torso": torso.mode}
+
+
+def frame_rows(frames: str | None, curves: Curves) -> tuple[int, int]:
+    """The first and last row (inclusive) of ``curves`` that ``frames`` ("A-B", curves' numbering) names."""
+    if frames is None:
+        return 0, curves.frame_count - 1
+    try:
+        return curves_format.parse_frame_range(frames, curves.frame_start, curves.frame_count)
+    except curves_format.CurvesError as e:
+        raise UserError(f"render: {e.message}", e.hint) from None
+
+
+def curves_rows(curves: Curves, rows: np.ndarray) -> Curves:
+    """The rows ``rows`` of ``curves`` (a frame range of a render)."""
+    pose = curves.has_pose
+    return Curves(curves.fps, curves.frame_start + int(rows[0]), curves.expression[rows],
+                  curves.rotation[rows] if pose else None, curves.translation[rows] if pose else None, curves.source)
 
 
 def run_render_config(rdir: Path) -> RenderConfig:
@@ -226,7 +284,8 @@ def run_render_config(rdir: Path) -> RenderConfig:
 
 
 def render_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
-    """Entry of the ``render`` job: ``subject``, ``audio``, ``run``, ``curves``, ``out``, ``portrait``."""
+    """Entry of the ``render`` job: ``subject``, ``audio``, ``run``, ``curves``, ``out``, ``portrait``,
+    ``expressions`` (captured | generated), ``expressions_file`` (a curves.json or Live Link CSV), ``frames``."""
     subject = Subject(Path(params["subject"]).expanduser().resolve())
     if not subject.exists():
         raise UserError(f"subject {subject.root} is not prepared (no subject.json)",
@@ -235,5 +294,11 @@ def render_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     media.probe(audio)  # a missing/unreadable file is a UserError before the model loads
     curves = Path(params["curves"]).expanduser().resolve() if params.get("curves") else None
     out = Path(params["out"]).expanduser().resolve() if params.get("out") else None
+    expressions = params.get("expressions") or "captured"
+    if params.get("expressions_file"):
+        if expressions != "captured":
+            raise UserError("expressions and expressions_file both set the expression source", "pass one of them")
+        expressions = str(Path(params["expressions_file"]).expanduser().resolve())
     return render(subject, audio, params.get("run") or "default", curves, out,
-                  bool(params.get("portrait", True)), None, reporter)
+                  bool(params.get("portrait", True)), None, reporter, expressions, shot=shot_of(params),
+                  frames=params.get("frames"))

@@ -1,9 +1,12 @@
 """The HTTP API of the local service (FastAPI): the contract is DESIGN.md, "Local service".
 
 Every request needs ``Authorization: Bearer TOKEN`` (the token is in ``WORKSPACE/server.json``), the
-OpenAPI document included (``GET /api/v1/openapi.json``). Every error is JSON ``{"message", "hint"}``
-with a 4xx status; a request body is parsed and checked here and by :func:`headsync.tasks.validate`
-(the command line's own check), so the service and the command line accept exactly the same jobs.
+OpenAPI document included (``GET /api/v1/openapi.json``), and a ``Host`` header naming this machine
+(127.0.0.0/8, ``localhost`` or ``[::1]``, any port): a web page cannot reach the service by pointing a
+name of its own at 127.0.0.1 (DNS rebinding). Every error is JSON ``{"message", "hint"}`` with a 4xx
+status; a request body is parsed and checked here and by :func:`headsync.tasks.validate` (the command
+line's own check, one pydantic schema per kind), so the service and the command line accept exactly the
+same jobs.
 """
 
 from __future__ import annotations
@@ -28,10 +31,11 @@ from pydantic import BaseModel, Field
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .. import __version__
+from .. import __version__, tasks
 from . import jobspec
 from .jobspec import ApiError
 from .scheduler import Scheduler
+from .server import is_loopback
 from .store import STATES, Store, jsonsafe, new_id, public
 from .worker import can_resume, checkpoint_of, resumable_kind
 
@@ -40,7 +44,8 @@ log = logging.getLogger("headsync.service")
 API = "/api/v1"
 MAX_BODY = 1 << 20  # 1 MiB: a job request is a few hundred bytes
 MAX_LOG_CHUNK = 1 << 20
-JOB_ID_RE = re.compile(r"^[0-9a-f]{16}$")
+MAX_CURVE_FRAMES = 1_000_000  # about 11 hours at 25 fps
+JOB_ID_RE = re.compile(r"[0-9a-f]{16}")
 
 
 # ---- JSON in and out ---------------------------------------------------------------------------
@@ -53,6 +58,25 @@ class ApiJSON(JSONResponse):
                               default=str).encode("ascii")
         except ValueError:  # a NaN from a task's metrics: null instead
             return json.dumps(jsonsafe(content), ensure_ascii=True, separators=(",", ":")).encode("ascii")
+
+
+def loopback_host(host: bytes | None) -> bool:
+    """True when a ``Host`` header names this machine: 127.0.0.0/8, ``localhost``, ``[::1]``; any port."""
+    if not host:
+        return False
+    try:
+        h = host.decode("ascii").strip().lower()
+    except UnicodeDecodeError:
+        return False
+    if h.startswith("["):  # [v6]:port
+        name, sep, rest = h[1:].partition("]")
+        if not sep or (rest and not (rest.startswith(":") and rest[1:].isdigit())):
+            return False
+    else:
+        name, _, port = h.partition(":")
+        if port and not port.isdigit():
+            return False
+    return is_loopback(name)
 
 
 def _err(status: int, message: str, hint: str = "", headers: dict[str, str] | None = None) -> ApiJSON:
@@ -126,7 +150,8 @@ class SubjectOut(BaseModel):
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
-    text = {400: "malformed request", 401: "missing or wrong token", 404: "not found",
+    text = {400: "malformed request (or a Host header that is not this machine)", 401: "missing or wrong token",
+            404: "not found",
             409: "not possible in the job's state", 413: "request body too large",
             422: "invalid request"}
     return {c: {"model": ErrorOut, "description": text[c]} for c in codes}
@@ -141,7 +166,7 @@ class Service:
         self.workspace = Path(workspace).resolve()
         (self.workspace / "subjects").mkdir(parents=True, exist_ok=True)
         self.token = token
-        self.store = Store(self.workspace)
+        self.store = Store(self.workspace, check=True)  # a damaged jobs.db: refuse, never start empty
         self.scheduler = Scheduler(self.store, self.workspace, max_jobs=max_jobs, grace_s=grace_s,
                                    min_free_mb=min_free_mb)
         self.device: dict[str, Any] | None = None
@@ -235,12 +260,19 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
             if scope["type"] != "http":
                 return await self.app(scope, receive, send)
             auth = b""
-            clen = None
+            clen = host = None
             for k, v in scope["headers"]:
                 if k == b"authorization":
                     auth = v
                 elif k == b"content-length":
                     clen = v
+                elif k == b"host":
+                    host = v
+            if not loopback_host(host):
+                resp = _err(400, f"refused Host header {(host or b'').decode('latin-1')[:100]!r}: the service "
+                                 "answers only requests addressed to this machine",
+                            "address it as http://127.0.0.1:PORT (the url in WORKSPACE/server.json)")
+                return await resp(scope, receive, send)
             scheme, _, given = auth.strip().partition(b" ")
             if scheme.lower() != b"bearer" or not hmac.compare_digest(given.strip(), token):
                 resp = _err(401, "missing or wrong token",
@@ -266,7 +298,7 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         return b"".join(chunks)
 
     def get_job(job_id: str) -> dict[str, Any]:
-        job = store.get(job_id) if JOB_ID_RE.match(job_id) else None
+        job = store.get(job_id) if JOB_ID_RE.fullmatch(job_id) else None
         if job is None:
             raise ApiError(404, f"no job {job_id[:40]!r}", "list the jobs: GET /api/v1/jobs")
         return job
@@ -281,7 +313,7 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
                         "workspace": str(ws), "running": scheduler.running_count(),
                         "max_jobs": scheduler.max_jobs})
 
-    request_schema = jobspec.json_schema_for_requests()
+    request_schema, request_components = jobspec.json_schema_for_requests()
 
     @app.post(f"{API}/jobs", status_code=201, response_model=CreatedOut,
               responses=_responses(400, 401, 404, 413, 422),
@@ -293,7 +325,7 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         job_id = new_id()
 
         def make():
-            active = store.active_subjects(kinds=jobspec.CREATES_SUBJECT)
+            active = store.active_subjects(kinds=jobspec.creating_kinds())
             spec = jobspec.build(ws, body, job_id, active_subjects=active)
             return store.create(spec.kind, spec.subject, spec.params, owned=spec.owned, job_id=job_id)
 
@@ -338,8 +370,9 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
             raise ApiError(409, f"job {job_id} is {job['state']}", "only a failed or cancelled job is resumed")
         params = {**job["params"], "resume": True}
         sdir = Path(params["subject"])
-        if not (sdir / "subject.json").is_file() and job["kind"] not in jobspec.CREATES_SUBJECT:
+        if not (sdir / "subject.json").is_file() and not jobspec.creates_subject(job["kind"]):
             raise ApiError(404, f"subject {job['subject']!r} no longer exists", "prepare it again")
+        jobspec.check_writes(ws, job["kind"], params)  # its folders may have become links out since
         if not can_resume(job["kind"], job["params"]):
             raise ApiError(409, f"job {job_id} left no checkpoint to resume from "
                                 f"({checkpoint_of(job['kind'], job['params'])})", "submit the job again")
@@ -378,7 +411,7 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         out = []
         root = ws / "subjects"
         for d in sorted(root.iterdir()) if root.is_dir() else []:
-            if not d.is_dir() or not jobspec.NAME_RE.match(d.name):
+            if not d.is_dir() or not tasks.is_name(d.name):
                 continue
             try:
                 m = json.loads((d / "subject.json").read_text())
@@ -390,6 +423,29 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
             out.append({"name": d.name, "stages": stages, "runs": runs, "prepared": prepared})
         return ApiJSON(out)
 
+    @app.get(API + "/subjects/{name}/curves", responses=_responses(401, 404, 422))
+    def subject_curves(name: str, frames: int | None = Query(None, ge=1, le=MAX_CURVE_FRAMES)):
+        """curves.json (``headsync.curves/1``) of the subject's captured performance, looped back and forth
+        over ``frames`` frames as a render without curves loops it (default: the subject's own frames).
+        Blender keys a new shot from it, so the add-on never reads the subject's arrays itself."""
+        from ..curves import captured_curves
+        from ..core.errors import UserError
+        from ..subject.folder import Subject
+
+        check = jobspec.check_name(name, "subject")
+        subject = Subject(ws / "subjects" / check)
+        if not all(subject.path(f).is_file() for f in ("subject.json", "expression.npy", "pose.npz")):
+            raise ApiError(404, f"subject {name!r} has no captured performance yet",
+                           "prepare it first (its 'prepare' job writes expression.npy and pose.npz)")
+        try:
+            curves = captured_curves(subject, frames or subject.frame_count())
+        except UserError as e:
+            raise ApiError(404, e.message, e.hint)
+        except (OSError, ValueError, KeyError) as e:
+            raise ApiError(404, f"the captured performance of subject {name!r} is unreadable ({type(e).__name__})",
+                           "prepare the subject again")
+        return ApiJSON(curves.to_json())
+
     # ---- OpenAPI: declare the bearer token ----
     def openapi() -> dict[str, Any]:
         if app.openapi_schema:
@@ -398,8 +454,9 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
 
         schema = get_openapi(title=app.title, version=app.version, description=app.description,
                              routes=app.routes)
-        schema.setdefault("components", {}).setdefault("securitySchemes", {})["bearer"] = {
-            "type": "http", "scheme": "bearer"}
+        components = schema.setdefault("components", {})
+        components.setdefault("securitySchemes", {})["bearer"] = {"type": "http", "scheme": "bearer"}
+        components.setdefault("schemas", {}).update(request_components)  # the kinds' parameter schemas
         schema["security"] = [{"bearer": []}]
         app.openapi_schema = schema
         return schema

@@ -16,29 +16,50 @@ from pathlib import Path
 from typing import Iterable
 
 
-def _remove(p: Path) -> None:
+def _remove(p: Path) -> str | None:
+    """Remove a file or folder (a link itself, never its target); None when it is gone, else why not."""
+    failures: list[str] = []
+
+    def failed(fn, path, info):  # noqa: ARG001 - shutil's onerror signature (Python 3.11)
+        failures.append(f"{path}: {getattr(info[1], 'strerror', None) or info[1]}")
+
     try:
         if p.is_dir() and not p.is_symlink():
-            shutil.rmtree(p, ignore_errors=True)
+            shutil.rmtree(p, onerror=failed)
         else:
             p.unlink(missing_ok=True)
-    except OSError:
-        pass
+    except OSError as e:
+        failures.append(f"{p}: {e.strerror or e}")
+    if os.path.lexists(p):
+        return "; ".join(failures[:3]) or "still there"
+    return None
 
 
-def sweep_temp(roots: Iterable[Path], pid: int | None, max_entries: int = 200_000) -> list[str]:
+def _report(p: Path, what: str = "removed") -> str:
+    why = _remove(p)
+    return f"{what} {p}" if why is None else f"could not remove {p} ({why})"
+
+
+def sweep_temp(roots: Iterable[Path], pid: int | None, max_entries: int = 200_000,
+               inside: Path | None = None) -> list[str]:
     """Remove ``.NAME.tmp-PID`` files/folders under ``roots``; put ``.NAME.old-PID`` back when NAME is gone.
+    A root that leads out of ``inside`` (the workspace; a subject folder swapped for a link) is left alone.
 
-    Returns the paths removed or restored. Symbolic links are not followed.
+    Returns one line per path: ``removed P``, ``restored P`` or ``could not remove P (why)``. Symbolic
+    links are not followed.
     """
     if not pid:
         return []
     pat = re.compile(rf"^\.(?P<name>.+)\.(?P<kind>tmp|old)-{int(pid)}$")
     done: list[str] = []
     seen = 0
+    ws = Path(inside).resolve() if inside is not None else None
     for root in roots:
         root = Path(root)
         if not root.is_dir():
+            continue
+        if ws is not None and ws != root.resolve() and ws not in root.resolve().parents:
+            done.append(f"not swept {root}: it leads out of the workspace (to {root.resolve()})")
             continue
         for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
             seen += len(dirnames) + len(filenames)
@@ -58,15 +79,15 @@ def sweep_temp(roots: Iterable[Path], pid: int | None, max_entries: int = 200_00
                             continue
                         except OSError:
                             pass
-                _remove(p)
-                done.append(f"removed {p}")
+                done.append(_report(p))
                 if name in dirnames:
                     dirnames.remove(name)
     return done
 
 
 def remove_owned(paths: Iterable[str], workspace: Path) -> list[str]:
-    """Remove output folders a failed or cancelled job created (only ever inside the workspace)."""
+    """Remove output folders a failed or cancelled job created (only ever inside the workspace); one line
+    per folder, ``removed P`` or ``could not remove P (why)``."""
     ws = Path(workspace).resolve()
     done = []
     for s in paths:
@@ -78,6 +99,5 @@ def remove_owned(paths: Iterable[str], workspace: Path) -> list[str]:
         if rp == ws or ws not in rp.parents:
             continue
         if p.exists() or p.is_symlink():
-            _remove(p)
-            done.append(f"removed {p}")
+            done.append(_report(p))
     return done

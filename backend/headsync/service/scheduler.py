@@ -30,7 +30,7 @@ from typing import IO
 
 from . import cleanup
 from .store import Store, now_iso
-from .worker import EXIT_DISK_FULL, can_resume, resume_hint
+from .worker import EXIT_DISK_FULL, can_resume, os_error, resume_hint
 
 log = logging.getLogger("headsync.service")
 
@@ -217,7 +217,7 @@ class Scheduler:
             out = job["params"].get("out")
             if out:
                 roots.append(Path(out).parent)
-            for line in cleanup.sweep_temp(roots, pid):
+            for line in cleanup.sweep_temp(roots, pid, inside=self.workspace):
                 self._append_log(job["id"], f"cleanup: {line}")
             for line in cleanup.remove_owned(job.get("owned") or [], self.workspace):
                 self._append_log(job["id"], f"cleanup: {line}")
@@ -269,9 +269,10 @@ class Scheduler:
         except OSError as e:
             if logf:
                 logf.close()
-            self.store.transition(job_id, ["running"], "failed", error={
-                "message": f"could not start a worker: {e}",
-                "hint": "disk full?" if e.errno == 28 else "see the service's output"})
+            known = os_error(e)
+            self.store.transition(job_id, ["running"], "failed", error=(
+                {"message": f"could not start a worker: {known['message']}", "hint": known["hint"]} if known else
+                {"message": f"could not start a worker: {e}", "hint": "see the service's output"}))
             return False
         self.store.set_fields(job_id, pid=proc.pid)
         w = Worker(job_id, proc, logf)

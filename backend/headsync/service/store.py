@@ -14,12 +14,15 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sqlite3
 import threading
 import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterable
+
+from ..core.errors import UserError
 
 STATES = ("queued", "running", "succeeded", "failed", "cancelled")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
@@ -85,13 +88,70 @@ def connect(path: Path) -> sqlite3.Connection:
     return conn
 
 
-class Store:
-    """Access to ``WORKSPACE/jobs.db``; one connection per thread (sqlite3 objects are not shared)."""
+DB_NAME = "jobs.db"
+_SIDE_FILES = ("-wal", "-shm")
+RESET_HINT = ("restore jobs.db from a backup, or start with an empty job history: headsync serve --reset-jobs "
+              "(it moves the old file aside, it deletes nothing)")
 
-    def __init__(self, workspace: Path):
+
+def check_integrity(path: Path) -> None:
+    """Raise :class:`UserError` unless the job store at ``path`` (when it exists) is a sound SQLite file
+    holding the job table: ``PRAGMA quick_check`` says ``ok``. An empty file is refused too (a truncated
+    store would otherwise start with no history, silently)."""
+    path = Path(path)
+    if not path.exists():
+        return
+    wal = path.with_name(path.name + "-wal")
+    if path.stat().st_size == 0 and not (wal.exists() and wal.stat().st_size > 0):
+        raise UserError(f"the job store {path} is empty (truncated?): the history of jobs it held is gone "
+                        "from it", RESET_HINT)
+    conn = None
+    try:
+        conn = sqlite3.connect(f"file:{path}?mode=rw", uri=True, timeout=10.0)
+        rows = [r[0] for r in conn.execute("PRAGMA quick_check")]
+        tables = {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+    except sqlite3.Error as e:
+        raise UserError(f"the job store {path} cannot be read ({e})", RESET_HINT) from None
+    finally:
+        if conn is not None:
+            conn.close()
+    if rows != ["ok"]:
+        raise UserError(f"the job store {path} is damaged: {'; '.join(map(str, rows[:3]))}", RESET_HINT)
+    if "jobs" not in tables:
+        raise UserError(f"the job store {path} holds no job table (not HeadSync's?)", RESET_HINT)
+
+
+def set_aside(workspace: Path) -> list[Path]:
+    """Move ``WORKSPACE/jobs.db`` (and its -wal, -shm) to ``jobs-set-aside-TIME.db`` so that the next start
+    begins with an empty history; returns the new names. Nothing is deleted."""
+    ws = Path(workspace)
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    moved = []
+    for side in ("", *_SIDE_FILES):
+        src = ws / (DB_NAME + side)
+        if src.exists():
+            dst = ws / f"jobs-set-aside-{stamp}.db{side}"
+            os.replace(src, dst)
+            moved.append(dst)
+    return moved
+
+
+class Store:
+    """Access to ``WORKSPACE/jobs.db``; one connection per thread (sqlite3 objects are not shared).
+
+    ``check`` (the service, at start): :func:`check_integrity` first, and a store that vanished while job
+    logs remain is refused too (never a new, empty history unless asked for: :func:`set_aside`)."""
+
+    def __init__(self, workspace: Path, check: bool = False):
         self.workspace = Path(workspace)
-        self.path = self.workspace / "jobs.db"
+        self.path = self.workspace / DB_NAME
         self.logs = self.workspace / "logs"
+        if check:
+            check_integrity(self.path)
+            logs = list(self.logs.glob("*.log")) if not self.path.exists() and self.logs.is_dir() else []
+            if logs:  # the history was deleted: a new one only on request
+                raise UserError(f"the job store {self.path} is missing, but {self.logs} holds {len(logs)} job "
+                                "log(s): the history of those jobs is gone", RESET_HINT)
         self.logs.mkdir(parents=True, exist_ok=True)
         self._local = threading.local()
         with self._conn() as c:

@@ -21,7 +21,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 EXIT_DISK_FULL = 75
 
@@ -52,10 +52,9 @@ def classify(exc: BaseException, kind: str) -> dict[str, str]:
     text = str(exc)
     if isinstance(exc, UserError):
         return {"message": exc.message, "hint": exc.hint}
-    if is_disk_full(exc):
-        return {"message": f"disk full: {text}",
-                "hint": "free some space on the disk holding the workspace (or the output folder), "
-                        "then submit the job again"}
+    found = os_error(exc)
+    if found is not None:
+        return found
     low = text.lower()
     if "out of memory" in low and ("cuda" in low or type(exc).__name__ == "OutOfMemoryError"):
         return {"message": f"GPU out of memory: {text.splitlines()[0] if text else ''}",
@@ -70,6 +69,37 @@ def classify(exc: BaseException, kind: str) -> dict[str, str]:
     first = text.splitlines()[0] if text else ""
     return {"message": f"internal error in {kind}: {type(exc).__name__}: {first}"[:2000],
             "hint": "see the job log (GET /api/v1/jobs/ID/log) and report it with the log attached"}
+
+
+def _chain(exc: BaseException):
+    e: BaseException | None = exc
+    for _ in range(5):
+        if e is None:
+            return
+        yield e
+        e = e.__cause__ or e.__context__
+
+
+def os_error(exc: BaseException) -> dict[str, str] | None:
+    """{message, hint} for a file system failure that is not a bug: disk full, permission denied, a
+    read-only file system; None for anything else. Each says what happened and where."""
+    if is_disk_full(exc):
+        return {"message": f"disk full: {exc}",
+                "hint": "free some space on the disk holding the workspace (or the output folder), "
+                        "then submit the job again"}
+    for e in _chain(exc):
+        if isinstance(e, OSError) and e.errno in (errno.EACCES, errno.EPERM):
+            where = e.filename or ""
+            return {"message": f"permission denied: cannot write {where}".rstrip() if where else
+                               f"permission denied: {e}",
+                    "hint": "make the workspace (and the output folder) writable by the user running "
+                            "headsync, or choose another workspace"}
+        if isinstance(e, OSError) and e.errno == errno.EROFS:
+            where = e.filename or ""
+            return {"message": f"read-only file system: cannot write {where}".rstrip(),
+                    "hint": "the workspace (or the output folder) is on a read-only disk; choose a writable "
+                            "workspace"}
+    return None
 
 
 def is_disk_full(exc: BaseException) -> bool:
@@ -91,18 +121,15 @@ def resumable_kind(kind: str) -> bool:
     from .. import tasks
 
     t = tasks.TASKS.get(kind)
-    return bool(t and any(p.name == "resume" for p in t.params))
-
-
-#: Where each resumable kind keeps the file a resumed job continues from (DESIGN.md "Subject folder").
-CHECKPOINTS: dict[str, Callable[[dict[str, Any]], Path]] = {
-    "train": lambda p: Path(p["subject"]) / "models" / str(p.get("run") or "default") / "checkpoint.pt",
-}
+    return bool(t and t.resumable)
 
 
 def checkpoint_of(kind: str, params: dict[str, Any]) -> Path | None:
-    f = CHECKPOINTS.get(kind)
-    return f(params) if f else None
+    """The file a resumed job of ``kind`` continues from (its task's ``checkpoint``), or None."""
+    from .. import tasks
+
+    t = tasks.TASKS.get(kind)
+    return t.checkpoint(params) if t and t.checkpoint else None
 
 
 def can_resume(kind: str, params: dict[str, Any]) -> bool:
@@ -141,14 +168,10 @@ def main(argv: list[str]) -> int:
     from .. import tasks
     from ..core.errors import Cancelled
     from ..core.progress import Reporter
-    from . import cleanup
+    from . import cleanup, jobspec
     from .store import Store, jsonsafe
 
-    if os.environ.get("HEADSYNC_TEST_TASKS") == "1":
-        from . import testing
-
-        testing.install()
-
+    tasks.load_plugins()
     store = Store(workspace)
     job = store.get(job_id)
     if job is None or job["state"] != "running":
@@ -196,6 +219,7 @@ def main(argv: list[str]) -> int:
     outcome = "failed"
     try:
         reporter.check()
+        jobspec.check_writes(workspace, kind, job["params"])  # links may have changed since submission
         artifacts = tasks.run(kind, job["params"], reporter) or {}
         artifacts = jsonsafe(artifacts)
         outcome = "succeeded"
@@ -209,6 +233,9 @@ def main(argv: list[str]) -> int:
                 error = {"message": "interrupted: the service stopped while the job was running",
                          "hint": resume_hint(kind, job["params"])}
             _log(f"stopped: {exc!r}")
+        elif isinstance(exc, jobspec.ApiError):
+            error = {"message": exc.message, "hint": exc.hint}
+            _log("refused: " + error["message"])
         else:
             error = classify(exc, kind)
             _log("failed: " + error["message"])
@@ -216,7 +243,7 @@ def main(argv: list[str]) -> int:
             sys.stdout.flush()
     try:
         if outcome != "succeeded":
-            for line in cleanup.sweep_temp([Path(job["params"]["subject"])], os.getpid()):
+            for line in cleanup.sweep_temp([Path(job["params"]["subject"])], os.getpid(), inside=workspace):
                 _log(f"cleanup: {line}")
             for line in cleanup.remove_owned(job.get("owned") or [], workspace):
                 _log(f"cleanup: {line}")

@@ -15,19 +15,14 @@ from typing import Any
 
 from ..core.atomic import write_json_atomic
 from ..core.errors import UserError
+# The seven core expression coefficients are defined with curves.json, whose format module the Blender
+# add-on shares.
+from ..curves_format import CORE_NAMES as CORE_EXPRESSIONS
 
 SCHEMA = "headsync.subject/1"
+#: The manifest's file name: a folder holding it is a subject folder.
+MANIFEST = "subject.json"
 
-#: Seven core expression coefficients, always in this order (ARKit names).
-CORE_EXPRESSIONS = (
-    "browDownLeft",
-    "browDownRight",
-    "browInnerUp",
-    "browOuterUpLeft",
-    "browOuterUpRight",
-    "eyeBlinkLeft",
-    "eyeBlinkRight",
-)
 
 
 @dataclass
@@ -42,7 +37,7 @@ class Subject:
     # ---- paths -----------------------------------------------------------------------------
     @property
     def manifest_path(self) -> Path:
-        return self.root / "subject.json"
+        return self.root / MANIFEST
 
     @property
     def frames_dir(self) -> Path:

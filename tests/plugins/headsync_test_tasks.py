@@ -1,7 +1,9 @@
 """A test-only job kind, so that the service's cancel/kill/restart tests need no minutes of real work.
 
-Enabled only when the environment has ``HEADSYNC_TEST_TASKS=1`` (the service and its workers both read
-it): :func:`install` adds the kind ``test_sleep`` to :data:`headsync.tasks.TASKS`. It behaves like a
+Not part of the installed package: the tests put ``tests/plugins`` on ``PYTHONPATH`` (see
+``tests/service_harness.py``), where ``headsync_test_tasks-0.dist-info`` registers this module in the
+entry-point group ``headsync.tasks``; the service and its workers load that group
+(:func:`headsync.tasks.load_plugins`) and this module declares the kind ``test_sleep``. It behaves like a
 stage: it creates its subject folder, holds a half-written ``.partial.tmp-PID`` file while it works,
 reports ``steps`` progress steps over ``seconds`` (saving ``checkpoint.json`` after each, which
 ``resume`` continues from), and writes ``result.json`` atomically at the end.
@@ -16,12 +18,14 @@ import json
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-from .. import tasks
-from ..core.errors import UserError
-from ..core.progress import Reporter
-from ..core.atomic import write_json_atomic
+from pydantic import Field
+
+from headsync import tasks
+from headsync.core.errors import UserError
+from headsync.core.progress import Reporter
+from headsync.core.atomic import write_json_atomic
 
 KIND = "test_sleep"
 
@@ -72,19 +76,12 @@ def sleep_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     return {"result": str(root / "result.json"), "steps": steps, "psnr": float("nan")}
 
 
-TASK = tasks.Task(KIND, (
-    tasks.Param("subject", str, True, path=True),
-    tasks.Param("seconds", float, default=1.0),
-    tasks.Param("steps", int, default=10),
-    tasks.Param("mode", str, default="ok", choices=("ok", "user", "crash", "enospc", "cuda", "stubborn")),
-    tasks.Param("resume", bool, default=False),
-    tasks.Param("out", str, path=True, help="a folder it fills with one file per step (like a render)"),
-), "service.testing:sleep_task", "test only: sleeps, reporting progress")
-
-
-def install() -> None:
-    from . import jobspec, worker
-
-    tasks.TASKS.setdefault(KIND, TASK)
-    jobspec.CREATES_SUBJECT.add(KIND)
-    worker.CHECKPOINTS[KIND] = lambda p: Path(p["subject"]) / "checkpoint.json"
+@tasks.job_kind(KIND, sleep_task, "test only: sleeps, reporting progress", creates_subject=True,
+                checkpoint=lambda p: Path(p["subject"]) / "checkpoint.json")
+class SleepParams(tasks.JobParams):
+    subject: tasks.SubjectFolder = Field(description="the subject folder it creates")
+    seconds: float = Field(1.0, gt=0, le=3600, description="how long it sleeps")
+    steps: int = Field(10, ge=1, le=100_000, description="progress steps over that time")
+    mode: Literal["ok", "user", "crash", "enospc", "cuda", "stubborn"] = Field("ok", description="how it misbehaves")
+    resume: bool = Field(False, description="continue from checkpoint.json")
+    out: tasks.OutputFolder | None = Field(None, description="a folder it fills with one file per step (like a render)")
