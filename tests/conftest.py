@@ -11,10 +11,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from headsync.core.package_data import sample_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-SAMPLE = REPO / "sample_projects" / "astronaut"
+SAMPLE = sample_dir()
 
 
 def shared_file(rel: str) -> Path:

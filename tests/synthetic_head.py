@@ -170,6 +170,7 @@ TINY_TRAIN = {
     "resolution": 32, "coarse_iters": 200, "fine_iters": 40, "rays": 384, "patch": 16, "lips_patch": 8,
     "checkpoint_every": 100, "log_every": 20, "threads": 2,
     "audio_feature": "mel",  # the synthetic subject has no audio-visual encoder
+    "compile": False,  # compiling costs more than these few iterations
 }
 #: The tiny NeRF: the [renderer.nerf] table and its sub-tables.
 TINY_NERF = {

@@ -30,9 +30,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_addon_blender import backend_python, needs_bpy, run_blender  # noqa: E402
 
+# The bpy venvs this runs in have no headsync: the package data is read from the checkout.
+PACKAGE = REPO / "backend" / "headsync"
+
 pytestmark = [pytest.mark.slow, pytest.mark.blender]
 
-SAMPLE = REPO / "sample_projects" / "astronaut"
+SAMPLE = PACKAGE / "sample"
 TINY_TRAIN = {
     "resolution": 32, "coarse_iters": 240, "fine_iters": 40, "rays": 512, "patch": 16, "lips_patch": 8,
     "hash_levels": 8, "hash_base_resolution": 8, "hash_finest_resolution": 64, "hash_log2_table_size": 12,
@@ -49,7 +52,7 @@ def _missing_backend() -> str | None:
         if not (REPO / rel).is_file():
             return f"{rel} is missing (the service/renderer is not written yet)"
     if not list(SAMPLE.glob("*.mp4")) or not (SAMPLE / "dub.wav").is_file():
-        return "the bundled sample (sample_projects/astronaut) is missing"
+        return "the bundled sample (backend/headsync/sample) is missing"
     return None
 
 
@@ -59,7 +62,7 @@ TINY_AVE = {"sync_steps": 40, "ave_steps": 30}
 
 def tiny_preset(path: Path) -> Path:
     """The ``preview`` preset with a tiny [train] table and a short encoder schedule (minutes on two cores)."""
-    tables = tomllib.loads((REPO / "presets" / "preview.toml").read_text())
+    tables = tomllib.loads((PACKAGE / "presets" / "preview.toml").read_text())
     tables["train"] = {**tables.get("train", {}), **TINY_TRAIN}
     if "ave" in tables:
         tables["ave"].update({k: v for k, v in TINY_AVE.items() if k in tables["ave"]})

@@ -308,7 +308,7 @@ def test_run_mediapipe_blendshapes(tmp_path, monkeypatch):
 def ground_truth() -> dict:
     p = SAMPLE / "ground_truth.npz"
     if not p.exists():
-        pytest.skip("sample_projects/astronaut/ground_truth.npz is absent")
+        pytest.skip("the sample's ground_truth.npz is absent")
     z = np.load(p)
     return {k: z[k] for k in z.files}
 

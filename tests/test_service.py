@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from headsync.core.package_data import sample_dir
 
 from service_harness import BACKEND, REPO, ServiceProc, pid_alive, wait_for, worker_pid  # noqa: F401
 
@@ -243,7 +244,7 @@ def _prepared_fake_subject(ws: Path, name: str) -> None:
     (d / "models" / "default").mkdir(parents=True, exist_ok=True)
 
 
-AUDIO = str(REPO / "sample_projects" / "astronaut" / "dub.wav")
+AUDIO = str(sample_dir() / "dub.wav")
 OUTSIDE = "/tmp/headsync-escape-test"
 
 BAD = [

@@ -255,3 +255,17 @@ def test_one_cycle_handles_short_schedules(steps):
         sched.step()
         lrs.append(opt.param_groups[0]["lr"])
     assert all(np.isfinite(lrs)) and max(lrs) <= 1e-3 + 1e-12
+
+
+def test_judge_says_no_sync_for_unrelated_sound(synthetic_net):
+    """`eval --sync`: a confidence within what far-shifted sound reaches is "no sync found"."""
+    from headsync.face_sync.sync_judge import verdict
+
+    net, _ = synthetic_net
+    clip = synthetic_clip(200, seed=7)
+    other = synthetic_clip(200, seed=8)
+    matched = judge(net, clip, max_offset=8)
+    assert matched["hs_sync_found"] is True, matched
+    unrelated = judge(net, Clip(clip.crops, other.mel, FPS, clip.valid), max_offset=8)
+    assert unrelated["hs_sync_found"] is False, unrelated
+    assert verdict(unrelated).startswith("no sync found") and not verdict(matched).startswith("no sync")

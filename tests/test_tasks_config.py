@@ -13,7 +13,7 @@ from headsync.core.errors import UserError
 
 def test_validate_fills_defaults_and_checks_types():
     p = tasks.validate("prepare", {"video": "/x.mp4", "subject": "/s", "fps": 30})
-    assert p["preset"] == "standard" and p["fps"] == 30.0 and p["audio"] is None
+    assert p["preset"] == "auto" and p["fps"] == 30.0 and p["audio"] is None
     for bad, match in [({"subject": "/s"}, "needs the parameter 'video'"),
                        ({"video": "/x", "subject": "/s", "fps": "fast"}, "must be a valid number"),
                        ({"video": "/x", "subject": "/s", "fps": float("inf")}, "must be a finite number"),
@@ -58,6 +58,15 @@ def test_one_schema_drives_the_command_line():
     assert cli._params(parser.parse_args(["eval", "--subject", "s", "--sync"]))["sync"] == "latest"
     rc = cli.main(["prepare", "v.mp4", "--subject", "s", "--fps", "inf"])
     assert rc == 2  # the schema refuses it before anything runs
+
+
+def test_auto_preset_is_preview_on_a_cpu_and_standard_on_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert load_preset("auto").name == "preview" and load_preset().name == "preview"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert load_preset("auto").name == "standard"
 
 
 def test_presets_load_and_reject_unknown_keys(tmp_path):

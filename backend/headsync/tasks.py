@@ -23,6 +23,7 @@ from typing import Annotated, Any, Callable, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
+from .core.config import AUTO
 from .core.errors import UserError
 from .core.progress import Reporter
 from .post.torso.config import MODES as TORSO_MODES
@@ -161,7 +162,7 @@ class PrepareParams(JobParams):
     video: Annotated[InputFile, Cli(positional=True)] = Field(description="the subject video (any format ffmpeg reads)")
     subject: SubjectFolder = Field(description="subject folder to create or update")
     audio: InputFile | None = Field(None, description="audio for the video when it has none, or to replace it")
-    preset: PresetRef = Field("standard", description="preset name or .toml path")
+    preset: PresetRef = Field(AUTO, description="preset name or .toml path (auto: preview on a CPU, standard with CUDA)")
     fps: float | None = Field(None, ge=FPS_RANGE[0], le=FPS_RANGE[1],
                               description="target frame rate (default from the preset)")
     resolution: int | None = Field(None, ge=RESOLUTION_RANGE[0], le=RESOLUTION_RANGE[1],
@@ -181,7 +182,7 @@ def _train_checkpoint(p: dict[str, Any]) -> Path:
 @job_kind("train", "training.trainer:train_task", "prepared subject -> trained model", checkpoint=_train_checkpoint)
 class TrainParams(JobParams):
     subject: SubjectFolder = Field(description="a prepared subject folder")
-    preset: PresetRef = Field("standard", description="preset name or .toml path")
+    preset: PresetRef = Field(AUTO, description="preset name or .toml path (auto: preview on a CPU, standard with CUDA)")
     renderer: Annotated[str, Cli(choices=RENDERERS), AfterValidator(_check_renderer)] = Field(
         DEFAULT_RENDERER, description="the renderer to train (a registered one)")
     run: Name = Field("default", description="name of the model run under models/")

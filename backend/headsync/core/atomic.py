@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,9 +78,46 @@ def torch_save_atomic(path: Path, obj: Any) -> None:
         torch.save(obj, tmp)
 
 
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: alive
+        return True
+    return True
+
+
+_TEMP_NAME = re.compile(r"^\.(?P<name>.+)\.(?P<kind>tmp|old)-(?P<pid>\d+)$")
+
+
+def sweep_dead(folder: Path) -> list[Path]:
+    """Remove the temporary siblings in ``folder`` (not below) whose writer process is gone: what a
+    SIGKILL (or a power cut) left. A parked ``.NAME.old-PID`` whose NAME is missing is put back instead.
+    Returns the paths removed or restored."""
+    done: list[Path] = []
+    if not folder.is_dir():
+        return done
+    for p in folder.iterdir():
+        m = _TEMP_NAME.match(p.name)
+        if not m or int(m["pid"]) == os.getpid() or _alive(int(m["pid"])):
+            continue
+        final = folder / m["name"]
+        if m["kind"] == "old" and not final.exists():
+            os.replace(p, final)
+        elif p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        done.append(p)
+    return done
+
+
 @contextmanager
 def staging_dir(final: Path) -> Iterator[Path]:
-    """Yield a temporary sibling folder; on success it replaces ``final`` whole, on error it is removed."""
+    """Yield a temporary sibling folder; on success it replaces ``final`` whole, on error it is removed.
+    Leftovers of killed writers beside it are swept first (:func:`sweep_dead`)."""
+    sweep_dead(final.parent)
     tmp = temporary_sibling(final)
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)

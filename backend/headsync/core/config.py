@@ -1,4 +1,4 @@
-"""Presets: named TOML files in ``presets/`` that configure every component.
+"""Presets: named TOML files (package data in ``headsync/presets/``) that configure every component.
 
 Each component owns a dataclass of its settings, and each setting's default is defined there once
 (``PrepareConfig`` in ``prepare.pipeline``, ``TrainConfig`` in ``training.trainer``, a renderer's
@@ -17,10 +17,10 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from .errors import UserError
+from .package_data import presets_dir
 
 T = TypeVar("T")
 
-PRESET_DIR = Path(__file__).resolve().parents[3] / "presets"
 
 
 @dataclass(frozen=True)
@@ -32,19 +32,34 @@ class Preset:
 
 
 def preset_names() -> list[str]:
-    """Names of the presets shipped in ``presets/``."""
-    return sorted(p.stem for p in PRESET_DIR.glob("*.toml"))
+    """Names of the presets shipped with the package."""
+    return sorted(p.stem for p in presets_dir().glob("*.toml"))
 
 
-def load_preset(name_or_path: str = "standard") -> Preset:
-    """Load a preset by name (``preview``, ``standard``, ``paper``) or by path to a TOML file."""
+#: The default preset name: ``preview`` on a CPU, ``standard`` on CUDA (:func:`auto_preset`).
+AUTO = "auto"
+
+
+def auto_preset() -> str:
+    """What ``auto`` means on this machine: ``standard`` with a CUDA device, else ``preview`` (``standard``
+    on a CPU spends more than 25 minutes in prepare alone, issue 11)."""
+    from .devices import pick_device
+
+    return "standard" if pick_device("auto").type == "cuda" else "preview"
+
+
+def load_preset(name_or_path: str = AUTO) -> Preset:
+    """Load a preset by name (``auto``, ``preview``, ``standard``, ``paper``) or by path to a TOML file.
+    ``auto`` loads :func:`auto_preset`'s choice, under that name."""
+    if name_or_path == AUTO:
+        name_or_path = auto_preset()
     path = Path(name_or_path)
     if not (path.suffix == ".toml" and path.exists()):
-        path = PRESET_DIR / f"{name_or_path}.toml"
+        path = presets_dir() / f"{name_or_path}.toml"
     if not path.exists():
         raise UserError(
             f"unknown preset {name_or_path!r}",
-            f"use one of {', '.join(preset_names())} or the path to a .toml file",
+            f"use one of {', '.join([AUTO, *preset_names()])} or the path to a .toml file",
         )
     try:
         tables = tomllib.loads(path.read_text())

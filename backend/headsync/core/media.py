@@ -38,11 +38,13 @@ class MediaInfo:
     height: int = 0
     fps: float = 0.0
     rotation: int = 0
+    sample_aspect: float = 1.0  # pixel width over height (1: square pixels)
 
 
 _DURATION = re.compile(r"Duration: (\d+):(\d+):(\d+(?:\.\d+)?)")
 _VIDEO = re.compile(r"Stream #\S+.*?: Video: .*?(\d{2,5})x(\d{2,5})")
 _FPS = re.compile(r"(\d+(?:\.\d+)?) (?:fps|tbr)")
+_SAR = re.compile(r"SAR (\d+):(\d+)")
 _ROT = re.compile(r"rotate\s*:\s*(-?\d+)|displaymatrix: rotation of (-?\d+(?:\.\d+)?) degrees")
 
 
@@ -76,6 +78,10 @@ def probe(path: str | Path) -> MediaInfo:
         fm = _FPS.search(video_line)
         if fm:
             fps = float(fm.group(1))
+    sar = 1.0
+    sm = _SAR.search(video_line or "")
+    if sm and int(sm.group(1)) > 0 and int(sm.group(2)) > 0:
+        sar = int(sm.group(1)) / int(sm.group(2))
     rot = 0
     rm = _ROT.search(err)
     if rm:
@@ -84,7 +90,7 @@ def probe(path: str | Path) -> MediaInfo:
         raise UserError(f"ffmpeg found no video or audio stream in {path}", "pass a video file (mp4, mov, mkv, ...)")
     if rot % 180 != 0:  # ffmpeg auto-rotates on decode: report the displayed size
         width, height = height, width
-    return MediaInfo(path, duration, video_line is not None, has_audio, width, height, fps, rot)
+    return MediaInfo(path, duration, video_line is not None, has_audio, width, height, fps, rot, sar)
 
 
 def iter_frames(path: str | Path, fps: float, max_side: int | None = None) -> Iterator[np.ndarray]:

@@ -31,25 +31,37 @@ class Reporter:
     total: int = 0
     step: int = 0  # index of the current step of a multi-step job (prepare's stages), 0-based
     steps: int = 0  # number of steps; 0 when the job is a single step
+    phases: int = 1  # stages (``start`` calls) the current step runs one after another
+    phase: int = -1  # index of the current one, -1 before the step's first ``start``
+    _high: float = 0.0  # the largest overall fraction reported: progress never falls back
     _t0: float = field(default_factory=time.monotonic)
     _last_emit: float = 0.0
 
     def start(self, stage: str, total: int) -> None:
         """Begin a stage of ``total`` units (frames, iterations)."""
         self.stage, self.done, self.total = stage, 0, int(total)
+        self.phase = min(self.phase + 1, self.phases - 1)
         self._t0 = time.monotonic()
         self._emit(force=True)
 
-    def begin_step(self, index: int, count: int) -> None:
-        """Enter step ``index`` of ``count`` (a stage of prepare), so events carry an overall fraction."""
+    def begin_step(self, index: int, count: int, phases: int = 1) -> None:
+        """Enter step ``index`` of ``count`` (a stage of prepare), so events carry an overall fraction.
+        ``phases``: how many stages (``start`` calls) the step runs in turn, each an equal share of it (the
+        audio-visual encoder trains a discriminator, then the encoder: without this the bar fell from 99%
+        back to 90% between them)."""
         self.step, self.steps = int(index), int(count)
+        self.phases, self.phase = max(int(phases), 1), -1
+        if self.step == 0:  # the first step of a (new) job: the demo runs several jobs on one reporter
+            self._high = 0.0
 
     def overall(self) -> float | None:
         """Fraction of the whole job done, 0..1: finished steps plus the current one's share."""
         if self.steps <= 0:
             return None
         part = min(self.done / self.total, 1.0) if self.total > 0 else 0.0
-        return (self.step + part) / self.steps
+        within = (max(self.phase, 0) + part) / self.phases
+        self._high = max(self._high, min((self.step + within) / self.steps, 1.0))
+        return self._high
 
     def advance(self, n: int = 1, **extra) -> None:
         """Mark ``n`` more units done; ``extra`` (loss, psnr, ...) rides along in the event."""

@@ -35,14 +35,11 @@ from ..core.devices import pick_device, set_threads
 from ..core.errors import UserError
 from ..renderers.common.losses import psnr_from_mse
 from ..core.progress import Reporter
+from .measures import mouth_opening
 from ..render.dub import RenderConfig, features_for_audio, render_frames, run_render_config
 from ..core.atomic import write_json_atomic
 from ..subject.folder import Subject
 from ..training.checkpoints import load_renderer, run_dir
-
-#: Inner-lip landmark pairs (upper, lower) across the mouth, and the face height's ends, in MediaPipe's mesh.
-INNER_LIP_PAIRS = ((13, 14), (82, 87), (312, 317), (81, 178), (311, 402))
-FOREHEAD, CHIN = 10, 152
 
 
 def lip_indices() -> np.ndarray:
@@ -75,12 +72,6 @@ class MeshReader:
 
     def close(self) -> None:
         self._mesh.close()
-
-
-def mouth_opening(landmarks: np.ndarray) -> float:
-    """Mean inner-lip gap (five pairs across the mouth) over the forehead-chin distance, dimensionless."""
-    gap = np.mean([np.linalg.norm(landmarks[a] - landmarks[b]) for a, b in INNER_LIP_PAIRS])
-    return float(gap / max(np.linalg.norm(landmarks[FOREHEAD] - landmarks[CHIN]), 1e-6))
 
 
 def pearson(a: np.ndarray, b: np.ndarray) -> float | None:
@@ -248,4 +239,7 @@ def eval_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
         saved = {}
     saved["eval"] = metrics
     write_json_atomic(path, saved)
-    return {"metrics": metrics, "metrics_file": str(path)}
+    # what the data could not give, and how strongly each coefficient acts (checked after training)
+    return {"metrics": metrics, "metrics_file": str(path), "warnings": subject.load().get("warnings", []),
+            "expression_response": saved.get("expression_response"),
+            "weak_expressions": saved.get("weak_expressions")}

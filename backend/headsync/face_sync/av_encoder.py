@@ -42,6 +42,8 @@ from ..subject.folder import Subject
 from .syncnet import AudioEncoder, PairSampler, conv_block, load_state, sync_loss, to_face_tensor
 
 NAME = "ave"
+#: Progress phases of the stage (``Reporter.begin_step``): mouth crops, the discriminator, the encoder.
+PHASES = 3
 VERSION = 1
 REQUIRES = ("landmarks", "audio")
 

@@ -8,6 +8,15 @@
 3. Paste-back: the merged crop is scaled to the recorded crop box and written into the full-resolution
    source frame; the part of the box outside the image is dropped.
 
+Three guards keep the rest of the frame the source's (issue 11 found each artefact on a real clip):
+
+* the render only counts on the source's head and neck (labels 1-5) grown by ``support_grow``: density the
+  field left over the shoulder or beside the chin (floaters, the translucent patch) is dropped, and only
+  neck pixels (the chin dropping with an open mouth), never torso, join the merge region;
+* under the rendered head, hair and ears (label 4) show the source crop, not the background plate, so a
+  rendered ear a pixel narrower than the source's leaves no plate-coloured (bluish) halo;
+* occluders (a hand in front of the face, :mod:`headsync.post.occluders`) are cut out of the merge mask.
+
 All functions are pure array code: (H, W, 3) float32 RGB in [0, 1] unless stated.
 """
 
@@ -30,6 +39,7 @@ class PortraitConfig:
     blur: float = 0.02  # Gaussian sigma of G(F_r)
     grow: float = 0.02  # dilation of the face region before blurring (keeps the blur inside the face edge)
     opacity_threshold: float = 0.5  # rendered pixels with at least this alpha belong to F_r
+    support_grow: float = 0.03  # the render counts only on the source's head + neck grown by this
 
 
 def neck_colour(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
@@ -42,29 +52,52 @@ def neck_colour(image: np.ndarray, labels: np.ndarray) -> np.ndarray:
 
 
 def fill_gaps(head_rgb: np.ndarray, opacity: np.ndarray, background: np.ndarray, labels: np.ndarray,
-              neck: np.ndarray) -> np.ndarray:
+              neck: np.ndarray, crop_image: np.ndarray | None = None) -> np.ndarray:
     """Composite the premultiplied head over the background, with uncovered face pixels in the neck colour.
 
     ``head_rgb`` (S, S, 3) premultiplied, ``opacity`` (S, S), ``background`` (S, S, 3) the torso + plate
-    layer, ``labels`` the source frame's label map at S.
+    layer, ``labels`` the source frame's label map at S. With ``crop_image`` (the source crop), hair and
+    ears (label 4) left uncovered show the source instead of the plate.
     """
     gap = np.isin(labels, FACE_LABELS)[..., None]
     under = np.where(gap, neck[None, None, :], background)
+    if crop_image is not None:
+        under = np.where((labels == HEAD)[..., None], crop_image, under)
     return head_rgb + (1.0 - opacity[..., None]) * under
 
 
-def merge_mask(labels: np.ndarray, opacity: np.ndarray, cfg: PortraitConfig, region: np.ndarray | None = None
-               ) -> np.ndarray:
-    """``G(F_r)``: the face region (source face labels plus rendered non-hair pixels), grown and blurred,
-    (S, S) in [0, 1]. A given ``region`` (S, S) bool replaces the face region (the torso field's path
-    merges the whole rendered person, see :mod:`headsync.post.torso.path`)."""
+def head_support(labels: np.ndarray, cfg: PortraitConfig) -> np.ndarray:
+    """(S, S) float mask in [0, 1]: the source's head and neck (labels 1-5) grown by ``support_grow``, edge
+    softened; where the render may count."""
+    size = labels.shape[0]
+    g = max(1, int(round(cfg.support_grow * size)))
+    m = cv2.dilate(np.isin(labels, (*FACE_LABELS, HEAD, NECK)).astype(np.uint8),
+                   cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * g + 1,) * 2)).astype(np.float32)
+    return np.clip(cv2.GaussianBlur(m, (0, 0), g / 2.0), 0.0, 1.0)
+
+
+def limit_render(head_rgb: np.ndarray, opacity: np.ndarray, support: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The premultiplied head and its opacity with everything outside ``support`` (S, S) removed."""
+    return head_rgb * support[..., None], opacity * support
+
+
+def merge_mask(labels: np.ndarray, opacity: np.ndarray, cfg: PortraitConfig,
+               occluder: np.ndarray | None = None, region: np.ndarray | None = None) -> np.ndarray:
+    """``G(F_r)``: the face region (source face labels plus rendered pixels over the neck), grown and
+    blurred, (S, S) in [0, 1]; zero on ``occluder`` (S, S) bool, which keeps the source. A given ``region``
+    (S, S) bool replaces the face region (the torso field's path merges the whole rendered person, see
+    :mod:`headsync.post.torso.path`)."""
     size = labels.shape[0]
     if region is None:
-        region = np.isin(labels, FACE_LABELS) | ((opacity >= cfg.opacity_threshold) & (labels != HEAD) & (labels != 0))
+        region = np.isin(labels, FACE_LABELS) | ((opacity >= cfg.opacity_threshold) & (labels == NECK))
     g = max(1, int(round(cfg.grow * size)))
     region = cv2.dilate(region.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * g + 1,) * 2))
     sigma = max(cfg.blur * size, 0.5)
-    return np.clip(cv2.GaussianBlur(region.astype(np.float32), (0, 0), sigma), 0.0, 1.0)
+    mask = np.clip(cv2.GaussianBlur(region.astype(np.float32), (0, 0), sigma), 0.0, 1.0)
+    if occluder is not None and occluder.any():
+        # a hard cut at the occluder's (already grown) edge: blending a hand with skin shows a ghost
+        mask = mask * (1.0 - occluder.astype(np.float32))
+    return mask
 
 
 def crop_region(box: tuple[float, float, float], width: int, height: int) -> tuple[int, int, int, int, int]:
@@ -95,15 +128,20 @@ def paste(frame: np.ndarray, crop: np.ndarray, mask: np.ndarray, box: tuple[floa
 
 def compose(frame: np.ndarray, box: tuple[float, float, float], head_rgb: np.ndarray, opacity: np.ndarray,
             background: np.ndarray, labels: np.ndarray, crop_image: np.ndarray, cfg: PortraitConfig,
-            composite: np.ndarray | None = None, region: np.ndarray | None = None) -> np.ndarray:
+            occluder: np.ndarray | None = None, composite: np.ndarray | None = None,
+            region: np.ndarray | None = None) -> np.ndarray:
     """The whole generator for one frame.
 
     ``frame`` (H, W, 3) uint8 full-resolution source frame; ``box`` its crop box; ``head_rgb``/``opacity``
     the render at S; ``background``, ``labels``, ``crop_image`` the source frame's torso+plate layer, label
-    map and crop at S (float RGB in [0, 1]). ``composite`` (S, S, 3), when given, is the head already over
-    its gap-filled torso layer (the torso path's :meth:`~headsync.post.torso.path.TorsoPath.composite`)
-    and replaces step 1; ``region`` as in :func:`merge_mask`. Returns the full-resolution uint8 frame.
+    map and crop at S (float RGB in [0, 1]); ``occluder`` (S, S) bool, what lies in front of the face.
+    ``composite`` (S, S, 3), when given, is the head already over its gap-filled torso layer (the torso
+    path's :meth:`~headsync.post.torso.path.TorsoPath.composite`) and replaces step 1; ``region`` as in
+    :func:`merge_mask`. A caller passing ``composite`` limits the render itself (:func:`limit_render`, not
+    for the field path, which moves the whole person). Returns the full-resolution uint8 frame.
     """
     if composite is None:
-        composite = fill_gaps(head_rgb, opacity, background, labels, neck_colour(crop_image, labels))
-    return paste(frame, composite, merge_mask(labels, opacity, cfg, region), box)
+        if region is None:
+            head_rgb, opacity = limit_render(head_rgb, opacity, head_support(labels, cfg))
+        composite = fill_gaps(head_rgb, opacity, background, labels, neck_colour(crop_image, labels), crop_image)
+    return paste(frame, composite, merge_mask(labels, opacity, cfg, occluder, region), box)

@@ -2,7 +2,7 @@
 
 ``mel``: log-mel spectrogram (16 kHz, 80 mel bands, 25 ms windows every 10 ms), averaged over each video
 frame's span ``[i/fps - 0.5/fps, i/fps + 0.5/fps)`` so row ``i`` describes the sound *at* frame ``i``.
-Learned features (``ave``, ``hubert``) are computed by their own modules with the same alignment.
+The learned feature (``ave``) is computed by its own module with the same alignment.
 """
 
 from __future__ import annotations

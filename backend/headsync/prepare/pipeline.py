@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from . import audio as audio_stage
-from . import audio_features, capture as expression, landmarks68, masks, stabilizer, tracking
+from . import audio_features, capture as expression, checks, landmarks68, masks, stabilizer, tracking
 from ..face_sync import av_encoder
 from ..core import registry
-from ..core.config import Preset, as_dict, load_preset, section
+from ..core.config import AUTO, Preset, as_dict, load_preset, section
 from ..core.errors import UserError
 from ..core.progress import Reporter
 from .stages import run_stage
@@ -70,7 +70,7 @@ def stage_configs(preset: Preset, video: Path, audio: Path | None, fps: float | 
 
 
 def prepare_subject(video: str | Path, subject_dir: str | Path, audio: str | Path | None = None,
-                    preset: str | Preset = "standard", fps: float | None = None, resolution: int | None = None,
+                    preset: str | Preset = AUTO, fps: float | None = None, resolution: int | None = None,
                     reporter: Reporter | None = None, force: bool = False) -> Subject:
     """Prepare ``video`` into ``subject_dir`` (created). Returns the :class:`Subject`.
 
@@ -96,17 +96,21 @@ def prepare_subject(video: str | Path, subject_dir: str | Path, audio: str | Pat
     subject.update(split=as_dict(section(preset, "split", SplitConfig)))
     t0 = time.perf_counter()
     for i, st in enumerate(STAGES):
-        reporter.begin_step(i, len(STAGES))
+        reporter.begin_step(i, len(STAGES), getattr(st, "PHASES", 1))
         run_stage(st, subject, cfgs[st.NAME], reporter, force=force)
     reporter.begin_step(0, 0)  # what follows (train, render) is not a step of prepare
     subject.update(preset=preset.name)
+    for w in checks.footage_warnings(subject, cfgs[tracking.LANDMARKS.NAME].resolution):
+        if w not in subject.load().get("warnings", []):
+            reporter.message(w, level="warning")
+        subject.warn(w)
     reporter.message(f"prepared {subject.frame_count()} frames into {subject.root} in {time.perf_counter() - t0:.1f} s")
     return subject
 
 
 def prepare_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     """Job entry point (CLI and service): see ``tasks.TASKS['prepare']`` for the parameters."""
-    s = prepare_subject(params["video"], params["subject"], params.get("audio"), params.get("preset") or "standard",
+    s = prepare_subject(params["video"], params["subject"], params.get("audio"), params.get("preset") or AUTO,
                         params.get("fps"), params.get("resolution"), reporter)
     m = s.load()
     return {"subject": str(s.root), "frames": m["source"]["frame_count"], "warnings": m.get("warnings", []),

@@ -138,6 +138,9 @@ def run_crop(subject: Subject, cfg: CropConfig, reporter: Reporter) -> dict:
     if not info.has_video:
         raise UserError(f"{cfg.video} has no video stream (audio only?)",
                         "pass a video of the subject; give separate dialogue with --audio")
+    if info.fps == 0 or info.duration_s <= 1.5 / info.fps:  # one frame: an image, or a video of one frame
+        raise UserError(f"{cfg.video} is a still image, not a video",
+                        f"prepare needs a clip of the subject talking (at least {cfg.min_duration_s:.0f} s)")
     if info.duration_s and info.duration_s < cfg.min_duration_s:
         raise UserError(f"the video is {info.duration_s:.1f} s long; at least {cfg.min_duration_s:.0f} s are needed",
                         "a few minutes of the subject talking gives the best results")
@@ -173,7 +176,7 @@ def run_crop(subject: Subject, cfg: CropConfig, reporter: Reporter) -> dict:
     subject.update(
         source={"path": str(Path(cfg.video).resolve()), "sha256": cfg.sha256, "fps": cfg.fps, "frame_count": n,
                 "width": info.width, "height": info.height, "source_fps": info.fps, "duration_s": n / cfg.fps,
-                "has_audio": info.has_audio},
+                "has_audio": info.has_audio, "sample_aspect": round(info.sample_aspect, 4)},
         crop={"mode": "fixed", "box": [x0, y0, side]},
     )
     return {"frames": n, "face_fraction_sampled": round(frac, 4), "box": [round(v, 2) for v in (x0, y0, side)]}

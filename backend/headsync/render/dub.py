@@ -32,7 +32,8 @@ from ..core.config import load_preset, section
 from ..curves import Curves, captured_curves, ping_pong, pose_matrices, read_curves, write_curves
 from ..subject.data import check_prepared, load_pose, read_labels, read_rgb
 from ..core.errors import UserError
-from ..post.portrait import PortraitConfig, compose
+from ..post.occluders import HandFinder
+from ..post.portrait import PortraitConfig, compose, head_support, limit_render
 from ..post.torso.path import TorsoPath
 from ..core.progress import Reporter
 from ..core.atomic import staging_dir, write_json_atomic
@@ -51,11 +52,12 @@ class RenderConfig:
     blur: float = 0.02  # Portrait-Sync: Gaussian sigma of the merge mask, fraction of the crop side
     grow: float = 0.02  # Portrait-Sync: growth of the face region before blurring
     crf: int = 18  # H.264 quality of render.mp4
+    keep_occluders: bool = True  # Portrait-Sync: hands in front of the face stay the source's (post/occluders.py)
 
 
 def features_for_audio(subject: Subject, kind: str, audio: np.ndarray, fps: float, n_frames: int) -> np.ndarray:
     """Per-frame audio features (n_frames, D) of a new audio track, of the kind the model was trained on
-    (``mel``, ``ave`` with the subject's own audio-visual encoder, or ``hubert``): see ``lip_features``."""
+    (``mel``, or ``ave`` with the subject's own audio-visual encoder): see ``lip_features``."""
     return lip_features.for_audio(subject, kind, audio, fps, n_frames)
 
 
@@ -166,6 +168,7 @@ def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curve
         source = SourceFrames(path, float(src["fps"]), int(src_idx.max()) + 1, size, set(map(int, src_idx)))
     pcfg = PortraitConfig(blur=rcfg.blur, grow=rcfg.grow)
     torso = torso or TorsoPath.for_subject(subject, device)
+    hands = HandFinder() if portrait and rcfg.keep_occluders else None
     reporter.start("render", n_out)
     for t in range(n_out):
         j = int(src_idx[t])
@@ -182,9 +185,12 @@ def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curve
         head = cv2.resize(out["head"].cpu().numpy(), (S, S), interpolation=cv2.INTER_LINEAR)
         opacity = np.clip(cv2.resize(opacity, (S, S), interpolation=cv2.INTER_LINEAR), 0, 1)
         cropf = crop.astype(np.float32) / 255.0
+        if layer.region is None:  # the head stays over the source's own head and neck (Portrait-Sync)
+            head, opacity = limit_render(head, opacity, head_support(labels, pcfg))
         img = torso.composite(head, opacity, layer, labels, cropf)
         if portrait:
-            frame = compose(source[j], box, head, opacity, layer.background, labels, cropf, pcfg, img, layer.region)
+            frame = compose(source[j], box, head, opacity, layer.background, labels, cropf, pcfg,
+                            hands.mask(crop) if hands is not None else None, img, layer.region)
         else:
             frame = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
         reporter.advance(1)

@@ -159,6 +159,11 @@ class Renderer(nn.Module):
         """Called once before the first iteration of a new run with the training frames' audio-feature
         rows (N, D), e.g. to store their statistics; not called on resume (the state has them)."""
 
+    def compile_hot_paths(self, enabled: bool = True) -> str:
+        """``torch.compile`` the parts where most of a training step goes, when ``enabled``; returns what
+        was done (:func:`headsync.core.compile.compile_forward`'s answer). Default: nothing, ``"none"``."""
+        return "none"
+
     def load_renderer_state(self, state: dict[str, Any]) -> None:
         """Load ``state_dict()`` output. Renderers whose size changes in training (Gaussians' count)
         resize themselves here first; a mismatch raises ``RuntimeError``."""

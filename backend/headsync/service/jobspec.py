@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import tasks
-from ..core.config import preset_names
+from ..core.config import AUTO, preset_names
 from ..core.errors import UserError
 
 NAME_PATTERN = tasks.NAME_PATTERN
@@ -204,7 +204,7 @@ def _links_out(folder: Path, ws: Path, depth: int):
 
 
 def resolve_preset(value: str) -> str:
-    if value in preset_names():
+    if value == AUTO or value in preset_names():
         return value
     try:
         if value.endswith(".toml") and Path(value).is_absolute() and Path(value).is_file() \
@@ -213,7 +213,7 @@ def resolve_preset(value: str) -> str:
     except (ValueError, OSError):
         pass
     raise ApiError(422, f"unknown preset {_short(value)}",
-                   f"use one of {', '.join(preset_names())} or the absolute path of a .toml file")
+                   f"use one of {', '.join([AUTO, *preset_names()])} or the absolute path of a .toml file")
 
 
 def resolve_params(workspace: Path, kind: str, params: dict[str, Any], sdir: Path) -> dict[str, Any]:

@@ -1,9 +1,10 @@
 """Training data of the head renderer, read from a prepared subject folder (DESIGN.md's contract).
 
-:func:`load_subject_data` reads the crops, label maps, background plate, pose, expression and audio
-features, brings the images to the render resolution and builds each frame's *background*: the crop with
-the head (labels 1-4) replaced by the plate, i.e. torso + background, the layer the head NeRF is composited
-over (ER-NeRF renders its head on top of torso and background the same way).
+:func:`load_subject_data` reads the per-frame arrays (pose, expression, audio features) and the split;
+:func:`read_frame` reads one frame's crop and label map at the render resolution. A frame's *background*
+is the crop with the head (labels 1-4, grown by a pixel) replaced by the plate, i.e. torso + background,
+the layer the head NeRF is composited over (ER-NeRF renders its head on top of torso and background the
+same way); :func:`plate_mask` says which pixels those are. ``training.frames`` stores the frames compactly.
 
 What one training iteration draws from these arrays is :mod:`headsync.training.samplers`.
 """
@@ -18,7 +19,6 @@ import numpy as np
 
 from ..renderers.common.cameras import Intrinsics
 from ..core.errors import UserError
-from ..core.progress import Reporter
 from .folder import CORE_EXPRESSIONS, Subject
 from .labels import HEAD_LABELS, LIPS
 from .split import split_frames, subject_split
@@ -75,18 +75,14 @@ def load_pose(subject: Subject) -> Pose:
 
 @dataclass
 class SubjectData:
-    """Everything training needs, at render resolution ``size``.
+    """The per-frame arrays training needs, at render resolution ``size`` (the images themselves are read
+    per frame, :func:`read_frame`, and stored by ``training.frames``).
 
-    ``images``/``backgrounds`` (N, size, size, 3) uint8 RGB; ``head`` (N, size, size) bool (labels 1-4);
-    ``lips_box`` (N, 4) int (x0, y0, x1, y1) at ``size``, all -1 when the frame shows no lips;
     ``expression`` (N, 7) in [0, 1]; ``audio`` (N, D) audio-feature rows; ``pose`` at crop resolution;
     ``train``/``holdout`` frame indices (:mod:`headsync.subject.split`).
     """
 
-    images: np.ndarray
-    backgrounds: np.ndarray
-    head: np.ndarray
-    lips_box: np.ndarray
+    subject: Subject
     expression: np.ndarray
     audio: np.ndarray
     pose: Pose
@@ -97,7 +93,7 @@ class SubjectData:
 
     @property
     def n_frames(self) -> int:
-        return self.images.shape[0]
+        return self.expression.shape[0]
 
     @property
     def K(self) -> Intrinsics:
@@ -105,13 +101,24 @@ class SubjectData:
         return self.pose.K.scaled(self.size)
 
 
-def background_layer(image: np.ndarray, labels: np.ndarray, plate: np.ndarray, grow: int = 1) -> np.ndarray:
-    """The frame with its head (labels 1-4, grown by ``grow`` px so no face fringe remains) replaced by
-    the background plate: torso + background, what the head is rendered over. All (S, S, ...) arrays."""
+def plate_mask(labels: np.ndarray, grow: int = 1) -> np.ndarray:
+    """Pixels (S, S) bool whose background is the plate: the head (labels 1-4) grown by ``grow`` px, so
+    no face fringe remains in the layer the head is rendered over."""
     head = np.isin(labels, HEAD_LABELS).astype(np.uint8)
     if grow > 0:
         head = cv2.dilate(head, np.ones((2 * grow + 1, 2 * grow + 1), np.uint8))
-    return np.where(head[..., None] > 0, plate, image)
+    return head > 0
+
+
+def background_layer(image: np.ndarray, labels: np.ndarray, plate: np.ndarray, grow: int = 1) -> np.ndarray:
+    """The frame with its (grown) head replaced by the background plate: torso + background, what the head
+    is rendered over. All (S, S, ...) arrays."""
+    return np.where(plate_mask(labels, grow)[..., None], plate, image)
+
+
+def read_frame(subject: Subject, i: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Frame ``i`` at ``size``: the crop (S, S, 3) uint8 RGB and its label map (S, S) uint8."""
+    return read_rgb(subject.frame_path(i), size), read_labels(subject.mask_path(i), size)
 
 
 def read_rgb(path: Path, size: int | None = None) -> np.ndarray:
@@ -139,7 +146,12 @@ def read_labels(path: Path, size: int | None = None) -> np.ndarray:
 
 def lips_box(labels: np.ndarray) -> np.ndarray:
     """Bounding box (x0, y0, x1, y1), exclusive end, of the lips label, or all -1."""
-    ys, xs = np.nonzero(labels == LIPS)
+    return mask_box(labels == LIPS)
+
+
+def mask_box(mask: np.ndarray) -> np.ndarray:
+    """Bounding box (x0, y0, x1, y1), exclusive end, of a bool mask (S, S), or all -1 when it is empty."""
+    ys, xs = np.nonzero(mask)
     if xs.size == 0:
         return np.full(4, -1, np.int64)
     return np.array([xs.min(), ys.min(), xs.max() + 1, ys.max() + 1], np.int64)
@@ -166,8 +178,7 @@ def load_expression(subject: Subject, n: int) -> np.ndarray:
     return np.clip(expr, 0.0, 1.0)
 
 
-def load_subject_data(subject: Subject, size: int, audio_kind: str, reporter: Reporter | None = None
-                      ) -> SubjectData:
+def load_subject_data(subject: Subject, size: int, audio_kind: str) -> SubjectData:
     """Read a prepared subject at render resolution ``size`` (see :class:`SubjectData`)."""
     check_prepared(subject, audio_kind)
     n = subject.frame_count()
@@ -176,22 +187,5 @@ def load_subject_data(subject: Subject, size: int, audio_kind: str, reporter: Re
         raise UserError(f"pose.npz has {pose.R.shape[0]} frames, the subject {n}", "run `headsync prepare` again")
     expr = load_expression(subject, n)
     audio = load_audio_features(subject, audio_kind, n)
-    plate = read_rgb(subject.path("background.jpg"), size)
-    images = np.empty((n, size, size, 3), np.uint8)
-    backgrounds = np.empty_like(images)
-    head = np.empty((n, size, size), bool)
-    boxes = np.empty((n, 4), np.int64)
-    if reporter:
-        reporter.start("load", n)
-    for i in range(n):
-        img = read_rgb(subject.frame_path(i), size)
-        lab = read_labels(subject.mask_path(i), size)
-        images[i] = img
-        backgrounds[i] = background_layer(img, lab, plate)
-        head[i] = np.isin(lab, HEAD_LABELS)
-        boxes[i] = lips_box(lab)
-        if reporter:
-            reporter.advance(1)
     train, holdout = split_frames(n, subject_split(subject).holdout_fraction)
-    return SubjectData(images, backgrounds, head, boxes, expr, audio, pose, size,
-                       float(subject.source()["fps"]), train, holdout)
+    return SubjectData(subject, expr, audio, pose, size, float(subject.source()["fps"]), train, holdout)

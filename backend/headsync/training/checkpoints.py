@@ -42,7 +42,10 @@ def load_checkpoint(path: Path, device: torch.device | str = "cpu", kind: str | 
     """Read a checkpoint; a missing, damaged or foreign file is a :class:`UserError` with what to do.
     With ``kind``, a checkpoint of another renderer is refused too."""
     if not path.exists():
-        raise UserError(f"no checkpoint at {path}", "train the run first: `headsync train --subject DIR`")
+        runs = sorted(p.parent.name for p in path.parent.parent.glob("*/checkpoint.pt"))
+        hint = (f"runs of this subject: {', '.join(runs)} (pass one with --run)" if runs else
+                "train the run first: `headsync train --subject DIR`")
+        raise UserError(f"no checkpoint at {path}", hint)
     try:
         state = torch.load(path, map_location=device, weights_only=False)
     except Exception as e:  # torch raises several kinds for truncated/garbage files

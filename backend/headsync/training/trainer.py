@@ -27,8 +27,9 @@ import numpy as np
 import torch
 
 from ..core.atomic import write_json_atomic
-from ..core.config import as_dict, from_table, load_preset, section
+from ..core.config import AUTO, as_dict, from_table, load_preset, section
 from ..core.devices import pick_device, set_threads
+from ..face_sync.lip_features import check_kind
 from ..core.errors import UserError
 from ..core.progress import Reporter
 from ..renderers.base import Renderer, SubjectMeta
@@ -38,7 +39,10 @@ from ..renderers.common.losses import mse, perceptual_loss, psnr_from_mse
 from ..renderers.registry import DEFAULT_RENDERER, renderer_class
 from ..subject.data import SubjectData, load_subject_data
 from ..subject.folder import CORE_EXPRESSIONS, Subject
+from ..evaluation.expression_response import box_mask, coefficient_response, weak_coefficients
 from .checkpoints import load_checkpoint, run_dir, save_checkpoint
+from .expression_sampling import add_eye_samples, eye_boxes, frame_weights
+from .frames import FrameStore, open_frames
 from .samplers import draw
 
 
@@ -56,18 +60,36 @@ class TrainConfig:
     lips_fraction: float = 0.0  # share of rays drawn around the lips (short schedules need the push)
     patch: int = 64  # patches: side of the random head patch (pixels at ``resolution``)
     lips_patch: int = 32  # patches: side of the lips patch
+    # Expression-focused sampling (training/expression_sampling.py): share of the rays put around the eyes
+    # and brows, side of the eye patch added to the patches (0: none), share of frames drawn from the
+    # expression coefficients' tails (0: uniform).
+    # Off by default: on franck at 310 iterations it made the face worse (docs/benchmarks.md); opt in per preset.
+    eyes_fraction: float = 0.0
+    eyes_patch: int = 0
+    tail_share: float = 0.0
     perceptual_weight: float = 0.01  # lambda of Eq. 12/13 (fine stage)
     # Weight of the silhouette term: opacity vs the head mask (labels 1-4). Without it the field may learn
     # a faint dark layer over the bright plate that reproduces the frame but cannot be composited.
     mask_weight: float = 0.1
+    # Weight of the opacity entropy term (pushes each pixel's opacity to 0 or 1): half-transparent floaters
+    # beside the chin and over the shoulder are what leaks into the composite (issue 11).
+    opacity_entropy_weight: float = 0.001
     lr_final_ratio: float = 0.1
     heldout_eval_frames: int = 8  # held-out crops rendered at the end for metrics.json (0: none)
+    response_frames: int = 2  # frames of the after-training check of each coefficient's effect (0: none)
     audio_feature: str = "ave"  # audio_features/KIND.npy; ave beat mel on lip sync (docs/benchmarks.md)
     checkpoint_every: int = 1000
     log_every: int = 50
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda
     threads: int = 0  # CPU threads for torch (0 = the idle cores, see core.devices.auto_threads)
+    # GiB the training frames may take in memory, beyond which they stream from the subject folder
+    # (0: half the free memory of a CUDA device, a quarter of the available RAM; training/frames.py).
+    frame_memory_gb: float = 0.0
+    # torch.compile the renderer's hot path (the NeRF's hash grid): 2.3x faster steps on this project's CPU
+    # once compiled, but compiling takes minutes on two busy cores, so short CPU schedules (preview, tests)
+    # turn it off (docs/benchmarks.md).
+    compile: bool = True
 
     @property
     def total_iters(self) -> int:
@@ -90,22 +112,23 @@ def subject_meta(data: SubjectData, cfg: TrainConfig) -> SubjectMeta:
 # ---- one iteration's batch ------------------------------------------------------------------------------
 @dataclass
 class FrameTensors:
-    """Per-frame tensors on the device: camera (head-space) and conditions' inputs."""
+    """Per-frame tensors on the device: camera (head-space), conditions' inputs, and the frames' images
+    (:mod:`headsync.training.frames`)."""
 
     R_c2h: torch.Tensor  # (N, 3, 3)
     origin: torch.Tensor  # (N, 3)
     audio: torch.Tensor  # (N, D)
     expression: torch.Tensor  # (N, 7)
-    images: torch.Tensor  # (N, S, S, 3) uint8
-    backgrounds: torch.Tensor  # (N, S, S, 3) uint8
-    head: torch.Tensor  # (N, S, S) bool
+    frames: FrameStore
 
     @staticmethod
-    def of(data: SubjectData, device: torch.device) -> "FrameTensors":
+    def of(data: SubjectData, device: torch.device, frame_budget: int | None = None,
+           reporter: Reporter | None = None) -> "FrameTensors":
+        """``frame_budget``: bytes the frames may take in memory (None: :func:`frames.memory_budget`)."""
         Rc, o = camera_to_head(data.pose.R, data.pose.T)
         f = lambda a, dt=torch.float32: torch.as_tensor(a, dtype=dt, device=device)  # noqa: E731
-        return FrameTensors(f(Rc), f(o), f(data.audio), f(data.expression), f(data.images, torch.uint8),
-                            f(data.backgrounds, torch.uint8), f(data.head, torch.bool))
+        store = open_frames(data.subject, data.n_frames, data.size, device, frame_budget, reporter)
+        return FrameTensors(f(Rc), f(o), f(data.audio), f(data.expression), store)
 
 
 @dataclass
@@ -156,9 +179,36 @@ def heldout_psnr(renderer: Renderer, data: SubjectData, ft: FrameTensors, max_fr
     with torch.no_grad():
         for f in frames:
             cond = frame_conditions(renderer, ft, int(f))
-            out = renderer.render(frame_camera(data, ft, int(f)), cond, ft.backgrounds[f].float() / 255.0)
-            vals.append(psnr_from_mse(float(mse(out["rgb"], ft.images[f].float() / 255.0))))
+            target, bg, _ = ft.frames.image(int(f))
+            out = renderer.render(frame_camera(data, ft, int(f)), cond, bg)
+            vals.append(psnr_from_mse(float(mse(out["rgb"], target))))
     return float(np.mean(vals))
+
+
+def opacity_entropy(opacity: torch.Tensor) -> torch.Tensor:
+    """Mean binary entropy (nats) of opacities in [0, 1]: 0 for fully opaque or empty pixels."""
+    o = opacity.clamp(1e-5, 1 - 1e-5)
+    return -(o * o.log() + (1 - o) * (1 - o).log()).mean()
+
+
+def expression_check(renderer: Renderer, data: SubjectData, ft: FrameTensors, eyes: np.ndarray,
+                     frames: int) -> dict[str, dict[str, float]]:
+    """How strongly each coefficient acts (:mod:`headsync.evaluation.expression_response`) on ``frames``
+    training frames spread over the clip."""
+    picked = data.train[np.linspace(0, data.train.size - 1, frames).astype(int)]
+    dev = ft.audio.device
+
+    def render(frame: int, expr: np.ndarray) -> np.ndarray:
+        idx = torch.as_tensor(window_indices(np.array([frame]), ft.audio.shape[0], renderer.audio_window), device=dev)
+        e = torch.as_tensor(expr[None], dtype=torch.float32, device=dev)
+        with torch.no_grad():
+            cond = renderer.conditions(ft.audio[idx], e, torch.tensor([frame], device=dev))
+            out = renderer.render(frame_camera(data, ft, frame), cond, ft.frames.image(frame)[1])
+        return out["rgb"].cpu().numpy()
+
+    renderer.eval()
+    return coefficient_response(render, [int(f) for f in picked], data.expression,
+                                lambda f: box_mask(eyes[f], data.size), lambda f: ft.frames.head(f), CORE_EXPRESSIONS)
 
 
 def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out: Path, reporter: Reporter,
@@ -175,7 +225,9 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
         if saved != cfg or saved_r != renderer_cfg:
             reporter.message("resuming with the settings the run was started with (the preset differs)", "warning")
         cfg, renderer_cfg = saved, saved_r
-    data = load_subject_data(subject, cfg.resolution, cfg.audio_feature, reporter)
+    check_kind(cfg.audio_feature)
+    reporter.begin_step(0, 1, phases=2)  # loading the frames, then training: one monotonic fraction
+    data = load_subject_data(subject, cfg.resolution, cfg.audio_feature)
     meta = subject_meta(data, cfg)
     if state is not None and SubjectMeta.from_dict(state["meta"]).train_frames != meta.train_frames:
         raise UserError(f"the subject's frames changed since run {out.name!r} started (prepared again?)",
@@ -185,6 +237,7 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
     renderer = cls.build(renderer_cfg, meta, device)
     if state is not None:  # before the optimiser exists: loading may replace parameters (a resized renderer)
         renderer.load_renderer_state(state["model"])
+    compiled = renderer.compile_hot_paths(cfg.compile)
     opt, sched = make_optimizer(renderer, cfg)
     start = 0
     if state is not None:
@@ -200,9 +253,11 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
     write_json_atomic(out / "config.json", {"preset": preset_name, "subject": str(subject.root), "renderer": kind,
                                             "train": as_dict(cfg), "renderer_config": as_dict(renderer_cfg),
                                             "started_at_iteration": start})
-    ft = FrameTensors.of(data, device)
+    ft = FrameTensors.of(data, device, int(cfg.frame_memory_gb * 2 ** 30) or None, reporter)
     ctx = StepContext(renderer, data, ft, rng)
     callbacks = renderer.callbacks()
+    eyes = eye_boxes(np.load(subject.path("landmarks.npy")), data.pose.K.size, data.size)
+    weights = frame_weights(data.expression, data.train, cfg.tail_share)
     perc_name, perc = perceptual_loss()
     log = open(out / "log.txt", "a")
     log.write(f"# {'resumed at' if start else 'started'} iteration {start}; renderer {kind}; device {device}, "
@@ -228,22 +283,23 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
         renderer.train()
         for cb in callbacks:
             cb.before_step(it, ctx)
-        frame = ctx.random_training_frame()
+        frame = int(data.train[rng.choice(data.train.size, p=weights)])
         cond = frame_conditions(renderer, ft, frame)
         stage = cfg.stage(it)
-        batch = draw(renderer.sampling(stage), data.head[frame], data.lips_box[frame], cfg, rng)
-        bg_img, img, head = ft.backgrounds[frame], ft.images[frame], ft.head[frame]
+        sampling = renderer.sampling(stage)
+        batch = add_eye_samples(draw(sampling, ft.frames.head(frame), ft.frames.lips_box(frame), cfg, rng), sampling,
+                                eyes[frame], data.size, cfg, rng)
         if batch.pixels is None:
             pix = None
-            bg, target, mask = bg_img.float() / 255.0, img.float() / 255.0, head.float()
+            target, bg, mask = ft.frames.image(frame)
         else:
             pix = torch.as_tensor(batch.pixels, device=device)
-            bg = bg_img[pix[:, 1], pix[:, 0]].float() / 255.0
-            target = img[pix[:, 1], pix[:, 0]].float() / 255.0
-            mask = head[pix[:, 1], pix[:, 0]].float()
+            target, bg, mask = ft.frames.pixels(frame, pix)
         out_r = renderer.render(frame_camera(data, ft, frame), cond, bg, pix, train=True)
         pix_loss = mse(out_r["rgb"], target)
         loss = pix_loss + cfg.mask_weight * mse(out_r["opacity"], mask)
+        if cfg.opacity_entropy_weight:
+            loss = loss + cfg.opacity_entropy_weight * opacity_entropy(out_r["opacity"])
         if stage == "fine" and batch.patches:
             rgb_flat, target_flat = out_r["rgb"].reshape(-1, 3), target.reshape(-1, 3)
             start_px = 0
@@ -275,10 +331,15 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
             checkpoint(done, last)
         reporter.set(done, loss=last["loss"], psnr=last["psnr"], phase=last["stage"])
     hold = heldout_psnr(renderer, data, ft, cfg.heldout_eval_frames) if cfg.heldout_eval_frames else None
+    response = expression_check(renderer, data, ft, eyes, cfg.response_frames) if cfg.response_frames else None
     metrics = {**last, "iterations": total, "heldout_psnr": None if hold is None else round(hold, 3),
                "perceptual": perc_name, "device": str(device), "resumed_from": start or None, "renderer": kind,
-               "train_frames": int(data.train.size), "heldout_frames": int(data.holdout.size)}
+               "train_frames": int(data.train.size), "heldout_frames": int(data.holdout.size),
+               "frame_store": ft.frames.kind, "compile": compiled,
+               "expression_response": response,
+               "weak_expressions": weak_coefficients(response) if response else None}
     checkpoint(total, metrics)
+    reporter.begin_step(0, 0)
     write_json_atomic(out / "metrics.json", metrics)
     log.write(json.dumps({"final": metrics}) + "\n")
     log.close()
@@ -290,7 +351,7 @@ def train_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     kind = params.get("renderer") or DEFAULT_RENDERER
     cls = renderer_class(kind)
     subject = Subject(Path(params["subject"]).expanduser().resolve())
-    preset = load_preset(params.get("preset") or "standard")
+    preset = load_preset(params.get("preset") or AUTO)
     cfg = section(preset, "train", TrainConfig)
     renderer_cfg = section(preset, f"renderer.{kind}", cls.Config)
     out = run_dir(subject, params.get("run") or "default")

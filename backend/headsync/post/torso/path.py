@@ -97,7 +97,8 @@ class TorsoPath:
         if self.restorer is None:
             if self.field is not None:  # the field extrapolates the neck under the chin: no flat fill needed
                 return (head + (1 - opacity[..., None]) * layer.background).astype(np.float32)
-            return portrait.fill_gaps(head, opacity, layer.background, labels, portrait.neck_colour(crop, labels))
+            return portrait.fill_gaps(head, opacity, layer.background, labels, portrait.neck_colour(crop, labels),
+                                     crop)
         under = crop if self.field is None else layer.background
         removed = render_hole(labels, self.cfg.expand_render)
         hole = removed & (opacity < 0.5)

@@ -114,23 +114,32 @@ class HashGrid2D(nn.Module):
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """Encode (B, planes, 2) coordinates in [0, 1] -> (B, planes * L * F) features."""
-        b = coords.shape[0]
-        L, F, P = self.cfg.levels, self.cfg.features, self.planes
+        if torch.is_grad_enabled() and self.table.requires_grad and not torch.compiler.is_compiling():
+            return _Lookup.apply(coords, self.table, self)
+        idx, w = self.corners(coords)
+        return self.interpolate(self.table, idx, w)
+
+    def corners(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Flat table indices (B, P, L, 4) of the four corners of each point's cell at each level, corners
+        (0,0) (1,0) (0,1) (1,1), and their bilinear weights (B, P, L, 4)."""
+        L, P = self.cfg.levels, self.planes
         # (B, P, L, 2) continuous grid positions; tiny-cuda-nn's half-cell offset puts vertices at cell centres.
         pos = coords.unsqueeze(2) * self.scales.view(1, 1, L, 1) + 0.5
         cell = torch.floor(pos)
         frac = pos - cell
         cell = cell.to(torch.int32)
         x0, y0 = cell[..., 0], cell[..., 1]  # (B, P, L)
-        idx = self._corner_index(x0, y0)  # (B, P, L, 4) in-level indices, corners (0,0) (1,0) (0,1) (1,1)
-        idx = idx + self.base.view(1, P, L, 1)
+        idx = self._corner_index(x0, y0) + self.base.view(1, P, L, 1)
         fx, fy = frac[..., 0], frac[..., 1]
         gx, gy = 1 - fx, 1 - fy
-        w = torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], dim=-1)  # (B, P, L, 4) bilinear weights
+        return idx, torch.stack([gx * gy, fx * gy, gx * fy, fx * fy], dim=-1)
+
+    def interpolate(self, table: torch.Tensor, idx: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+        """Features (B, P * L * F): the corners' table rows weighted by ``w``."""
+        b, (P, L, F) = idx.shape[0], (self.planes, self.cfg.levels, self.cfg.features)
         # Plain indexing: its backward (index_put with accumulate) is much faster on CPU than embedding's.
-        feats = self.table.view(P * self.total, F)[idx.view(-1)].view(b, P, L, 4, F)
-        out = (feats * w.unsqueeze(-1)).sum(dim=3)  # (B, P, L, F)
-        return out.reshape(b, P * L * F)
+        feats = table.view(P * self.total, F)[idx.view(-1)].view(b, P, L, 4, F)
+        return (feats * w.unsqueeze(-1)).sum(dim=3).reshape(b, P * L * F)
 
     def _corner_index(self, x0: torch.Tensor, y0: torch.Tensor) -> torch.Tensor:
         """In-level table index of the four corners of cells (B, P, L) -> (B, P, L, 4)."""
@@ -153,6 +162,30 @@ class HashGrid2D(nn.Module):
             corners = torch.stack([xa ^ ha, xb ^ ha, xa ^ hb, xb ^ hb], -1)
             parts.append(corners & self.mask_hash.view(1, 1, -1, 1))
         return parts[0] if len(parts) == 1 else torch.cat(parts, dim=2)
+
+
+class _Lookup(torch.autograd.Function):
+    """The hash-grid lookup with a lean backward: it keeps only the coordinates (B, P, 2) and recomputes
+    the corner indices and weights (B, P, L, 4 each) when the gradient is needed. Autograd's own graph would
+    keep both, about 2 KB a sample point at L = 14: gigabytes for the 32768-ray batches of the ``standard``
+    table. The gradient is the same sum, by the same index_put (tests/test_hashgrid.py)."""
+
+    @staticmethod
+    def forward(ctx, coords, table, grid):  # noqa: D102
+        idx, w = grid.corners(coords)
+        ctx.save_for_backward(coords)
+        ctx.grid = grid
+        return grid.interpolate(table, idx, w)
+
+    @staticmethod
+    def backward(ctx, grad):  # noqa: D102
+        (coords,) = ctx.saved_tensors
+        grid = ctx.grid
+        idx, w = grid.corners(coords)
+        b, (P, L, F) = coords.shape[0], (grid.planes, grid.cfg.levels, grid.cfg.features)
+        rows = (grad.view(b, P, L, 1, F) * w.unsqueeze(-1)).view(-1, F)
+        g = grad.new_zeros(P * grid.total, F).index_put_((idx.view(-1).long(),), rows, accumulate=True)
+        return None, g.view(P, grid.total, F), None
 
 
 class TcnnHashGrid2D(nn.Module):

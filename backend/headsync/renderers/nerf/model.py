@@ -24,7 +24,8 @@ from ..base import Renderer, Sampling, SubjectMeta, TrainingCallback
 from ..common.cameras import Camera, pixel_grid
 from ..common.conditioning import AudioEncoder, AudioSmoother, Conditioning, ConditioningConfig
 from .field import FieldConfig, HeadField
-from ..common.hashgrid import HashGridConfig
+from ..common.hashgrid import HashGrid2D, HashGridConfig
+from ...core.compile import compile_forward
 from .raymarch import MarchConfig, OccupancyGrid, composite, sample_occupied
 from ..common.triplane import TriPlaneEncoder
 from ..registry import register_renderer
@@ -94,6 +95,14 @@ class TalkingHead(Renderer):
     @classmethod
     def build(cls, cfg: ModelConfig, meta: SubjectMeta, device: torch.device | str) -> "TalkingHead":
         return cls(cfg, meta, device=device)
+
+    def compile_hot_paths(self, enabled: bool = True) -> str:
+        """``torch.compile`` the pure-PyTorch hash grid, the bulk of a training step (docs/benchmarks.md);
+        tiny-cuda-nn's fused grid is left alone. Returns what :func:`~headsync.core.compile.compile_forward`
+        says, or ``"fused"``."""
+        if not isinstance(self.encoder.grid, HashGrid2D):
+            return "fused"
+        return compile_forward(self.encoder.grid, enabled)
 
     # ---- parameters ------------------------------------------------------------------------
     def hash_parameters(self) -> list[nn.Parameter]:
