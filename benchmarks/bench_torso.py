@@ -60,7 +60,7 @@ def frame(subject: Subject, j: int, S: int) -> tuple[np.ndarray, np.ndarray]:
 def crop_output(crop: np.ndarray, composite: np.ndarray, labels: np.ndarray, opacity: np.ndarray,
                 region: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
     """The Portrait-Sync blend at crop level (box = the whole crop): output (S, S, 3) float, merge mask."""
-    m = portrait.merge_mask(labels, opacity, portrait.PortraitConfig(), region)
+    m = portrait.merge_mask(labels, opacity, portrait.PortraitConfig(), region=region)
     out = portrait.paste(crop, composite, m, (0.0, 0.0, float(crop.shape[0])))
     return out.astype(np.float32) / 255.0, m
 

@@ -230,7 +230,8 @@ def test_field_path_merges_the_whole_person(one_torch_thread):
     p = TorsoPath("field", TorsoConfig(mode="field"), field=net)
     layer = p.layer(crop, labels, np.zeros_like(crop), np.eye(3), np.array([0.0, 0.0, 30.0]), K64.scaled(32))
     assert layer.background.shape == (32, 32, 3) and layer.region[labels > 0].all()
-    m = portrait.merge_mask(labels, np.zeros((32, 32), np.float32), portrait.PortraitConfig(), layer.region)
+    m = portrait.merge_mask(labels, np.zeros((32, 32), np.float32), portrait.PortraitConfig(),
+                            region=layer.region)
     assert m[labels == 6].min() > 0.4  # the torso is merged from the field too
 
 
