@@ -33,7 +33,7 @@ from headsync.post.torso.path import FIELD_FILE, RECORD_FILE, TorsoLayer, TorsoP
 from headsync.post.torso.restorer import inpaint
 from headsync.renderers.common.cameras import project
 from headsync.subject.data import background_layer, load_pose, read_labels, read_rgb
-from headsync.subject.labels import HEAD_LABELS
+from headsync.subject.labels import FACE, HEAD_LABELS
 from headsync.subject.split import split_frames
 from headsync.subject.folder import Subject
 from headsync.core.atomic import torch_save_atomic, write_json_atomic
@@ -87,7 +87,7 @@ def expanded_band(path: TorsoPath, subject: Subject, hold: np.ndarray, S: int, p
             continue
         head, op = truth * m[..., None], m.astype(np.float32)
         fake = labels.copy()
-        fake[band] = bands.FACE
+        fake[band] = FACE
         bg = background_layer(crop, fake, plate).astype(np.float32) / 255.0
         today = portrait.fill_gaps(head, op, bg, fake, portrait.neck_colour(truth, labels))
         restored = inpaint(path.restorer, head, op, np.where(removed[..., None], 0.0, truth), band, path.device)

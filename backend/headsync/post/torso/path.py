@@ -18,6 +18,7 @@ the full-resolution plate.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from dataclasses import dataclass
 
@@ -60,7 +61,9 @@ class TorsoPath:
         ``source`` when that job never ran. ``mode`` picks another of the trained parts."""
         rec_path = subject.path(RECORD_FILE)
         rec = json.loads(rec_path.read_text()) if rec_path.is_file() else {"mode": "source", "config": {}}
-        cfg = TorsoConfig(**{**rec.get("config", {}), "mode": mode or rec["mode"]})
+        known = {f.name for f in dataclasses.fields(TorsoConfig)}  # a record from an older version may hold more
+        cfg = TorsoConfig(**{**{k: v for k, v in rec.get("config", {}).items() if k in known},
+                             "mode": mode or rec["mode"]})
         net = torso_restorer.load(subject.path(RESTORER_FILE), device) if cfg.uses_restorer else None
         fld = torso_field.load(subject.path(FIELD_FILE), device) if cfg.uses_field else None
         return cls(cfg.mode, cfg, net, fld, device)
