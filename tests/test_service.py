@@ -279,7 +279,7 @@ BAD = [
     ("negative", "POST", "/api/v1/jobs", {"kind": "prepare", "subject": "p",
                                           "params": {"video": AUDIO, "fps": -1}}, 422, "must be greater than or equal to 1"),
     ("bad-choice", "POST", "/api/v1/jobs", {"kind": "train", "subject": "fake",
-                                            "params": {"renderer": "raytracer"}}, 422, "must be 'nerf' or 'gaussian'"),
+                                            "params": {"renderer": "raytracer"}}, 422, "must be a registered renderer: nerf"),
     ("missing-param", "POST", "/api/v1/jobs", {"kind": "prepare", "subject": "p"}, 422, "needs the parameter 'video'"),
     ("unknown-subject", "POST", "/api/v1/jobs", {"kind": "train", "subject": "nobody"}, 404, "unknown subject"),
     ("unknown-subject-render", "POST", "/api/v1/jobs", {"kind": "render", "subject": "nobody",
