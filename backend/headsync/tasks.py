@@ -1,4 +1,4 @@
-"""The job kinds (prepare, train, render, express, eval): one parameter schema and one entry point each.
+"""The job kinds (prepare, train, torso, render, express, eval): one parameter schema and one entry point each.
 
 Each kind is ONE declaration: a pydantic model of its parameters (types, ranges, descriptions, which
 strings are paths and how the command line spells them) registered with :func:`job_kind`. The command
@@ -26,6 +26,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 from .core.config import AUTO
 from .core.errors import UserError
 from .core.progress import Reporter
+from .post.torso.config import MODES as TORSO_MODES
 from .renderers.registry import DEFAULT_RENDERER, RENDERERS
 
 #: A name (subject, model run, shot): a folder name, never a path. No slashes, no "..", no newline;
@@ -199,6 +200,13 @@ def _check_render(p: dict[str, Any]) -> None:
 def shot_of(params: dict[str, Any]) -> str:
     """The shot a render is of: its ``shot`` name, else its audio file (resolved)."""
     return params.get("shot") or str(Path(params["audio"]).expanduser().resolve())
+
+
+@job_kind("torso", "training.torso:torso_task", "prepared subject -> torso restorer and/or torso field")
+class TorsoParams(JobParams):
+    subject: SubjectFolder = Field(description="a prepared subject folder")
+    preset: PresetRef = Field("standard", description="preset name or .toml path")
+    mode: Literal[TORSO_MODES] | None = Field(None, description="torso path to train (default: the preset's [torso] mode)")
 
 
 @job_kind("render", "render.dub:render_task", "trained model + audio (+ curves) -> frames, mp4, curves.json",

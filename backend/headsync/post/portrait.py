@@ -82,11 +82,14 @@ def limit_render(head_rgb: np.ndarray, opacity: np.ndarray, support: np.ndarray)
 
 
 def merge_mask(labels: np.ndarray, opacity: np.ndarray, cfg: PortraitConfig,
-               occluder: np.ndarray | None = None) -> np.ndarray:
+               occluder: np.ndarray | None = None, region: np.ndarray | None = None) -> np.ndarray:
     """``G(F_r)``: the face region (source face labels plus rendered pixels over the neck), grown and
-    blurred, (S, S) in [0, 1]; zero on ``occluder`` (S, S) bool, which keeps the source."""
+    blurred, (S, S) in [0, 1]; zero on ``occluder`` (S, S) bool, which keeps the source. A given ``region``
+    (S, S) bool replaces the face region (the torso field's path merges the whole rendered person, see
+    :mod:`headsync.post.torso.path`)."""
     size = labels.shape[0]
-    region = np.isin(labels, FACE_LABELS) | ((opacity >= cfg.opacity_threshold) & (labels == NECK))
+    if region is None:
+        region = np.isin(labels, FACE_LABELS) | ((opacity >= cfg.opacity_threshold) & (labels == NECK))
     g = max(1, int(round(cfg.grow * size)))
     region = cv2.dilate(region.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * g + 1,) * 2))
     sigma = max(cfg.blur * size, 0.5)
@@ -125,15 +128,20 @@ def paste(frame: np.ndarray, crop: np.ndarray, mask: np.ndarray, box: tuple[floa
 
 def compose(frame: np.ndarray, box: tuple[float, float, float], head_rgb: np.ndarray, opacity: np.ndarray,
             background: np.ndarray, labels: np.ndarray, crop_image: np.ndarray, cfg: PortraitConfig,
-            occluder: np.ndarray | None = None) -> np.ndarray:
+            occluder: np.ndarray | None = None, composite: np.ndarray | None = None,
+            region: np.ndarray | None = None) -> np.ndarray:
     """The whole generator for one frame.
 
     ``frame`` (H, W, 3) uint8 full-resolution source frame; ``box`` its crop box; ``head_rgb``/``opacity``
     the render at S; ``background``, ``labels``, ``crop_image`` the source frame's torso+plate layer, label
     map and crop at S (float RGB in [0, 1]); ``occluder`` (S, S) bool, what lies in front of the face.
-    Returns the full-resolution uint8 frame.
+    ``composite`` (S, S, 3), when given, is the head already over its gap-filled torso layer (the torso
+    path's :meth:`~headsync.post.torso.path.TorsoPath.composite`) and replaces step 1; ``region`` as in
+    :func:`merge_mask`. A caller passing ``composite`` limits the render itself (:func:`limit_render`, not
+    for the field path, which moves the whole person). Returns the full-resolution uint8 frame.
     """
-    head_rgb, opacity = limit_render(head_rgb, opacity, head_support(labels, cfg))
-    neck = neck_colour(crop_image, labels)
-    head = fill_gaps(head_rgb, opacity, background, labels, neck, crop_image)
-    return paste(frame, head, merge_mask(labels, opacity, cfg, occluder), box)
+    if composite is None:
+        if region is None:
+            head_rgb, opacity = limit_render(head_rgb, opacity, head_support(labels, cfg))
+        composite = fill_gaps(head_rgb, opacity, background, labels, neck_colour(crop_image, labels), crop_image)
+    return paste(frame, composite, merge_mask(labels, opacity, cfg, occluder, region), box)

@@ -4,7 +4,8 @@ Frame ``t`` of the output is driven by row ``t`` of the new audio's features and
 head pose) of the curves; its camera, torso and background come from source frame ``ping_pong(t)``, so the
 plate loops back and forth when the audio outlasts the video. The head is rendered at the training
 resolution and the Portrait-Sync Generator (:mod:`headsync.post.portrait`) puts it back into the source frame at
-full resolution; ``portrait=False`` writes the crop renders instead (head over torso + plate).
+full resolution; ``portrait=False`` writes the crop renders instead (head over torso + plate). The torso
+under the head comes from the subject's torso path (:mod:`headsync.post.torso`: source, restorer, field).
 """
 
 from __future__ import annotations
@@ -29,10 +30,11 @@ from ..renderers.common.cameras import Camera, camera_to_head
 from ..renderers.common.conditioning import window_indices
 from ..core.config import load_preset, section
 from ..curves import Curves, captured_curves, ping_pong, pose_matrices, read_curves, write_curves
-from ..subject.data import background_layer, check_prepared, load_pose, read_labels, read_rgb
+from ..subject.data import check_prepared, load_pose, read_labels, read_rgb
 from ..core.errors import UserError
 from ..post.occluders import HandFinder
-from ..post.portrait import PortraitConfig, compose, fill_gaps, neck_colour
+from ..post.portrait import PortraitConfig, compose, head_support, limit_render
+from ..post.torso.path import TorsoPath
 from ..core.progress import Reporter
 from ..core.atomic import staging_dir, write_json_atomic
 from ..subject.folder import Subject
@@ -127,12 +129,13 @@ def load_curves(subject: Subject, curves_path: Path | None, n_frames: int, expre
 
 def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curves: Curves, portrait: bool,
                   rcfg: RenderConfig, device: torch.device, reporter: Reporter, src_idx: np.ndarray | None = None,
-                  feat_rows: np.ndarray | None = None) -> Iterator[np.ndarray]:
+                  feat_rows: np.ndarray | None = None, torso: TorsoPath | None = None) -> Iterator[np.ndarray]:
     """Yield the output frames (uint8 RGB): full-resolution portraits, or crops (S, S) when ``portrait`` is False.
 
     Output frame ``t`` uses source frame ``src_idx[t]`` (default: the ping-pong loop) for camera, torso and
     plate (and, through the renderer's conditions, that frame's per-frame state), and audio-feature row
-    ``feat_rows[t]`` (default ``t``) of ``feats`` (n, D).
+    ``feat_rows[t]`` (default ``t``) of ``feats`` (n, D). ``torso`` (default: the subject's trained torso
+    path, :class:`post.torso.path.TorsoPath`) gives the layer under the head and fills its gaps.
     """
     n_src = subject.frame_count()
     n_out = curves.frame_count
@@ -164,14 +167,15 @@ def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curve
         size = (int(src["width"]), int(src["height"])) if src.get("width") else None
         source = SourceFrames(path, float(src["fps"]), int(src_idx.max()) + 1, size, set(map(int, src_idx)))
     pcfg = PortraitConfig(blur=rcfg.blur, grow=rcfg.grow)
+    torso = torso or TorsoPath.for_subject(subject, device)
     hands = HandFinder() if portrait and rcfg.keep_occluders else None
     reporter.start("render", n_out)
     for t in range(n_out):
         j = int(src_idx[t])
         crop = read_rgb(subject.frame_path(j), S)
         labels = read_labels(subject.mask_path(j), S)
-        bg = background_layer(crop, labels, plate)
-        bg_r = cv2.resize(bg, (train_res, train_res), interpolation=cv2.INTER_AREA).astype(np.float32) / 255.0
+        layer = torso.layer(crop, labels, plate, R[t], T[t], pose.K)
+        bg_r = cv2.resize(layer.background, (train_res, train_res), interpolation=cv2.INTER_AREA)
         win = torch.as_tensor(window_indices(feat_rows[t:t + 1], feats.shape[0], renderer.audio_window),
                               device=device)
         with torch.no_grad():
@@ -180,12 +184,14 @@ def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curve
         opacity = out["opacity"].cpu().numpy()
         head = cv2.resize(out["head"].cpu().numpy(), (S, S), interpolation=cv2.INTER_LINEAR)
         opacity = np.clip(cv2.resize(opacity, (S, S), interpolation=cv2.INTER_LINEAR), 0, 1)
-        bgf, cropf = bg.astype(np.float32) / 255.0, crop.astype(np.float32) / 255.0
+        cropf = crop.astype(np.float32) / 255.0
+        if layer.region is None:  # the head stays over the source's own head and neck (Portrait-Sync)
+            head, opacity = limit_render(head, opacity, head_support(labels, pcfg))
+        img = torso.composite(head, opacity, layer, labels, cropf)
         if portrait:
-            frame = compose(source[j], box, head, opacity, bgf, labels, cropf, pcfg,
-                            hands.mask(crop) if hands is not None else None)
+            frame = compose(source[j], box, head, opacity, layer.background, labels, cropf, pcfg,
+                            hands.mask(crop) if hands is not None else None, img, layer.region)
         else:
-            img = fill_gaps(head, opacity, bgf, labels, neck_colour(cropf, labels))
             frame = np.clip(img * 255 + 0.5, 0, 255).astype(np.uint8)
         reporter.advance(1)
         yield frame
@@ -232,8 +238,9 @@ def render(subject: Subject, audio_path: Path, run: str = "default", curves_path
         write_json_atomic(tmp / RENDER_MANIFEST, render_manifest(subject.root, shot, run=run, audio=str(audio_path),
                                                                  curves=str(curves_path) if curves_path else None))
         (tmp / "frames").mkdir()
+        torso = TorsoPath.for_subject(subject, device)
         drawn = render_frames(subject, renderer, feats, curves_rows(curves, rows), portrait, rcfg, device, reporter,
-                              src_idx=ping_pong(subject.frame_count(), n_out)[rows], feat_rows=rows)
+                              src_idx=ping_pong(subject.frame_count(), n_out)[rows], feat_rows=rows, torso=torso)
         for t, frame in zip(rows, drawn):
             cv2.imwrite(str(tmp / "frames" / f"{t:06d}.png"), cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         seconds = time.monotonic() - t0
@@ -248,7 +255,7 @@ def render(subject: Subject, audio_path: Path, run: str = "default", curves_path
             "curves": str(out / "curves.json"), "frame_count": n_out, "fps": fps,
             "frame_range": [curves.frame_start + first, curves.frame_start + last],
             "render_fps": round(len(rows) / max(seconds, 1e-6), 3), "portrait": portrait,
-            "curves_source": curves.source}
+            "curves_source": curves.source, "torso": torso.mode}
 
 
 def frame_rows(frames: str | None, curves: Curves) -> tuple[int, int]:
