@@ -13,8 +13,10 @@ It uses Blender's own extension builder when one is at hand, in this order:
 Without any of them (``--no-blender`` forces this), it reproduces the builder's checks on the manifest
 (schema 1.0.0, id, semantic version, tagline and permission reasons of at most 64 characters without final
 punctuation, SPDX licences, Blender version, known permission keys) and zips the sources itself with the
-manifest's ``[build] paths_exclude_pattern``. Either way every module is byte-compiled first (a syntax
-error fails the build) and the archive is validated after. Exit status 0 on success, 1 on failure.
+manifest's ``[build] paths_exclude_pattern``. Either way the sources are staged first with the backend's
+standard-library modules the extension shares (``VENDORED``: ``curves_format.py``, the curves.json rules)
+copied beside them, every module is byte-compiled (a syntax error fails the build) and the archive is
+validated after. Exit status 0 on success, 1 on failure.
 """
 
 from __future__ import annotations
@@ -36,6 +38,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent
 SOURCE = REPO / "blender_addon"
 MANIFEST = "blender_manifest.toml"
+#: Backend modules the extension ships a copy of (standard library only), as {name in the zip: source}.
+VENDORED = {"curves_format.py": REPO / "backend" / "headsync" / "curves_format.py"}
 
 PERMISSION_KEYS = {"files", "network", "clipboard", "camera", "microphone"}
 TERSE_MAX = 64
@@ -178,7 +182,24 @@ def check_archive(path: Path) -> list[str]:
         return [f"{path} is not a zip archive"]
 
 
+def stage(source: Path, dest: Path, vendored: dict[str, Path] = VENDORED) -> Path:
+    """A copy of the extension's sources in ``dest`` with the vendored backend modules beside them."""
+    shutil.copytree(source, dest, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name, src in vendored.items():
+        if not src.is_file():
+            raise SystemExit(f"error: {src} is missing (the extension ships a copy of it as {name})")
+        if (source / name).exists():
+            raise SystemExit(f"error: {source / name} would shadow the vendored {src}; remove it")
+        shutil.copy2(src, dest / name)
+    return dest
+
+
 def build(out_dir: Path, use_blender: bool = True, check_only: bool = False, source: Path = SOURCE) -> Path | None:
+    with tempfile.TemporaryDirectory(prefix="headsync-addon-") as tmp:
+        return _build(out_dir, use_blender, check_only, stage(source, Path(tmp) / "headsync"))
+
+
+def _build(out_dir: Path, use_blender: bool, check_only: bool, source: Path) -> Path | None:
     manifest = read_manifest(source)
     errs = check_manifest(manifest) + compile_sources(source)
     if errs:
@@ -187,7 +208,7 @@ def build(out_dir: Path, use_blender: bool = True, check_only: bool = False, sou
         return None
     out = out_dir / f"{manifest['id']}-{manifest['version']}.zip"
     if check_only:
-        print(f"{source / MANIFEST}: valid ({manifest['id']} {manifest['version']})")
+        print(f"{SOURCE / MANIFEST}: valid ({manifest['id']} {manifest['version']})")
         return out
     out_dir.mkdir(parents=True, exist_ok=True)
     ext = find_blender_ext() if use_blender else None

@@ -17,6 +17,7 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
+from headsync.core.package_data import sample_dir
 
 REPO = Path(__file__).resolve().parents[1]
 LEARNED = ("ave",)  # stages that train a network rather than process frames
@@ -24,7 +25,7 @@ LEARNED = ("ave",)  # stages that train a network rather than process frames
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--video", default=str(next((REPO / "sample_projects" / "astronaut").glob("*.mp4"), "")))
+    ap.add_argument("--video", default=str(next(sample_dir().glob("*.mp4"), "")))
     ap.add_argument("--audio")
     ap.add_argument("--resolution", type=int, default=512)
     ap.add_argument("--preset", default="standard")
@@ -34,7 +35,7 @@ def main() -> None:
     os.environ.pop("HEADSYNC_MODELS", None)
     if args.models:
         os.environ["HEADSYNC_MODELS"] = args.models
-    from headsync.prepare import prepare_subject
+    from headsync.prepare.pipeline import prepare_subject
 
     out = Path(args.out or tempfile.mkdtemp(prefix="bench-prepare-"))
     shutil.rmtree(out, ignore_errors=True)

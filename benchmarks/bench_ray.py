@@ -29,8 +29,9 @@ sys.path.insert(0, str(REPO / "tests"))
 from ray_cluster import RayCluster  # noqa: E402
 from service_harness import ServiceProc, service_env  # noqa: E402
 from test_service_slow import tiny_preset  # noqa: E402
+from headsync.core.package_data import sample_dir  # noqa: E402
 
-SAMPLE = REPO / "sample_projects" / "astronaut"
+SAMPLE = sample_dir()
 
 
 def seconds(job: dict) -> float:

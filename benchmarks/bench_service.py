@@ -24,9 +24,10 @@ import urllib.request
 from pathlib import Path
 
 import httpx
+from headsync.core.package_data import sample_dir
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "sample_projects" / "astronaut"
+SAMPLE = sample_dir()
 
 
 def pct(xs: list[float], q: float) -> float:

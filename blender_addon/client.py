@@ -116,6 +116,22 @@ def read_server_json(workspace: str | os.PathLike) -> ServerInfo:
     return ServerInfo(_clean_url(data["url"]), str(data.get("token") or ""), pid if isinstance(pid, int) else None)
 
 
+def token_for(url: str, stored: str, workspace: str | os.PathLike | None) -> tuple[str, bool]:
+    """The token for the service at ``url``: (token, read from server.json?).
+
+    ``server.json`` of the workspace wins when it names the same service (it holds the token of the running
+    service, rewritten at every start), so the preferences need not keep a copy; ``stored`` (what the user
+    typed in the preferences) is for a service whose server.json is out of reach."""
+    if workspace:
+        try:
+            info = read_server_json(workspace)
+        except ServiceError:
+            info = None
+        if info is not None and info.token and (not url or _clean_url(url) == info.url):
+            return info.token, True
+    return stored or "", False
+
+
 def pid_alive(pid: int | None) -> bool:
     if not pid or pid <= 0:
         return False
@@ -273,6 +289,14 @@ class Client:
     def log(self, job_id: str, offset: int = 0) -> str:
         return self.request("GET", f"/jobs/{urllib.parse.quote(str(job_id), safe='')}/log",
                             query={"offset": int(offset)}, raw=True)
+
+    def subject_curves(self, subject: str, frames: int | None = None) -> dict[str, Any]:
+        """curves.json of the subject's captured performance, looped over ``frames`` frames (unvalidated)."""
+        ans = self.request("GET", f"/subjects/{urllib.parse.quote(str(subject), safe='')}/curves",
+                           query={"frames": int(frames)} if frames else None, timeout=max(self.timeout, 10.0))
+        if not isinstance(ans, dict):
+            raise ServerError(f"the service returned no curves for subject {subject!r}", "see the service's log")
+        return ans
 
     def subjects(self) -> list[dict[str, Any]]:
         ans = self.request("GET", "/subjects")

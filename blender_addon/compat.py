@@ -4,6 +4,11 @@
   ``sequences`` / ``sequences_all`` (4.2, 4.3).
 * Animation: slotted Actions (4.4+; the only kind in 5.0), whose F-curves live in a channelbag of the
   first keyframe strip of the first layer for the slot the object uses, vs ``action.fcurves`` (4.2, 4.3).
+* The scene the sequencer shows: 5.0's per-workspace ``context.sequencer_scene`` (it may differ from the
+  window's scene) vs ``context.scene`` (4.2-4.5, and 5.0 workspaces without a sequencer scene).
+* What stays the same from 4.2 to 5.0 and needs no branch: ``poll_message_set``, ``invoke_confirm(op, event,
+  title=, message=, confirm_text=)``, ``StringProperty(search=)``, ``WorkSpace.status_text_set``, the
+  ``undo_post``/``redo_post``/``load_post`` handlers.
 """
 
 from __future__ import annotations
@@ -18,6 +23,13 @@ def has_slotted_actions() -> bool:
 
 
 # ---- sequencer --------------------------------------------------------------------------------
+def sequencer_scene(context=None):
+    """The scene whose strips the Video Sequencer shows (and where the add-on's subjects and shots live)."""
+    context = context or bpy.context
+    scene = getattr(context, "sequencer_scene", None)  # 5.0+: set per workspace
+    return scene if scene is not None else context.scene
+
+
 def sequence_editor(scene, create: bool = True):
     if scene.sequence_editor is None and create:
         scene.sequence_editor_create()

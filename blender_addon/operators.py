@@ -11,15 +11,17 @@ import os
 import time
 
 import bpy
-from bpy.props import BoolProperty, EnumProperty, IntProperty, StringProperty
+from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
-from . import compat, curves_io, polling, prefs, props
+from . import compat, curves_io, keys, polling, prefs, props
 from .client import ServiceError
 from .curves_io import CORE_NAMES, CurvesError
 from .shots import ShotError
 from . import shots as shotlib
 
 GROUP = "HeadSync Expression"
+#: The enum value of linear interpolation, for ``keyframe_points.foreach_set("interpolation", ...)``.
+_LINEAR = bpy.types.Keyframe.bl_rna.properties["interpolation"].enum_items["LINEAR"].value
 POSE_GROUP = "HeadSync Head Pose"
 
 
@@ -102,32 +104,48 @@ def _set_custom_props(obj) -> None:
             pass
 
 
-def key_columns(obj, frame_start: int, cols: dict, group: str = GROUP) -> None:
+def key_columns(obj, frame_start: int, cols: dict, group: str = GROUP, tol: float | None = None) -> dict:
     """Key whole columns in bulk: one ``keyframe_points.add`` + ``foreach_set`` per F-curve.
 
-    ``cols`` maps a data path (or (data_path, index)) to the per-frame values from ``frame_start``.
+    ``cols`` maps a data path (or (data_path, index)) to the per-frame values from ``frame_start``. With
+    ``tol`` (same units as the values) only the keys :func:`keys.sparse_keys` picks are set, with linear
+    interpolation, so the F-curve stays within ``tol`` of every value; ``None`` keys every frame. Returns
+    {data path: number of keys}.
     """
+    counts = {}
     for key, values in cols.items():
         path, index = key if isinstance(key, tuple) else (key, 0)
         fc = compat.fresh_fcurve(obj, path, index, group)
         kp = fc.keyframe_points
-        kp.add(len(values))
-        kp.foreach_set("co", shotlib.keyframe_co(frame_start, values))
+        idx = keys.dense_keys(values) if tol is None else keys.sparse_keys(values, tol)
+        kp.add(len(idx))
+        kp.foreach_set("co", shotlib.keyframe_co(frame_start, values, idx))
+        if tol is not None:  # the error bound holds for straight lines between the keys
+            kp.foreach_set("interpolation", [_LINEAR] * len(idx))
         fc.update()
+        counts[f"{path}{index}"] = len(idx)
+    return counts
 
 
-def key_shot(obj, frame_start: int, rows, rotation=None, translation=None) -> None:
+def key_shot(obj, frame_start: int, rows, rotation=None, translation=None,
+             tolerance: keys.Tolerance | None = keys.DEFAULT) -> dict:
+    """Key the seven expression curves (and the head pose) of a shot's Empty; ``tolerance`` None: every
+    frame. Returns {data path: number of keys}."""
     _set_custom_props(obj)
+    tol = tolerance
     colvals = shotlib.columns(rows, 7)
-    key_columns(obj, frame_start, {shotlib.data_path(n): colvals[j] for j, n in enumerate(CORE_NAMES)})
+    counts = key_columns(obj, frame_start, {shotlib.data_path(n): colvals[j] for j, n in enumerate(CORE_NAMES)},
+                         GROUP, tol.expression if tol else None)
     if rotation is not None:
         rc = shotlib.columns(rotation, 3)
-        cols = {("rotation_euler", i): rc[i] for i in range(3)}
+        obj.rotation_mode = 'XYZ'
+        counts.update(key_columns(obj, frame_start, {("rotation_euler", i): rc[i] for i in range(3)}, POSE_GROUP,
+                                  tol.rotation if tol else None))
         if translation is not None:
             tc = shotlib.columns(translation, 3)
-            cols.update({("location", i): tc[i] for i in range(3)})
-        obj.rotation_mode = 'XYZ'
-        key_columns(obj, frame_start, cols, POSE_GROUP)
+            counts.update(key_columns(obj, frame_start, {("location", i): tc[i] for i in range(3)}, POSE_GROUP,
+                                      tol.translation_units(translation) if tol else None))
+    return counts
 
 
 def sound_strip_for_shot(scene, strip_name: str = ""):
@@ -148,8 +166,16 @@ def sound_strip_for_shot(scene, strip_name: str = ""):
     return strip
 
 
-def create_shot(scene, subject: str, strip_name: str = "", name: str = ""):
-    """A new shot from a sound strip and a subject: the Empty ``HS_<shot>`` keyed from the captured curves."""
+def captured_curves(subject: str, frames: int | None) -> dict:
+    """The subject's captured performance over ``frames`` frames, from the service (validated)."""
+    doc = _client(timeout=10.0).subject_curves(subject, frames)
+    return shotlib.captured_rows(curves_io.validate(doc, frames))
+
+
+def create_shot(scene, subject: str, strip_name: str = "", name: str = "", dense: bool = False,
+                tolerance: keys.Tolerance = keys.DEFAULT):
+    """A new shot from a sound strip and a subject: the Empty ``HS_<shot>`` keyed from the captured curves
+    (sparse keys within ``tolerance``, or every frame when ``dense``)."""
     st = props.hs(scene)
     if not subject:
         raise HeadSyncError("no subject chosen", "import a subject first, then pick it")
@@ -160,18 +186,15 @@ def create_shot(scene, subject: str, strip_name: str = "", name: str = ""):
     if not audio or not os.path.isfile(audio):
         raise HeadSyncError(f"the sound of strip {strip.name!r} is missing: {audio or '(no file)'}",
                             "was it moved? relink it (File > External Data > Find Missing Files)")
-    ws = _require_workspace()
-    cap = shotlib.load_captured(ws, subject)
-    fps = cap["fps"]  # renders run at the subject's source frame rate
+    fps = captured_curves(subject, 1)["fps"]  # renders run at the subject's source frame rate
     scene_fps = scene.render.fps / scene.render.fps_base
     start = int(round(strip.frame_start))
     seconds = shotlib.audio_seconds(audio)
     count = shotlib.render_frame_count(seconds, fps) if seconds else int(strip.frame_duration)
     if count < 1:
         raise HeadSyncError(f"strip {strip.name!r} is empty")
-    rows = shotlib.fit_to_length(cap["values"], fps, fps, count)
-    rot = shotlib.fit_to_length(cap["rotation"], fps, fps, count) if cap["rotation"] else None
-    trans = shotlib.fit_to_length(cap["translation"], fps, fps, count) if cap["translation"] else None
+    cap = captured_curves(subject, count)
+    rows, rot, trans = cap["values"], cap["rotation"], cap["translation"]
     warning = ""
     if abs(scene_fps - fps) > 1e-3:
         warning = (f"the scene runs at {scene_fps:g} fps but subject {subject!r} at {fps:g} fps: set the "
@@ -184,10 +207,10 @@ def create_shot(scene, subject: str, strip_name: str = "", name: str = ""):
     obj.empty_display_type = 'SPHERE'
     obj.empty_display_size = 0.2
     scene.collection.objects.link(obj)
-    key_shot(obj, start, rows, rot, trans)
+    n_keys = key_shot(obj, start, rows, rot, trans, None if dense else tolerance)
 
     shot = st.shots.add()
-    shot.name = shot_name
+    shot.name, shot.uid = shot_name, shotlib.new_uid()
     shot.subject, shot.sound_strip, shot.audio = subject, strip.name, audio
     shot.frame_start, shot.frame_count, shot.fps = start, count, fps
     shot.controls = obj
@@ -196,7 +219,7 @@ def create_shot(scene, subject: str, strip_name: str = "", name: str = ""):
     st.shot_index = len(st.shots) - 1
     if start + count - 1 > scene.frame_end:
         scene.frame_end = start + count - 1
-    return shot
+    return shot, n_keys
 
 
 def sample_shot(shot) -> dict:
@@ -230,7 +253,8 @@ def sample_shot(shot) -> dict:
     return curves_io.make(rows, shot.fps, shot.frame_start, rot, trans, source="edited")
 
 
-def submit_render(scene, shot, batch: str = "") -> str:
+def submit_render(scene, shot, batch: str = "", frame: int | None = None) -> str:
+    """Sample the shot into curves.json and submit its render (``frame``: only that frame, Preview Frame)."""
     st = props.hs(scene)
     subj = st.subjects.get(shot.subject)
     if subj is None:
@@ -240,28 +264,49 @@ def submit_render(scene, shot, batch: str = "") -> str:
     if not os.path.isfile(audio):
         raise HeadSyncError(f"shot {shot.name!r}: its sound {audio} is missing", "was it moved? relink the sound strip")
     ws = _require_workspace()
+    if frame is not None and not shot.frame_start <= frame < shot.frame_start + shot.frame_count:
+        raise HeadSyncError(f"frame {frame} is outside shot {shot.name!r} (frames {shot.frame_start}-"
+                            f"{shot.frame_start + shot.frame_count - 1})", "move the playhead into the shot")
     doc = sample_shot(shot)
+    if not shot.uid:  # a shot from an older version of the add-on
+        shot.uid = shotlib.new_uid()
     stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
-    path = os.path.join(ws, "blender", _blend_stem(), f"{shot.name}-{stamp}.curves.json")
+    path = str(shotlib.curves_path(ws, _blend_stem(), shot.uid, stamp + ("-preview" if frame is not None else "")))
     try:
         curves_io.write(path, doc)
     except OSError as e:
         raise HeadSyncError(f"cannot write {path} ({e.strerror or e})", "check the workspace folder") from None
     params = {"audio": os.path.abspath(audio), "curves": path, "run": subj.run or st.render_run or "default"}
+    if frame is not None:
+        params["frames"] = f"{frame}-{frame}"
     job_id = _client().submit("render", subj.name, params)
-    props.add_job(scene, job_id, "render", subj.name, shot.name, batch)
-    shot.render_job, shot.curves_path, shot.state, shot.message, shot.hint = job_id, path, "queued", "", ""
+    props.add_job(scene, job_id, "render", subj.name, shot.name, batch, preview=frame is not None,
+                  frame=frame or 0)
+    if frame is not None:
+        shot.preview_job = job_id
+    else:
+        shot.render_job, shot.curves_path, shot.state, shot.message, shot.hint = job_id, path, "queued", "", ""
     polling.ensure_timer()
     return job_id
 
 
-def render_all(scene) -> tuple[list[str], list[tuple[str, str]], str]:
-    """Queue every shot; go on past a shot that cannot be queued. Returns (queued, [(shot, why)], batch)."""
+def is_busy(scene, shot) -> bool:
+    """A render of the shot is queued or running."""
+    job = props.get_job(scene, shot.render_job)
+    return job is not None and job.state in shotlib.ACTIVE_STATES
+
+
+def render_all(scene) -> tuple[list[str], list[tuple[str, str]], str, list[str]]:
+    """Queue every shot that is not already rendering; go on past a shot that cannot be queued.
+    Returns (queued, [(shot, why)], batch, skipped busy shots)."""
     st = props.hs(scene)
     batch = time.strftime("batch-%Y%m%d-%H%M%S")
     st.batch, st.batch_report = batch, ""
-    queued, failed = [], []
+    queued, failed, busy = [], [], []
     for shot in st.shots:
+        if is_busy(scene, shot):
+            busy.append(shot.name)
+            continue
         try:
             submit_render(scene, shot, batch)
             queued.append(shot.name)
@@ -269,7 +314,38 @@ def render_all(scene) -> tuple[list[str], list[tuple[str, str]], str]:
             shot.state, shot.message, shot.hint = "failed", getattr(e, "message", str(e)), getattr(e, "hint", "")
             failed.append((shot.name, _text(e)))
     polling.update_batch(scene)
-    return queued, failed, batch
+    return queued, failed, batch, busy
+
+
+def delete_shot(scene, shot, remove_render: bool = False, cancel: bool = True) -> list[str]:
+    """Remove a shot: its controls Empty and their Action, its preview strip, optionally its rendered strip;
+    its running jobs are cancelled on the service when ``cancel``. Returns what could not be cancelled."""
+    st = props.hs(scene)
+    problems = []
+    for jid in (shot.render_job, shot.preview_job):
+        job = props.get_job(scene, jid)
+        if cancel and job is not None and job.state in shotlib.ACTIVE_STATES:
+            try:
+                _client().cancel(jid)
+            except EXPECTED as e:
+                problems.append(f"job {jid}: {_text(e)}")
+    for name in (shot.preview_strip, shot.result_strip if remove_render else ""):
+        strip = compat.get_strip(scene, name)
+        if strip is not None:
+            compat.remove_strip(scene, strip)
+    obj = shot.controls
+    if obj is not None:
+        action = obj.animation_data.action if obj.animation_data else None
+        bpy.data.objects.remove(obj, do_unlink=True)
+        if action is not None and action.users == 0:
+            bpy.data.actions.remove(action)
+    for j in st.jobs:  # its jobs are no longer the shot's (a late result is not placed)
+        if j.shot == shot.name:
+            j.shot = ""
+    idx = next(i for i, s in enumerate(st.shots) if s.name == shot.name)
+    st.shots.remove(idx)
+    st.shot_index = min(st.shot_index, len(st.shots) - 1)
+    return problems
 
 
 # ---- operators --------------------------------------------------------------------------------
@@ -291,8 +367,12 @@ class _Op:
         return {'CANCELLED'}
 
 
+def _scene(context):
+    return compat.sequencer_scene(context)
+
+
 def _scene_subject(context, name: str):
-    st = props.hs(context.scene)
+    st = props.hs(_scene(context))
     if name:
         return st.subjects.get(name)
     if 0 <= st.subject_index < len(st.subjects):
@@ -301,12 +381,34 @@ def _scene_subject(context, name: str):
 
 
 def _scene_shot(context, name: str):
-    st = props.hs(context.scene)
+    st = props.hs(_scene(context))
     if name:
         return st.shots.get(name)
     if 0 <= st.shot_index < len(st.shots):
         return st.shots[st.shot_index]
     return None
+
+
+def _has_settings(context) -> bool:
+    return _scene(context) is not None and hasattr(_scene(context), "headsync")
+
+
+def confirm(op, context, event, title: str, message: str, confirm_text: str) -> set:
+    """Ask before doing something that loses work (a popup with OK and Cancel; the operator runs on OK)."""
+    return context.window_manager.invoke_confirm(op, event, title=title, message=message,
+                                                 confirm_text=confirm_text, icon='WARNING')
+
+
+def _poll_fail(cls, message: str) -> bool:
+    cls.poll_message_set(message)
+    return False
+
+
+def _sound_strip_names(self, context, edit_text):
+    """The New Shot strip search: sound strips only (the dialogue that drives a shot)."""
+    scene = _scene(context)
+    low = (edit_text or "").lower()
+    return sorted(s.name for s in compat.all_strips(scene) if s.type == 'SOUND' and low in s.name.lower())
 
 
 class HEADSYNC_OT_check_connection(_Op, bpy.types.Operator):
@@ -347,6 +449,7 @@ class HEADSYNC_OT_refresh(_Op, bpy.types.Operator):
         try:
             if prefs.check(context):
                 polling.refresh_subjects(context)
+                polling.reattach()
         except EXPECTED as e:
             return self.fail(e)
         n = polling.poll_once()
@@ -354,6 +457,21 @@ class HEADSYNC_OT_refresh(_Op, bpy.types.Operator):
             self.report({'WARNING'}, f"{prefs.STATUS['message']} — {prefs.STATUS['hint']}".rstrip(" —"))
             return {'CANCELLED'}
         self.report({'INFO'}, f"{n} active job(s)")
+        return {'FINISHED'}
+
+
+class HEADSYNC_OT_notify(bpy.types.Operator):
+    """Put a job's end in the info log and the status bar (the polling timer runs it: timers cannot report)."""
+
+    bl_idname = "headsync.notify"
+    bl_label = "HeadSync Notification"
+    bl_options = {'INTERNAL'}
+
+    level: StringProperty(default='INFO', options={'SKIP_SAVE'})
+    message: StringProperty(options={'SKIP_SAVE'})
+
+    def execute(self, context):
+        self.report({self.level if self.level in ('INFO', 'WARNING', 'ERROR') else 'INFO'}, self.message)
         return {'FINISHED'}
 
 
@@ -376,12 +494,16 @@ class HEADSYNC_OT_import_subject(_Op, bpy.types.Operator):
     frame_start: IntProperty(name="Start Frame", default=-1, description="-1: the current frame")
     submit: BoolProperty(name="Prepare Now", default=True, description="Submit the 'prepare' job")
 
+    @classmethod
+    def poll(cls, context):
+        return _has_settings(context) or _poll_fail(cls, "no scene to import into")
+
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)
         return {'RUNNING_MODAL'}
 
     def execute(self, context):
-        scene = context.scene
+        scene = _scene(context)
         st = props.hs(scene)
         try:
             preset = _preset_choice(self)
@@ -410,7 +532,7 @@ class HEADSYNC_OT_import_subject(_Op, bpy.types.Operator):
         try:
             sound = compat.new_sound(scene, f"{name}.audio", audio or video, self.channel, start)
         except RuntimeError:
-            sound = None  # a video without an audio track
+            sound = None  # a video without an audio track (or a Blender built without audio)
         if first_import and getattr(movie, "fps", 0):
             fps = float(movie.fps)
             scene.render.fps, scene.render.fps_base = round(fps), round(fps) / fps
@@ -444,22 +566,33 @@ class HEADSYNC_OT_import_subject(_Op, bpy.types.Operator):
 class HEADSYNC_OT_prepare_subject(_Op, bpy.types.Operator):
     bl_idname = "headsync.prepare_subject"
     bl_label = "Prepare Subject"
-    bl_description = "Submit (again) the 'prepare' job of a subject"
+    bl_description = "Submit (again) the 'prepare' job of a subject, with its own preset unless you pick another"
+    bl_options = {'REGISTER', 'UNDO'}
 
     subject: StringProperty(name="Subject")
-    preset: EnumProperty(name="Preset", items=props.PRESETS, default="preview")
+    preset: EnumProperty(name="Preset", items=props.PRESETS, default="preview",
+                         description="Default: the preset the subject was imported with")
     preset_file: StringProperty(name="Custom Preset", subtype='FILE_PATH',
                                 description="A preset .toml file; overrides Preset when set")
+
+    @classmethod
+    def poll(cls, context):
+        if not _has_settings(context) or not len(props.hs(_scene(context)).subjects):
+            return _poll_fail(cls, "import a subject first")
+        return True
 
     def execute(self, context):
         subj = _scene_subject(context, self.subject)
         if subj is None:
             return self.fail(HeadSyncError("no subject chosen", "import a subject first"))
         try:
-            job = submit_prepare(context.scene, subj, _preset_choice(self))
+            # the subject's own preset (a name or a .toml path) unless the caller chose one
+            preset = _preset_choice(self) if (self.preset_file or self.properties.is_property_set("preset")) \
+                else (subj.preset or self.preset)
+            job = submit_prepare(_scene(context), subj, preset)
         except EXPECTED as e:
             return self.fail(e)
-        self.report({'INFO'}, f"prepare job {job} submitted for {subj.name!r}")
+        self.report({'INFO'}, f"prepare job {job} submitted for {subj.name!r} ({os.path.basename(preset)})")
         return {'FINISHED'}
 
 
@@ -467,6 +600,7 @@ class HEADSYNC_OT_train_subject(_Op, bpy.types.Operator):
     bl_idname = "headsync.train_subject"
     bl_label = "Train Subject"
     bl_description = "Submit the 'train' job of a prepared subject (resume continues from the last checkpoint)"
+    bl_options = {'REGISTER', 'UNDO'}
 
     subject: StringProperty(name="Subject")
     preset: EnumProperty(name="Preset", items=props.PRESETS, default="preview")
@@ -475,13 +609,25 @@ class HEADSYNC_OT_train_subject(_Op, bpy.types.Operator):
     run: StringProperty(name="Run", default="default")
     resume: BoolProperty(name="Resume", default=False, description="Continue from the run's last checkpoint")
 
+    @classmethod
+    def poll(cls, context):
+        subj = _scene_subject(context, "") if _has_settings(context) else None
+        if subj is None:
+            return _poll_fail(cls, "import a subject first")
+        if subj.stage in ("new", "failed") and not subj.prepare_job:
+            return _poll_fail(cls, f"subject {subj.name} is not prepared yet: prepare it first")
+        job = props.get_job(_scene(context), subj.train_job)
+        if job is not None and job.state in shotlib.ACTIVE_STATES:
+            return _poll_fail(cls, f"subject {subj.name} is training already")
+        return True
+
     def invoke(self, context, event):
-        self.preset = props.hs(context.scene).train_preset
+        self.preset = props.hs(_scene(context)).train_preset
         return context.window_manager.invoke_props_dialog(self)
 
     def draw(self, context):
         col = self.layout.column()
-        col.prop_search(self, "subject", props.hs(context.scene), "subjects")
+        col.prop_search(self, "subject", props.hs(_scene(context)), "subjects")
         col.prop(self, "preset")
         col.prop(self, "preset_file")
         col.prop(self, "run")
@@ -494,7 +640,7 @@ class HEADSYNC_OT_train_subject(_Op, bpy.types.Operator):
                                            else "no subject chosen", "import a subject first"))
         try:
             preset = _preset_choice(self)
-            job = submit_train(context.scene, subj, preset, self.resume, self.run)
+            job = submit_train(_scene(context), subj, preset, self.resume, self.run)
         except EXPECTED as e:
             return self.fail(e)
         self.report({'INFO'}, f"train job {job} submitted for {subj.name!r} ({os.path.basename(preset)})")
@@ -504,13 +650,30 @@ class HEADSYNC_OT_train_subject(_Op, bpy.types.Operator):
 class HEADSYNC_OT_new_shot(_Op, bpy.types.Operator):
     bl_idname = "headsync.new_shot"
     bl_label = "New Shot"
-    bl_description = ("A shot from the selected sound strip (the dubbed dialogue) and a subject: the Empty "
-                      "HS_<shot> keyed with the seven expression curves (and head pose) for every frame")
+    bl_description = ("A shot from a sound strip (the dubbed dialogue) and a subject: the Empty HS_<shot> keyed "
+                      "with the seven expression curves (and head pose) of the captured performance")
     bl_options = {'REGISTER', 'UNDO'}
 
     subject: StringProperty(name="Subject")
-    strip: StringProperty(name="Sound Strip", description="Default: the selected sound strip")
+    strip: StringProperty(name="Sound Strip", description="Default: the selected sound strip",
+                          search=_sound_strip_names)
     name: StringProperty(name="Shot Name", description="Default: from the strip's name")
+    dense: BoolProperty(name="Key Every Frame", default=False,
+                        description="Key every frame instead of the fewest keys that stay within the tolerance")
+    tolerance: FloatProperty(name="Tolerance", default=keys.DEFAULT.expression, min=0.0, max=0.2, precision=3,
+                             description="Largest deviation of the keyed expression curves from the captured "
+                                         "ones (0..1 units); the head pose keeps its own (a quarter pixel)")
+
+    @classmethod
+    def poll(cls, context):
+        if not _has_settings(context):
+            return _poll_fail(cls, "no scene")
+        st = props.hs(_scene(context))
+        if not any(s.stage in ("prepared", "training", "trained") for s in st.subjects):
+            return _poll_fail(cls, "import a subject and let its 'prepare' job finish first")
+        if not any(s.type == 'SOUND' for s in compat.all_strips(_scene(context))):
+            return _poll_fail(cls, "add the dubbed dialogue as a sound strip to the sequencer first")
+        return True
 
     def invoke(self, context, event):
         if not self.subject:
@@ -520,25 +683,40 @@ class HEADSYNC_OT_new_shot(_Op, bpy.types.Operator):
 
     def draw(self, context):
         col = self.layout.column()
-        col.prop_search(self, "subject", props.hs(context.scene), "subjects")
-        sed = context.scene.sequence_editor
-        if sed is not None:
-            col.prop_search(self, "strip", sed, "strips_all" if hasattr(sed, "strips_all") else "sequences_all")
+        col.prop_search(self, "subject", props.hs(_scene(context)), "subjects")
+        col.prop(self, "strip")
         col.prop(self, "name")
+        col.prop(self, "dense")
+        row = col.row()
+        row.enabled = not self.dense
+        row.prop(self, "tolerance")
 
     def execute(self, context):
         subject = self.subject or (getattr(_scene_subject(context, ""), "name", ""))
+        tol = keys.Tolerance(expression=self.tolerance, rotation=keys.DEFAULT.rotation,
+                             translation=keys.DEFAULT.translation)
         t0 = time.perf_counter()
         try:
-            shot = create_shot(context.scene, subject, self.strip, self.name)
+            shot, n_keys = create_shot(_scene(context), subject, self.strip, self.name, self.dense, tol)
         except EXPECTED as e:
             return self.fail(e)
         dt = time.perf_counter() - t0
-        self.report({'INFO'}, f"shot {shot.name!r}: {shot.frame_count} frames keyed on "
-                              f"{shot.controls.name} in {dt:.2f} s")
+        self.report({'INFO'}, f"shot {shot.name!r}: {shot.frame_count} frames, {sum(n_keys.values())} keys on "
+                              f"{len(n_keys)} curves of {shot.controls.name} in {dt:.2f} s")
         if shot.message:
             self.report({'WARNING'}, shot.message)
         return {'FINISHED'}
+
+
+def _render_poll(cls, context, shot) -> bool:
+    if shot is None:
+        return _poll_fail(cls, "create a shot first (New Shot)")
+    subj = props.hs(_scene(context)).subjects.get(shot.subject)
+    if subj is None:
+        return _poll_fail(cls, f"the subject {shot.subject} of this shot is not in the scene")
+    if subj.stage != "trained":
+        return _poll_fail(cls, f"subject {subj.name} is not trained yet: train it first")
+    return True
 
 
 class HEADSYNC_OT_render_shot(_Op, bpy.types.Operator):
@@ -546,8 +724,18 @@ class HEADSYNC_OT_render_shot(_Op, bpy.types.Operator):
     bl_label = "Render Shot"
     bl_description = ("Sample the shot's F-curves at every frame into curves.json, submit the render; the "
                       "result lands as an image-sequence strip above the source strip")
+    bl_options = {'REGISTER', 'UNDO'}
 
     shot: StringProperty(name="Shot")
+
+    @classmethod
+    def poll(cls, context):
+        shot = _scene_shot(context, "") if _has_settings(context) else None
+        if not _render_poll(cls, context, shot):
+            return False
+        if is_busy(_scene(context), shot):
+            return _poll_fail(cls, f"shot {shot.name} is rendering already")
+        return True
 
     def execute(self, context):
         shot = _scene_shot(context, self.shot)
@@ -555,7 +743,7 @@ class HEADSYNC_OT_render_shot(_Op, bpy.types.Operator):
             return self.fail(HeadSyncError(f"no shot {self.shot!r} in this scene" if self.shot else "no shot chosen",
                                            "create one with New Shot"))
         try:
-            job = submit_render(context.scene, shot)
+            job = submit_render(_scene(context), shot)
         except EXPECTED as e:
             shot.message, shot.hint = getattr(e, "message", str(e)), getattr(e, "hint", "")
             return self.fail(e)
@@ -563,29 +751,119 @@ class HEADSYNC_OT_render_shot(_Op, bpy.types.Operator):
         return {'FINISHED'}
 
 
+class HEADSYNC_OT_preview_frame(_Op, bpy.types.Operator):
+    bl_idname = "headsync.preview_frame"
+    bl_label = "Preview Frame"
+    bl_description = ("Render the current frame of the shot with its curves as they are now and show it in the "
+                      "sequencer preview (a one-frame strip on top), without rendering the whole shot")
+    bl_options = {'REGISTER', 'UNDO'}
+
+    shot: StringProperty(name="Shot")
+    frame: IntProperty(name="Frame", default=-10**9, description="Default: the current frame")
+
+    @classmethod
+    def poll(cls, context):
+        shot = _scene_shot(context, "") if _has_settings(context) else None
+        if not _render_poll(cls, context, shot):
+            return False
+        f = _scene(context).frame_current
+        if not shot.frame_start <= f < shot.frame_start + shot.frame_count:
+            return _poll_fail(cls, f"move the playhead into shot {shot.name} "
+                                   f"(frames {shot.frame_start}-{shot.frame_start + shot.frame_count - 1})")
+        return True
+
+    def execute(self, context):
+        shot = _scene_shot(context, self.shot)
+        if shot is None:
+            return self.fail(HeadSyncError("no shot chosen", "create one with New Shot"))
+        scene = _scene(context)
+        frame = scene.frame_current if self.frame == -10**9 else self.frame
+        try:
+            job = submit_render(scene, shot, frame=frame)
+        except EXPECTED as e:
+            return self.fail(e)
+        self.report({'INFO'}, f"preview of frame {frame} of shot {shot.name!r}: job {job}")
+        return {'FINISHED'}
+
+
 class HEADSYNC_OT_render_all(_Op, bpy.types.Operator):
     bl_idname = "headsync.render_all"
     bl_label = "Render All Shots"
-    bl_description = "Queue a render of every shot; a shot that fails does not stop the others"
+    bl_description = ("Queue a render of every shot that is not rendering already; a shot that fails does not "
+                      "stop the others")
+    bl_options = {'REGISTER', 'UNDO'}
+
+    @classmethod
+    def poll(cls, context):
+        if not _has_settings(context) or not len(props.hs(_scene(context)).shots):
+            return _poll_fail(cls, "create a shot first (New Shot)")
+        scene = _scene(context)
+        if all(is_busy(scene, s) for s in props.hs(scene).shots):
+            return _poll_fail(cls, "every shot is rendering already")
+        return True
 
     def execute(self, context):
-        if not len(props.hs(context.scene).shots):
+        scene = _scene(context)
+        if not len(props.hs(scene).shots):
             return self.fail(HeadSyncError("this scene has no shots", "create one with New Shot"))
-        queued, failed, _batch = render_all(context.scene)
+        queued, failed, _batch, busy = render_all(scene)
+        note = f"; skipped {len(busy)} shot(s) rendering already ({', '.join(busy)})" if busy else ""
         if failed:
-            self.report({'WARNING'}, f"queued {len(queued)} shot(s); could not queue "
+            self.report({'WARNING'}, f"queued {len(queued)} shot(s){note}; could not queue "
                                      + "; ".join(f"{n}: {why}" for n, why in failed))
         else:
-            self.report({'INFO'}, f"queued {len(queued)} shot(s)")
+            self.report({'INFO'}, f"queued {len(queued)} shot(s){note}")
         return {'FINISHED'} if queued else {'CANCELLED'}
+
+
+class HEADSYNC_OT_delete_shot(_Op, bpy.types.Operator):
+    bl_idname = "headsync.delete_shot"
+    bl_label = "Delete Shot"
+    bl_description = "Remove the shot and its controls Empty (its keys); cancels its running render"
+    bl_options = {'REGISTER', 'UNDO'}
+
+    shot: StringProperty(name="Shot")
+    remove_render: BoolProperty(name="Remove Rendered Strip", default=False,
+                                description="Also remove the strip of its last render from the sequencer")
+
+    @classmethod
+    def poll(cls, context):
+        if (_scene_shot(context, "") if _has_settings(context) else None) is None:
+            return _poll_fail(cls, "no shot chosen")
+        return True
+
+    def invoke(self, context, event):
+        shot = _scene_shot(context, self.shot)
+        name = shot.name if shot else self.shot
+        return confirm(self, context, event, "Delete Shot", f"Delete shot {name} and its keys?", "Delete")
+
+    def execute(self, context):
+        shot = _scene_shot(context, self.shot)
+        if shot is None:
+            return self.fail(HeadSyncError(f"no shot {self.shot!r} in this scene" if self.shot else "no shot chosen"))
+        name = shot.name
+        problems = delete_shot(_scene(context), shot, self.remove_render)
+        if problems:
+            self.report({'WARNING'}, f"shot {name!r} deleted; " + "; ".join(problems))
+        else:
+            self.report({'INFO'}, f"shot {name!r} deleted")
+        return {'FINISHED'}
 
 
 class HEADSYNC_OT_cancel_job(_Op, bpy.types.Operator):
     bl_idname = "headsync.cancel_job"
     bl_label = "Cancel Job"
-    bl_description = "Ask the service to cancel this job"
+    bl_description = "Ask the service to cancel this job (a cancelled training can be resumed)"
 
     job_id: StringProperty(name="Job")
+
+    def invoke(self, context, event):
+        job = props.get_job(_scene(context), self.job_id)
+        if job is not None and job.kind == "train":  # hours of work: ask first
+            return confirm(self, context, event, "Cancel Training",
+                           f"Stop training {job.subject}? Train Subject > Resume continues from its last checkpoint.",
+                           "Stop Training")
+        return self.execute(context)
 
     def execute(self, context):
         try:
@@ -642,14 +920,15 @@ class HEADSYNC_OT_select_shot(_Op, bpy.types.Operator):
         if shot.controls.name in vl.objects:
             shot.controls.select_set(True)
             vl.objects.active = shot.controls
-        context.scene.frame_current = shot.frame_start
+        _scene(context).frame_current = shot.frame_start
         return {'FINISHED'}
 
 
 CLASSES = (
-    HEADSYNC_OT_check_connection, HEADSYNC_OT_start_service, HEADSYNC_OT_refresh, HEADSYNC_OT_import_subject,
-    HEADSYNC_OT_prepare_subject, HEADSYNC_OT_train_subject, HEADSYNC_OT_new_shot, HEADSYNC_OT_render_shot,
-    HEADSYNC_OT_render_all, HEADSYNC_OT_cancel_job, HEADSYNC_OT_open_log, HEADSYNC_OT_select_shot,
+    HEADSYNC_OT_check_connection, HEADSYNC_OT_start_service, HEADSYNC_OT_refresh, HEADSYNC_OT_notify,
+    HEADSYNC_OT_import_subject, HEADSYNC_OT_prepare_subject, HEADSYNC_OT_train_subject, HEADSYNC_OT_new_shot,
+    HEADSYNC_OT_render_shot, HEADSYNC_OT_preview_frame, HEADSYNC_OT_render_all, HEADSYNC_OT_delete_shot,
+    HEADSYNC_OT_cancel_job, HEADSYNC_OT_open_log, HEADSYNC_OT_select_shot,
 )
 
 

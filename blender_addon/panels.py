@@ -1,13 +1,15 @@
 """The HeadSync sidebar (N panel) in the Video Sequencer, and a shot panel in the Graph Editor.
 
 Drawing never touches the network: it shows the state the timer keeps in the scene and ``prefs.STATUS``.
+States are drawn in words, long messages wrapped to the region's width, and whatever comes from the user
+or the service (names, paths, messages) untranslated (``translate=False``).
 """
 
 from __future__ import annotations
 
 import bpy
 
-from . import polling, prefs, props
+from . import compat, polling, prefs, props, ui_text
 from . import shots as shotlib
 
 STAGE_ICONS = {"new": 'FILE', "preparing": 'SORTTIME', "prepared": 'CHECKBOX_HLT', "training": 'SORTTIME',
@@ -16,43 +18,51 @@ SHOT_ICONS = {"keyed": 'KEYINGSET', "queued": 'SORTTIME', "rendering": 'RENDER_A
               "rendered": 'CHECKMARK', "failed": 'ERROR', "cancelled": 'CANCEL'}
 
 
+def _scene(context):
+    return compat.sequencer_scene(context)
+
+
+def _wrapped(layout, context, text: str, icon: str = 'NONE'):
+    """A long message as several labels that fit the region (untranslated: it is data, not interface)."""
+    region = getattr(context, "region", None)
+    width = region.width if region is not None and region.width > 1 else 300
+    scale = context.preferences.system.ui_scale if context.preferences else 1.0
+    col = layout.column(align=True)
+    for i, line in enumerate(ui_text.wrap(text, width, scale)):
+        col.label(text=line, icon=icon if i == 0 else 'BLANK1', translate=False)
+
+
 def _progress(layout, job, label: str = ""):
-    text = label or f"{job.kind} {job.subject}"
-    detail = job.stage or job.state
+    text = label or f"{ui_text.words(ui_text.KIND_WORDS, job.kind)} {job.subject}"
+    detail = job.stage or ui_text.words(ui_text.JOB_WORDS, job.state)
     if job.eta:
         detail += f" · {job.eta} left"
     row = layout.row(align=True)
-    if hasattr(layout, "progress"):  # 4.0+
-        row.progress(factor=job.fraction, type='BAR', text=f"{text}: {detail} {int(job.fraction * 100)}%")
-    else:
-        row.label(text=f"{text}: {detail} {int(job.fraction * 100)}%")
+    row.progress(factor=job.fraction, type='BAR', text=f"{text}: {detail} {int(job.fraction * 100)}%")
     row.operator("headsync.cancel_job", text="", icon='CANCEL').job_id = job.name
     row.operator("headsync.open_log", text="", icon='TEXT').job_id = job.name
-    if job.message:
-        layout.label(text=job.message)
 
 
-def _message(layout, msg: str, hint: str, icon: str = 'ERROR'):
+def _message(layout, context, msg: str, hint: str, icon: str = 'ERROR'):
     if msg:
-        col = layout.column(align=True)
-        col.label(text=msg, icon=icon)
+        _wrapped(layout, context, msg, icon)
         if hint:
-            col.label(text=hint, icon='INFO')
+            _wrapped(layout, context, hint, 'INFO')
 
 
 class HEADSYNC_UL_subjects(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0, flt_flag=0):
         row = layout.row()
-        row.label(text=item.name, icon='USER')
-        row.label(text=item.stage, icon=STAGE_ICONS.get(item.stage, 'DOT'))
+        row.label(text=item.name, icon='USER', translate=False)
+        row.label(text=ui_text.words(ui_text.SUBJECT_WORDS, item.stage), icon=STAGE_ICONS.get(item.stage, 'DOT'))
 
 
 class HEADSYNC_UL_shots(bpy.types.UIList):
     def draw_item(self, context, layout, data, item, icon, active_data, active_propname, index=0, flt_flag=0):
         row = layout.row()
-        row.label(text=item.name, icon='SEQUENCE')
-        row.label(text=f"{item.frame_start}+{item.frame_count}")
-        row.label(text=item.state, icon=SHOT_ICONS.get(item.state, 'DOT'))
+        row.label(text=item.name, icon='SEQUENCE', translate=False)
+        row.label(text=f"{item.frame_start}–{item.frame_start + item.frame_count - 1}", translate=False)
+        row.label(text=ui_text.words(ui_text.SHOT_WORDS, item.state), icon=SHOT_ICONS.get(item.state, 'DOT'))
 
 
 class _Base:
@@ -61,7 +71,8 @@ class _Base:
 
     @classmethod
     def poll(cls, context):
-        return context.scene is not None and hasattr(context.scene, "headsync")
+        scene = _scene(context)
+        return scene is not None and hasattr(scene, "headsync")
 
 
 class HEADSYNC_PT_main(_Base, bpy.types.Panel):
@@ -77,6 +88,9 @@ class HEADSYNC_PT_main(_Base, bpy.types.Panel):
         row.operator("headsync.refresh", text="", icon='TIME')
         if not prefs.workspace(context):
             layout.label(text="Set the workspace in the add-on preferences", icon='ERROR')
+        if polling.NOTICES:
+            level, text = polling.NOTICES[-1]
+            _wrapped(layout, context, text, {'ERROR': 'ERROR', 'WARNING': 'CANCEL'}.get(level, 'INFO'))
 
 
 class HEADSYNC_PT_subjects(_Base, bpy.types.Panel):
@@ -86,7 +100,7 @@ class HEADSYNC_PT_subjects(_Base, bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        st = props.hs(context.scene)
+        st = props.hs(_scene(context))
         layout.template_list("HEADSYNC_UL_subjects", "", st, "subjects", st, "subject_index", rows=3)
         layout.operator("headsync.import_subject", icon='FILE_MOVIE')
         if not (0 <= st.subject_index < len(st.subjects)):
@@ -104,10 +118,10 @@ class HEADSYNC_PT_subjects(_Base, bpy.types.Panel):
         op = row.operator("headsync.new_shot", text="New Shot", icon='ADD')
         op.subject = subj.name
         for jid in (subj.prepare_job, subj.train_job):
-            job = props.get_job(context.scene, jid)
+            job = props.get_job(_scene(context), jid)
             if job is not None and job.state in shotlib.ACTIVE_STATES:
                 _progress(layout, job)
-        _message(layout, subj.message, subj.hint)
+        _message(layout, context, subj.message, subj.hint)
 
 
 class HEADSYNC_PT_shots(_Base, bpy.types.Panel):
@@ -120,7 +134,8 @@ class HEADSYNC_PT_shots(_Base, bpy.types.Panel):
 
 
 def draw_shots(layout, context):
-    st = props.hs(context.scene)
+    scene = _scene(context)
+    st = props.hs(scene)
     layout.template_list("HEADSYNC_UL_shots", "", st, "shots", st, "shot_index", rows=3)
     row = layout.row(align=True)
     row.operator("headsync.render_all", icon='RENDER_ANIMATION')
@@ -128,24 +143,29 @@ def draw_shots(layout, context):
         shot = st.shots[st.shot_index]
         box = layout.box()
         box.label(text=f"{shot.subject} · {shot.sound_strip} · frames {shot.frame_start}–"
-                       f"{shot.frame_start + shot.frame_count - 1}")
+                       f"{shot.frame_start + shot.frame_count - 1}", translate=False)
+        box.label(text=ui_text.words(ui_text.SHOT_WORDS, shot.state), icon=SHOT_ICONS.get(shot.state, 'DOT'))
         row = box.row(align=True)
         row.operator("headsync.select_shot", text="Edit Curves", icon='GRAPH').shot = shot.name
+        row.operator("headsync.preview_frame", icon='IMAGE_DATA').shot = shot.name
         row.operator("headsync.render_shot", icon='RENDER_STILL').shot = shot.name
+        row.operator("headsync.delete_shot", text="", icon='TRASH').shot = shot.name
         box.prop(shot, "use_head_pose")
-        job = props.get_job(context.scene, shot.render_job)
-        if job is not None and job.state in shotlib.ACTIVE_STATES:
-            _progress(box, job, f"render {shot.name}")
-        elif job is not None and job.state == "failed":
+        for jid, label in ((shot.render_job, f"Rendering {shot.name}"), (shot.preview_job, "Preview")):
+            job = props.get_job(scene, jid)
+            if job is not None and job.state in shotlib.ACTIVE_STATES:
+                _progress(box, job, label)
+        job = props.get_job(scene, shot.render_job)
+        if job is not None and job.state == "failed":
             box.operator("headsync.open_log", text="Open Log", icon='TEXT').job_id = job.name
-        _message(box, shot.message, shot.hint, 'ERROR' if shot.state == "failed" else 'INFO')
+        _message(box, context, shot.message, shot.hint, 'ERROR' if shot.state == "failed" else 'INFO')
     if st.batch:
         jobs = [j for j in st.jobs if j.batch == st.batch]
-        if any(j.state in shotlib.ACTIVE_STATES for j in jobs) and hasattr(layout, "progress"):
-            layout.progress(factor=polling.batch_fraction(context.scene), type='BAR',
+        if any(j.state in shotlib.ACTIVE_STATES for j in jobs):
+            layout.progress(factor=polling.batch_fraction(scene), type='BAR',
                             text=st.batch_report or "Render All")
         elif st.batch_report:
-            layout.label(text=st.batch_report, icon='INFO')
+            _wrapped(layout, context, st.batch_report, 'INFO')
 
 
 class HEADSYNC_PT_jobs(_Base, bpy.types.Panel):
@@ -156,11 +176,11 @@ class HEADSYNC_PT_jobs(_Base, bpy.types.Panel):
 
     def draw(self, context):
         layout = self.layout
-        active = [j for j in props.hs(context.scene).jobs if j.state in shotlib.ACTIVE_STATES]
+        active = [j for j in props.hs(_scene(context)).jobs if j.state in shotlib.ACTIVE_STATES]
         if not active:
             layout.label(text="No running jobs")
         for job in active:
-            _progress(layout, job, f"{job.kind} {job.shot or job.subject}")
+            _progress(layout, job, f"{ui_text.words(ui_text.KIND_WORDS, job.kind)} {job.shot or job.subject}")
 
 
 class HEADSYNC_PT_graph_shot(_Base, bpy.types.Panel):

@@ -1,8 +1,10 @@
 """Job polling from ``bpy.app.timers`` (never a thread, never a blocking wait) and applying job results.
 
-The state of every job lives in the scene (``props``), so a reopened .blend re-attaches to the jobs that
-were running: the ``load_post`` handler restarts the timer, which polls each job still queued or running
-and applies what finished while Blender was closed (a render's strip is placed then).
+The state of every job lives in the scene (``props``), so it is saved with the file, and undone with it.
+After ``undo_post``, ``redo_post`` and ``load_post`` a short timer re-attaches every shot and subject to its
+newest job in the service's job list (:func:`shots.reattach_shots`: jobs are not undoable, the service
+knows the truth), then the polling timer applies what finished meanwhile (a render's strip is placed
+again). When a job ends it is announced in the status bar and the info log, sidebar open or not.
 """
 
 from __future__ import annotations
@@ -13,14 +15,21 @@ import time
 import bpy
 from bpy.app.handlers import persistent
 
-from . import client, compat, prefs, props
+from . import client, compat, curves_io, prefs, props, ui_text
 from . import shots as shotlib
 
 ACTIVE_INTERVAL = 1.0      # seconds between polls while jobs run
+PREVIEW_INTERVAL = 0.25    # ... while a Preview Frame runs (seconds count: the user waits for it)
 DOWN_INTERVAL = 5.0        # while the service does not answer
 POLL_TIMEOUT = 1.0         # each request
 
+REATTACH_DELAY = 0.1       # after undo/redo/load, before asking the service
+STATUS_SECONDS = 10.0      # how long a notification stays in the status bar
+
 _state = {"proc": None, "waiting_since": 0.0}
+#: The latest notifications (level, text), newest last (session state; the sidebar shows the last one).
+NOTICES: list[tuple[str, str]] = []
+_ANNOUNCED: set[str] = set()
 
 
 def _active_jobs(scene):
@@ -100,10 +109,23 @@ def _apply(scene, job, rec: dict) -> None:
         if subj is not None:
             _apply_subject(subj, job)
         job.handled = job.state in shotlib.FINAL_STATES
+    elif job.kind == "render" and job.preview:
+        shot = st.shots.get(job.shot)
+        if shot is None or shot.preview_job != job.name:  # gone, or a newer preview was asked for
+            job.handled = True
+        elif job.state == "succeeded" and not job.handled:
+            try:
+                place_preview(scene, shot, f["artifacts"], job)
+            except shotlib.ShotError as e:
+                job.error, job.hint = e.message, e.hint
+            job.handled = True
+        elif job.state in ("failed", "cancelled"):
+            job.handled = True
     elif job.kind == "render":
         shot = st.shots.get(job.shot)
         if shot is None or shot.render_job != job.name:  # the shot is gone or was re-rendered since
             job.handled = True
+            _announce(job)
             return
         if job.state == "running":
             shot.state = "rendering"
@@ -123,6 +145,44 @@ def _apply(scene, job, rec: dict) -> None:
             job.handled = True
     else:
         job.handled = job.state in shotlib.FINAL_STATES
+    _announce(job)
+
+
+def _announce(job) -> None:
+    """Tell the user once that a job ended (status bar and info log): ``notified`` is saved with the file,
+    the session's set of announced jobs survives undo and redo (which restore the scene's records)."""
+    if job.notified or job.name in _ANNOUNCED or job.state not in shotlib.FINAL_STATES:
+        return
+    job.notified = True
+    _ANNOUNCED.add(job.name)
+    level, text = ui_text.notice(job.kind, job.subject, job.shot, job.state, job.error, job.hint, job.preview)
+    notify(level, text)
+
+
+def notify(level: str, text: str) -> None:
+    """Show ``text`` in every window's status bar (for a while) and as an info report. Never raises."""
+    NOTICES.append((level, text))
+    del NOTICES[:-20]
+    wm = getattr(bpy.context, "window_manager", None)
+    for win in (wm.windows if wm is not None else []):
+        try:
+            win.workspace.status_text_set(text)
+            with bpy.context.temp_override(window=win, screen=win.screen):
+                bpy.ops.headsync.notify(level=level, message=text)
+        except (AttributeError, RuntimeError, TypeError):
+            pass  # a window without a workspace, or an add-on being disabled: the NOTICES list still has it
+    if not bpy.app.timers.is_registered(_clear_status):
+        bpy.app.timers.register(_clear_status, first_interval=STATUS_SECONDS)
+
+
+def _clear_status():
+    wm = getattr(bpy.context, "window_manager", None)
+    for win in (wm.windows if wm is not None else []):
+        try:
+            win.workspace.status_text_set(None)
+        except (AttributeError, RuntimeError, TypeError):
+            pass
+    return None
 
 
 def _apply_subject(subj, job) -> None:
@@ -192,6 +252,83 @@ def place_result(scene, shot, artifacts: dict, job_id: str = ""):
     return strip
 
 
+def place_preview(scene, shot, artifacts: dict, job):
+    """Show a Preview Frame result: a one-frame image strip at its frame, on a channel above every strip
+    there, so the sequencer preview shows it (the previous preview strip of the shot is replaced)."""
+    frames_dir = shotlib.find_frames_dir(artifacts or {})
+    row = job.frame - shot.frame_start
+    path = os.path.join(frames_dir, f"{row:06d}.png") if frames_dir else ""
+    if not path or not os.path.isfile(path):
+        raise shotlib.ShotError(f"the preview of frame {job.frame} is missing ({path or 'no frames folder'})",
+                                "open the job's log")
+    old = compat.get_strip(scene, shot.preview_strip)
+    if old is not None:
+        compat.remove_strip(scene, old)
+    top = max([s.channel for s in compat.all_strips(scene)
+               if s.frame_final_start <= job.frame < s.frame_final_end] or [0])
+    strip = compat.new_image_sequence(scene, f"HS_{shot.name}_preview", frames_dir, [os.path.basename(path)],
+                                      min(top + 1, 128), job.frame)
+    shot.preview_strip = strip.name
+    return strip
+
+
+def reattach(context=None) -> int:
+    """Point every shot and subject of every scene at its newest job on the service (after undo, redo or
+    load); returns how many were re-attached. Raises :class:`client.ServiceError` when the service is down."""
+    listing = prefs.make_client(context, POLL_TIMEOUT).jobs()
+    n = 0
+    for scene in bpy.data.scenes:
+        if not hasattr(scene, "headsync"):
+            continue
+        st = props.hs(scene)
+        plan = shotlib.reattach_shots([(s.name, s.uid, s.render_job, s.preview_job) for s in st.shots if s.uid],
+                                      listing)
+        for name, changes in plan.items():
+            shot = st.shots[name]
+            for field, rec in changes:
+                jid = str(rec["id"])
+                old = props.get_job(scene, jid)
+                preview = field == "preview_job"
+                frame = _preview_frame(rec, shot) if preview else 0
+                job = props.add_job(scene, jid, "render", shot.subject, shot.name, preview=preview, frame=frame,
+                                    state=old.state if old is not None else "queued")
+                # its result is applied again (placing replaces the shot's strip); its end is not announced twice
+                job.handled = False
+                job.notified = old.notified if old is not None else rec.get("state") in shotlib.FINAL_STATES
+                setattr(shot, field, jid)
+                if not preview:
+                    shot.curves_path = str((rec.get("params") or {}).get("curves") or shot.curves_path)
+                _apply(scene, job, rec)
+                n += 1
+        splan = shotlib.reattach_subjects([(s.name, s.prepare_job, s.train_job) for s in st.subjects], listing)
+        for name, changes in splan.items():
+            subj = st.subjects[name]
+            for field, rec in changes:
+                jid = str(rec["id"])
+                old = props.get_job(scene, jid)
+                job = props.add_job(scene, jid, rec.get("kind", ""), name,
+                                    state=old.state if old is not None else "queued")
+                job.handled = False
+                job.notified = old.notified if old is not None else rec.get("state") in shotlib.FINAL_STATES
+                setattr(subj, field, jid)
+                _apply(scene, job, rec)
+                n += 1
+    if n:
+        ensure_timer()
+        _tag_redraw()
+    return n
+
+
+def _preview_frame(rec: dict, shot) -> int:
+    """The frame a Preview Frame job renders (its ``frames`` parameter, in the shot's numbering)."""
+    try:
+        first, _last = curves_io.fmt.parse_frame_range(str((rec.get("params") or {}).get("frames")),
+                                                       shot.frame_start, shot.frame_count)
+    except curves_io.CurvesError:
+        return shot.frame_start
+    return shot.frame_start + first
+
+
 def update_batch(scene) -> None:
     st = props.hs(scene)
     if not st.batch:
@@ -240,7 +377,11 @@ def _timer():
         return DOWN_INTERVAL
     if n == 0:
         return None
-    return ACTIVE_INTERVAL if prefs.STATUS["connected"] else DOWN_INTERVAL
+    if not prefs.STATUS["connected"]:
+        return DOWN_INTERVAL
+    previewing = any(j.preview and j.state in shotlib.ACTIVE_STATES
+                     for s in bpy.data.scenes if hasattr(s, "headsync") for j in props.hs(s).jobs)
+    return PREVIEW_INTERVAL if previewing else ACTIVE_INTERVAL
 
 
 def ensure_timer() -> None:
@@ -296,10 +437,35 @@ def _wait_for_service():
     return 0.5
 
 
+def _reattach_timer():
+    try:
+        reattach(bpy.context)
+    except client.ServiceError as e:  # the service is down: the polling timer reports it
+        prefs.STATUS.update(connected=False, message=e.message, hint=e.hint)
+    except Exception as e:  # a bug must not break undo
+        print(f"HeadSync: re-attaching jobs failed: {e!r}")
+    if any_active():
+        ensure_timer()
+    return None
+
+
+def schedule_reattach() -> None:
+    """Re-attach from a timer, not in the handler: undo stays instant even when the service is slow."""
+    if not bpy.app.timers.is_registered(_reattach_timer):
+        bpy.app.timers.register(_reattach_timer, first_interval=REATTACH_DELAY)
+
+
+@persistent
+def _undo_redo_post(*_args):
+    if any(len(props.hs(s).shots) or len(props.hs(s).subjects) for s in bpy.data.scenes if hasattr(s, "headsync")):
+        schedule_reattach()
+
+
 @persistent
 def _load_post(*_args):
     if any_active():
         ensure_timer()
+    schedule_reattach()
     p = prefs.get(bpy.context)
     if p is not None and p.auto_start and p.backend_python:
         if not bpy.app.timers.is_registered(_auto_start):
@@ -316,15 +482,20 @@ def _auto_start():
     return None
 
 
+HANDLERS = (("load_post", _load_post), ("undo_post", _undo_redo_post), ("redo_post", _undo_redo_post))
+
+
 def register():
-    if _load_post not in bpy.app.handlers.load_post:
-        bpy.app.handlers.load_post.append(_load_post)
+    for name, fn in HANDLERS:
+        if fn not in getattr(bpy.app.handlers, name):
+            getattr(bpy.app.handlers, name).append(fn)
     bpy.app.timers.register(_load_post, first_interval=1.0)  # the file open at enable time
 
 
 def unregister():
-    if _load_post in bpy.app.handlers.load_post:
-        bpy.app.handlers.load_post.remove(_load_post)
-    for fn in (_timer, _wait_for_service, _auto_start, _load_post):
+    for name, fn in HANDLERS:
+        if fn in getattr(bpy.app.handlers, name):
+            getattr(bpy.app.handlers, name).remove(fn)
+    for fn in (_timer, _wait_for_service, _auto_start, _load_post, _reattach_timer, _clear_status):
         if bpy.app.timers.is_registered(fn):
             bpy.app.timers.unregister(fn)

@@ -28,7 +28,8 @@ class HEADSYNC_AP_preferences(bpy.types.AddonPreferences):
         description="URL of a running service (http://127.0.0.1:PORT). Empty: read WORKSPACE/server.json")
     token: StringProperty(
         name="Token", subtype='PASSWORD',
-        description="Bearer token of the service at Service URL (empty: read from WORKSPACE/server.json)")
+        description="Bearer token of a service whose WORKSPACE/server.json this computer cannot read. Not "
+                    "kept when server.json has it")
     workspace: StringProperty(
         name="Workspace", subtype='DIR_PATH', default=os.path.join(os.path.expanduser("~"), "HeadSync"),
         description="The service's workspace folder: subjects, models, renders and server.json")
@@ -45,7 +46,11 @@ class HEADSYNC_AP_preferences(bpy.types.AddonPreferences):
         box = col.box()
         box.label(text="Or connect to a running service:")
         box.prop(self, "service_url")
-        box.prop(self, "token")
+        _token, from_file = client.token_for(self.service_url, "", workspace(context))
+        if from_file:
+            box.label(text="Token: read from the workspace's server.json", icon='LOCKED')
+        else:
+            box.prop(self, "token")
         draw_status(col)
         row = col.row()
         row.operator("headsync.check_connection", icon='FILE_REFRESH')
@@ -55,11 +60,12 @@ class HEADSYNC_AP_preferences(bpy.types.AddonPreferences):
 def draw_status(layout):
     if STATUS["connected"]:
         gpu = STATUS["gpu"] or "no GPU"
-        layout.label(text=f"Connected  ·  device {STATUS['device'] or '?'}  ·  {gpu}", icon='CHECKMARK')
-    else:
-        layout.label(text=f"Not connected: {STATUS['message']}", icon='ERROR')
+        layout.label(text=f"Connected  ·  device {STATUS['device'] or '?'}  ·  {gpu}", icon='CHECKMARK',
+                     translate=False)
+    else:  # the service's words, untranslated
+        layout.label(text=f"Not connected: {STATUS['message']}", icon='ERROR', translate=False)
         if STATUS.get("hint"):
-            layout.label(text=STATUS["hint"], icon='INFO')
+            layout.label(text=STATUS["hint"], icon='INFO', translate=False)
 
 
 def get(context=None):
@@ -85,13 +91,12 @@ def make_client(context=None, timeout: float = client.DEFAULT_TIMEOUT) -> client
             raise client.ServiceUnavailable(
                 f"the service URL {p.service_url} is not on this computer and online access is disabled",
                 "use the local service (127.0.0.1), or allow online access in Preferences > System > Network")
-        token = p.token
-        if not token and ws:
-            try:
-                token = client.read_server_json(ws).token
-            except client.ServiceError:
-                token = ""
+        token, from_file = client.token_for(p.service_url, p.token, ws)
+        if from_file and p.token:
+            p.token = ""  # server.json holds it: no copy in the saved preferences
         return client.Client(p.service_url, token, timeout)
+    if p.token:
+        p.token = ""  # without a URL the service is found (token included) through server.json
     return client.Client.from_workspace(ws, timeout)
 
 

@@ -1,5 +1,6 @@
-"""Scene properties: subjects, shots and jobs live in the .blend, so they survive save and reload, and a
-reopened file re-attaches to the jobs that were running (see ``polling``)."""
+"""Scene properties: subjects, shots and jobs live in the .blend, so they survive save and reload. Scene data
+is also what undo restores, so after undo, redo and reopening the file ``polling`` re-attaches each shot and
+subject to its newest job on the service (shots by their ``uid``)."""
 
 from __future__ import annotations
 
@@ -27,7 +28,10 @@ class HEADSYNC_PG_job(bpy.types.PropertyGroup):
     error: StringProperty(name="Error")
     hint: StringProperty(name="Hint")
     batch: StringProperty(name="Batch", description="Render All batch this job belongs to")
+    preview: BoolProperty(name="Preview", description="A Preview Frame job (one frame of the shot)")
+    frame: IntProperty(name="Frame", description="The frame a Preview Frame job renders")
     handled: BoolProperty(name="Handled", description="Its result was applied to the scene")
+    notified: BoolProperty(name="Notified", description="Its end was announced (status bar and info report)")
 
 
 class HEADSYNC_PG_subject(bpy.types.PropertyGroup):
@@ -48,6 +52,7 @@ class HEADSYNC_PG_subject(bpy.types.PropertyGroup):
 
 class HEADSYNC_PG_shot(bpy.types.PropertyGroup):
     # ``name`` is the shot's name; its controls are the Empty ``HS_<name>``.
+    uid: StringProperty(name="Id", description="Names the folder of the curves its jobs read (re-attach)")
     subject: StringProperty(name="Subject")
     sound_strip: StringProperty(name="Sound Strip", description="The dubbed dialogue that drives the shot")
     audio: StringProperty(name="Audio", subtype='FILE_PATH')
@@ -60,6 +65,8 @@ class HEADSYNC_PG_shot(bpy.types.PropertyGroup):
     state: StringProperty(name="State", default="keyed",
                           description="keyed, queued, rendering, rendered, failed or cancelled")
     render_job: StringProperty(name="Render Job")
+    preview_job: StringProperty(name="Preview Job")
+    preview_strip: StringProperty(name="Preview Strip")
     curves_path: StringProperty(name="Curves", subtype='FILE_PATH')
     frames_dir: StringProperty(name="Frames", subtype='DIR_PATH')
     result_strip: StringProperty(name="Result Strip")
@@ -100,11 +107,12 @@ def hs(scene) -> HEADSYNC_PG_scene:
     return scene.headsync
 
 
-def add_job(scene, job_id: str, kind: str, subject: str, shot: str = "", batch: str = ""):
-    j = hs(scene).jobs.add()
+def add_job(scene, job_id: str, kind: str, subject: str, shot: str = "", batch: str = "", preview: bool = False,
+            frame: int = 0, state: str = "queued"):
+    j = hs(scene).jobs.get(job_id) or hs(scene).jobs.add()
     j.name = job_id
-    j.kind, j.subject, j.shot, j.batch = kind, subject, shot, batch
-    j.state = "queued"
+    j.kind, j.subject, j.shot, j.batch, j.preview, j.frame = kind, subject, shot, batch, preview, frame
+    j.state = state
     return j
 
 

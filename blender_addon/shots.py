@@ -1,16 +1,24 @@
-"""The shot model without Blender: names, the initial curves of a new shot, timeline placement, job states.
+"""The shot model without Blender: names, the initial curves of a new shot, timeline placement, job states,
+and re-attaching jobs after undo, redo or reopening the file.
 
-No bpy here (numpy only where a subject's ``.npy``/``.npz`` files are read; Blender ships numpy).
+No bpy here (standard library only).
 
 Initial curves of a new shot
 ----------------------------
-A new shot is keyed from the subject's *captured* curves: ``WORKSPACE/subjects/NAME/expression.npy``
-(N x 7, the prepared frame rate) and ``pose.npz`` (``R`` N x 3 x 3, ``T`` N x 3), read straight from the
-workspace (the add-on never imports the backend). The captured sequence is played back and forth (ping-pong:
-0, 1, ..., n-1, n-2, ..., 1, 0, 1, ...) until it covers the shot, one row per frame, exactly as the
-renderer loops it without ``--curves``; so an untouched shot renders like a plain ``headsync render``,
-and the filmmaker edits the keys from there. A shot has as many frames as the render of its sound will
-have: round(audio seconds x the subject's source fps), the backend's rule.
+A new shot is keyed from the subject's *captured* curves, which the service serves as curves.json
+(``GET /api/v1/subjects/NAME/curves?frames=N``): the captured performance played back and forth until it
+covers the shot, one row per frame, exactly as the renderer loops it without ``--curves``; so an untouched
+shot renders like a plain ``headsync render``, and the filmmaker edits the keys from there. A shot has as
+many frames as the render of its sound will have: round(audio seconds x the subject's source fps), the
+backend's rule.
+
+Jobs and undo
+-------------
+Job records live in the scene (so they are saved with the file), and scene data is what undo restores: an
+undo can bring back a shot that points at an older render, or at none. Jobs themselves are not undoable,
+they run on the service. So after undo, redo and load the add-on asks the service for its job list and
+re-attaches each shot to its newest render job, found by the shot's id (a folder of the curves file the
+render job reads), and each subject to its newest prepare and train jobs (by subject name).
 """
 
 from __future__ import annotations
@@ -21,8 +29,6 @@ import os
 import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
-
-from .curves_io import CORE_NAMES
 
 #: Names the service accepts for subjects and runs (mirrors the service's rule).
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -76,19 +82,6 @@ def subject_dir(workspace: str | os.PathLike, subject: str) -> Path:
     return Path(workspace).expanduser() / "subjects" / subject
 
 
-def subject_fps(sdir: Path, default: float = 25.0) -> float:
-    """The frame rate renders of the subject run at: its source video's (``subject.json`` source.fps)."""
-    try:
-        man = json.loads((sdir / "subject.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return default
-    src = man.get("source") if isinstance(man, dict) else None
-    fps = src.get("fps") if isinstance(src, dict) else None
-    if isinstance(fps, (int, float)) and not isinstance(fps, bool) and fps > 0:
-        return float(fps)
-    return default
-
-
 def workspace_subject_video(workspace: str | os.PathLike, subject: str) -> str | None:
     """The source video a subject of the workspace was prepared from (None when there is no such subject)."""
     try:
@@ -133,95 +126,21 @@ def render_frame_count(seconds: float, fps: float) -> int:
     return max(1, int(round(seconds * fps)))
 
 
-def load_captured(workspace: str | os.PathLike, subject: str) -> dict[str, Any]:
-    """The subject's captured curves: {"values": N x 7, "rotation": N x 3 | None, "translation": N x 3 | None,
-    "fps": float} as Python lists. Raises :class:`ShotError` with a clear message."""
-    sdir = subject_dir(workspace, subject)
-    if not sdir.is_dir():
-        raise ShotError(f"subject {subject!r} is not in the workspace {workspace}",
-                        "import and prepare the subject first, or check the workspace in the preferences")
-    expr = sdir / "expression.npy"
-    if not expr.is_file():
-        raise ShotError(f"subject {subject!r} has no captured expression yet ({expr} is missing)",
-                        "wait for its 'prepare' job to finish")
-    import numpy as np  # Blender ships numpy
-
-    try:
-        values = np.load(expr, allow_pickle=False)
-    except Exception as e:  # corrupt file: a message, not a traceback
-        raise ShotError(f"{expr} is unreadable ({e.__class__.__name__})", "prepare the subject again") from None
-    if values.ndim != 2 or values.shape[1] != 7 or values.shape[0] < 1:
-        raise ShotError(f"{expr} has shape {values.shape}, expected (N, 7)", "prepare the subject again")
-    values = np.clip(np.nan_to_num(values.astype(np.float64)), 0.0, 1.0)
-    rot = trans = None
-    pose = sdir / "pose.npz"
-    if pose.is_file():
-        try:
-            with np.load(pose, allow_pickle=False) as z:
-                if "R" in z.files and len(z["R"]) == len(values):
-                    rot = [matrix_to_euler_xyz(m) for m in np.nan_to_num(z["R"]).tolist()]
-                if "T" in z.files and len(z["T"]) == len(values):
-                    trans = np.nan_to_num(z["T"]).astype(np.float64).tolist()
-        except Exception:
-            rot = trans = None  # pose is optional for keying; the expression is what matters
-    return {"values": values.tolist(), "rotation": rot, "translation": trans if rot is not None else None,
-            "fps": subject_fps(sdir)}
+def captured_rows(doc: dict[str, Any]) -> dict[str, Any]:
+    """A validated curves document as columns for keying: {"values" (N, 7), "rotation" (N, 3) | None,
+    "translation" (N, 3) | None, "fps", "frame_count"} (Python lists)."""
+    pose = doc.get("head_pose") or {}
+    return {"values": doc["expression"]["values"], "rotation": pose.get("rotation_euler_xyz"),
+            "translation": pose.get("translation"), "fps": float(doc["fps"]), "frame_count": int(doc["frame_count"])}
 
 
-# ---- curve maths ------------------------------------------------------------------------------
-def matrix_to_euler_xyz(m: Sequence[Sequence[float]]) -> list[float]:
-    """Blender's XYZ Euler angles (R = Rz @ Ry @ Rx) of a 3x3 rotation matrix."""
-    r20 = max(-1.0, min(1.0, float(m[2][0])))
-    y = -math.asin(r20)
-    if abs(r20) < 0.999999:
-        x = math.atan2(m[2][1], m[2][2])
-        z = math.atan2(m[1][0], m[0][0])
-    else:  # gimbal lock
-        x = math.atan2(-m[1][2], m[1][1])
-        z = 0.0
-    return [x, y, z]
-
-
-def euler_xyz_to_matrix(e: Sequence[float]) -> list[list[float]]:
-    x, y, z = e
-    cx, sx, cy, sy, cz, sz = math.cos(x), math.sin(x), math.cos(y), math.sin(y), math.cos(z), math.sin(z)
-    return [[cz * cy, cz * sy * sx - sz * cx, cz * sy * cx + sz * sx],
-            [sz * cy, sz * sy * sx + cz * cx, sz * sy * cx - cz * sx],
-            [-sy, cy * sx, cy * cx]]
-
-
-def fit_to_length(rows: Sequence[Sequence[float]], src_fps: float, dst_fps: float, count: int) -> list[list[float]]:
-    """``count`` rows at ``dst_fps`` from ``rows`` at ``src_fps``: linear resampling, played back and forth."""
-    n = len(rows)
-    if n == 0:
-        raise ShotError("the captured curves are empty", "prepare the subject again")
-    if count <= 0:
-        return []
-    width = len(rows[0])
-    if n == 1:
-        return [list(rows[0]) for _ in range(count)]
-    period = 2 * (n - 1)
-    ratio = float(src_fps) / float(dst_fps)
-    out = []
-    for i in range(count):
-        t = (i * ratio) % period
-        if t > n - 1:
-            t = period - t
-        k = int(t)
-        if k >= n - 1:
-            out.append(list(rows[n - 1]))
-            continue
-        a = t - k
-        r0, r1 = rows[k], rows[k + 1]
-        out.append([r0[j] + (r1[j] - r0[j]) * a for j in range(width)])
-    return out
-
-
-def keyframe_co(frame_start: int, column: Sequence[float]) -> list[float]:
-    """The flat (frame, value, frame, value, ...) list that ``keyframe_points.foreach_set('co', ...)`` takes."""
-    co = [0.0] * (2 * len(column))
-    co[0::2] = [float(frame_start + i) for i in range(len(column))]
-    co[1::2] = [float(v) for v in column]
+def keyframe_co(frame_start: int, column: Sequence[float], rows: Sequence[int] | None = None) -> list[float]:
+    """The flat (frame, value, frame, value, ...) list that ``keyframe_points.foreach_set('co', ...)`` takes,
+    for the rows ``rows`` of ``column`` (default: all of them)."""
+    rows = range(len(column)) if rows is None else rows
+    co = [0.0] * (2 * len(rows))
+    co[0::2] = [float(frame_start + i) for i in rows]
+    co[1::2] = [float(column[i]) for i in rows]
     return co
 
 
@@ -250,6 +169,81 @@ def frame_files(frames_dir: str | os.PathLike) -> list[str]:
     except OSError:
         return []
     return sorted(names)
+
+
+# ---- shot ids and re-attaching jobs -----------------------------------------------------------
+UID_RE = re.compile(r"^[0-9a-f]{12}$")
+
+
+def new_uid() -> str:
+    """A shot's id: it names the folder of the curves its render jobs read, so the service's job list
+    tells which jobs belong to which shot even after the scene was undone or reloaded."""
+    import uuid
+
+    return uuid.uuid4().hex[:12]
+
+
+def curves_path(workspace: str | os.PathLike, blend_stem: str, uid: str, stamp: str) -> Path:
+    """Where a render of shot ``uid`` puts the curves it sends: WORKSPACE/blender/STEM/shots/UID/STAMP.curves.json."""
+    return Path(workspace) / "blender" / blend_stem / "shots" / uid / f"{stamp}.curves.json"
+
+
+def uid_of_job(job: dict[str, Any]) -> str:
+    """The shot id a render job belongs to ('' for jobs not submitted by a shot)."""
+    params = job.get("params") if isinstance(job.get("params"), dict) else {}
+    curves = params.get("curves")
+    if job.get("kind") != "render" or not isinstance(curves, str):
+        return ""
+    p = Path(curves)
+    return p.parent.name if p.parent.parent.name == "shots" and UID_RE.match(p.parent.name) else ""
+
+
+def is_preview(job: dict[str, Any]) -> bool:
+    """A Preview Frame job (a render of a frame range) rather than a shot's render."""
+    params = job.get("params") if isinstance(job.get("params"), dict) else {}
+    return bool(params.get("frames"))
+
+
+def _newest(jobs: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
+    best = None
+    for j in jobs:
+        if best is None or (str(j.get("created") or ""), str(j.get("id"))) > (str(best.get("created") or ""),
+                                                                              str(best.get("id"))):
+            best = j
+    return best
+
+
+def reattach_shots(shots: Iterable[tuple[str, str, str, str]], service_jobs: list[dict[str, Any]]
+                   ) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Which job each shot should follow after undo/redo/load.
+
+    ``shots``: (name, uid, render_job, preview_job) of each shot in the scene. Returns {shot name: [(field,
+    job record)]} with field ``render_job`` or ``preview_job``, for every shot whose newest job on the
+    service is not the one it points at (the service's job is the truth: jobs are not undoable)."""
+    by_uid: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+    for j in service_jobs:
+        uid = uid_of_job(j)
+        if uid:
+            by_uid.setdefault((uid, is_preview(j)), []).append(j)
+    plan: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, uid, render_job, preview_job in shots:
+        for field, current, preview in (("render_job", render_job, False), ("preview_job", preview_job, True)):
+            newest = _newest(by_uid.get((uid, preview), []))
+            if newest is not None and str(newest.get("id")) != current:
+                plan.setdefault(name, []).append((field, newest))
+    return plan
+
+
+def reattach_subjects(subjects: Iterable[tuple[str, str, str]], service_jobs: list[dict[str, Any]]
+                      ) -> dict[str, list[tuple[str, dict[str, Any]]]]:
+    """Like :func:`reattach_shots` for subjects: (name, prepare_job, train_job) -> {name: [(field, job)]}."""
+    plan: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    for name, prepare_job, train_job in subjects:
+        for field, kind, current in (("prepare_job", "prepare", prepare_job), ("train_job", "train", train_job)):
+            newest = _newest(j for j in service_jobs if j.get("kind") == kind and j.get("subject") == name)
+            if newest is not None and str(newest.get("id")) != current:
+                plan.setdefault(name, []).append((field, newest))
+    return plan
 
 
 # ---- jobs -------------------------------------------------------------------------------------

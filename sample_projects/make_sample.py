@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Make the HeadSync sample subject `sample_projects/astronaut/`.
+"""Make the HeadSync sample subject `backend/headsync/sample/` (package data).
 
 A still portrait (scikit-image's public-domain NASA photo of Eileen Collins,
 ``skimage.data.astronaut()``) is animated into a 25 fps talking-head video by
@@ -41,7 +41,7 @@ import numpy as np
 
 HERE = Path(__file__).resolve().parent
 SPEECH_DIR = HERE / "speech"
-DEFAULT_OUT = HERE / "astronaut"
+DEFAULT_OUT = HERE.parent / "backend" / "headsync" / "sample"  # package data: the installed demo finds it
 
 CLIPS = [f"sense_and_sensibility_01_austen_64kb-0{n}.wav" for n in (870, 880, 890, 920, 930)]
 LEAD_IN_S, GAP_S, TAIL_S = 0.2, 0.25, 0.2  # silence around / between the clips

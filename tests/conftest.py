@@ -11,10 +11,11 @@ import tempfile
 from pathlib import Path
 
 import pytest
+from headsync.core.package_data import sample_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-SAMPLE = REPO / "sample_projects" / "astronaut"
+SAMPLE = sample_dir()
 
 
 def shared_file(rel: str) -> Path:
@@ -49,7 +50,7 @@ def prepared_sample(tmp_path_factory):
 
     Tests must treat it as read-only.
     """
-    from headsync.prepare import prepare_subject
+    from headsync.prepare.pipeline import prepare_subject
 
     return prepare_subject(sample_video(), tmp_path_factory.mktemp("sample") / "subject", preset="preview")
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
-from headsync import media
+from headsync.core import media
 
 
 def numbered_video(path: Path, n: int, fps: float, size: tuple[int, int] = (64, 48),

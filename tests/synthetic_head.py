@@ -15,9 +15,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from headsync import media
-from headsync.audio_features import mel_features
-from headsync.subject import CORE_EXPRESSIONS
+from headsync.core import media
+from headsync.prepare.audio_features import mel_features
+from headsync.subject.folder import CORE_EXPRESSIONS
 
 RADII = np.array([0.8, 1.0, 0.85])  # head units; y is down, z away from the camera (OpenCV-like)
 EYES = {"eyeBlinkRight": np.array([-0.3, -0.2]), "eyeBlinkLeft": np.array([0.3, -0.2])}  # (x, y) on the face
@@ -168,27 +168,44 @@ def make_subject(root: Path, n_frames: int = 40, size: int = 48, fps: float = 25
 #: A [train] table small enough for tests (a 32-pixel head, a few hundred iterations in seconds).
 TINY_TRAIN = {
     "resolution": 32, "coarse_iters": 200, "fine_iters": 40, "rays": 384, "patch": 16, "lips_patch": 8,
-    "hash_levels": 8, "hash_base_resolution": 8, "hash_finest_resolution": 64, "hash_log2_table_size": 12,
-    "hidden": 32, "geo_feat_dim": 16, "samples": 24, "probes": 64, "grid_resolution": 32,
     "checkpoint_every": 100, "log_every": 20, "threads": 2,
     "audio_feature": "mel",  # the synthetic subject has no audio-visual encoder
+    "compile": False,  # compiling costs more than these few iterations
+}
+#: The tiny NeRF: the [renderer.nerf] table and its sub-tables.
+TINY_NERF = {
+    "hash": {"levels": 8, "base_resolution": 8, "finest_resolution": 64, "log2_table_size": 12},
+    "field": {"hidden": 32, "color_hidden": 32, "geo_feat_dim": 16},
+    "march": {"samples": 24, "probes": 64, "grid_resolution": 32},
 }
 
 
-def write_preset(path: Path, **overrides) -> Path:
-    """A preset file with the tiny [train] table (``overrides`` replace its values)."""
-    table = {**TINY_TRAIN, **overrides}
-    lines = ["[train]"]
-    for k, v in table.items():
-        lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else json.dumps(v) if isinstance(v, str) else v}")
-    path.write_text("\n".join(lines) + "\n")
+def toml_tables(tables: dict, prefix: str = "") -> list[str]:
+    """Nested dicts as TOML tables (scalars and lists of numbers only)."""
+    lines, subs = [], []
+    for k, v in tables.items():
+        if isinstance(v, dict):
+            subs.append((k, v))
+        else:
+            lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else json.dumps(v)}")
+    out = ([f"[{prefix}]"] + lines if prefix and lines else lines)
+    for k, v in subs:
+        out += toml_tables(v, f"{prefix}.{k}" if prefix else k)
+    return out
+
+
+def write_preset(path: Path, renderer: dict | None = None, **overrides) -> Path:
+    """A preset file with the tiny [train] table (``overrides`` replace its values) and the tiny
+    [renderer.nerf] tables (``renderer``: extra renderer tables, e.g. ``{"constant": {...}}``)."""
+    tables = {"train": {**TINY_TRAIN, **overrides}, "renderer": {"nerf": TINY_NERF, **(renderer or {})}}
+    path.write_text("\n".join(toml_tables(tables)) + "\n")
     return path
 
 
 def trained_subject(root: Path, **overrides) -> Path:
     """A synthetic subject with a tiny trained run ``default`` (seconds on two cores)."""
     from headsync import tasks
-    from headsync.progress import silent
+    from headsync.core.progress import silent
 
     make_subject(root)
     preset = write_preset(root.parent / "tiny.toml", **overrides)

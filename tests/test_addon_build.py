@@ -54,8 +54,12 @@ def test_fallback_build_and_syntax_errors(tmp_path):
     assert out is not None and out.name == "headsync-0.1.0.zip"
     with zipfile.ZipFile(out) as z:
         names = set(z.namelist())
+        vendored = z.read("curves_format.py")
     assert "blender_manifest.toml" in names and "operators.py" in names
     assert not any("__pycache__" in n for n in names)
+    # the add-on ships the backend's curves.json rules byte for byte (one definition of the format)
+    assert vendored == (REPO / "backend" / "headsync" / "curves_format.py").read_bytes()
+    assert not (REPO / "blender_addon" / "curves_format.py").exists()
     assert build_addon.check_archive(out) == []
     (src / "broken.py").write_text("def f(:\n")
     assert build_addon.build(tmp_path / "dist2", use_blender=False, source=src) is None

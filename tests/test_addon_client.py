@@ -227,3 +227,26 @@ def test_loopback_urls():
     assert client.is_loopback_url("http://127.0.0.1:8000") and client.is_loopback_url("localhost:1")
     assert client.is_loopback_url("http://[::1]:9") and not client.is_loopback_url("http://example.com:80")
     assert not client.is_loopback_url("http://192.168.1.5:80")
+
+
+def test_token_comes_from_server_json_when_it_names_the_service(fake, tmp_path):
+    """The preferences need not keep the token: server.json of the workspace has it for its own service."""
+    assert client.token_for(fake.url, "typed", tmp_path) == ("typed", False)  # no server.json: what was typed
+    (tmp_path / "server.json").write_text(json.dumps({"url": fake.url, "token": TOKEN, "pid": os.getpid()}))
+    assert client.token_for(fake.url + "/", "typed", tmp_path) == (TOKEN, True)
+    assert client.token_for("", "", tmp_path) == (TOKEN, True)
+    assert client.token_for("http://127.0.0.1:1", "typed", tmp_path) == ("typed", False)  # another service
+    assert client.token_for(fake.url, "typed", None) == ("typed", False)
+
+
+def test_subject_curves_request(fake):
+    doc = {"schema": "headsync.curves/1"}
+    fake.routes[("GET", "/api/v1/subjects/astro/curves")] = (200, doc, 0)
+    c = client.Client(fake.url, TOKEN, timeout=1.0)
+    assert c.subject_curves("astro", 250) == doc
+    assert fake.requests[-1]["path"] == "/api/v1/subjects/astro/curves?frames=250"
+    fake.routes[("GET", "/api/v1/subjects/astro/curves")] = (404, {"message": "no captured performance",
+                                                                    "hint": "prepare it first"}, 0)
+    with pytest.raises(client.NotFound) as e:
+        c.subject_curves("astro")
+    assert e.value.hint == "prepare it first"

@@ -28,11 +28,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from test_addon_blender import needs_bpy, run_blender  # noqa: E402
+from test_addon_blender import backend_python, needs_bpy, run_blender  # noqa: E402
+
+# The bpy venvs this runs in have no headsync: the package data is read from the checkout.
+PACKAGE = REPO / "backend" / "headsync"
 
 pytestmark = [pytest.mark.slow, pytest.mark.blender]
 
-SAMPLE = REPO / "sample_projects" / "astronaut"
+SAMPLE = PACKAGE / "sample"
 TINY_TRAIN = {
     "resolution": 32, "coarse_iters": 240, "fine_iters": 40, "rays": 512, "patch": 16, "lips_patch": 8,
     "hash_levels": 8, "hash_base_resolution": 8, "hash_finest_resolution": 64, "hash_log2_table_size": 12,
@@ -49,7 +52,7 @@ def _missing_backend() -> str | None:
         if not (REPO / rel).is_file():
             return f"{rel} is missing (the service/renderer is not written yet)"
     if not list(SAMPLE.glob("*.mp4")) or not (SAMPLE / "dub.wav").is_file():
-        return "the bundled sample (sample_projects/astronaut) is missing"
+        return "the bundled sample (backend/headsync/sample) is missing"
     return None
 
 
@@ -59,7 +62,7 @@ TINY_AVE = {"sync_steps": 40, "ave_steps": 30}
 
 def tiny_preset(path: Path) -> Path:
     """The ``preview`` preset with a tiny [train] table and a short encoder schedule (minutes on two cores)."""
-    tables = tomllib.loads((REPO / "presets" / "preview.toml").read_text())
+    tables = tomllib.loads((PACKAGE / "presets" / "preview.toml").read_text())
     tables["train"] = {**tables.get("train", {}), **TINY_TRAIN}
     if "ave" in tables:
         tables["ave"].update({k: v for k, v in TINY_AVE.items() if k in tables["ave"]})
@@ -83,7 +86,7 @@ def service(tmp_path):
     ws.mkdir()
     log = open(tmp_path / "service.log", "wb")
     env = dict(os.environ, HEADSYNC_MAX_JOBS="1")
-    proc = subprocess.Popen([sys.executable, "-c", "import sys; from headsync.cli import main; sys.exit(main())",
+    proc = subprocess.Popen([backend_python(), "-c", "import sys; from headsync.cli import main; sys.exit(main())",
                              "serve", "--workspace", str(ws)], stdout=log, stderr=subprocess.STDOUT, env=env)
     t = time.monotonic()
     while not (ws / "server.json").exists():
@@ -107,7 +110,7 @@ def service(tmp_path):
 E2E = r'''
 import numpy as np
 install(ARGS["zip"])
-p = prefs(); p.workspace = ARGS["ws"]; p.backend_python = sys.executable
+p = prefs(); p.workspace = ARGS["ws"]; p.backend_python = ARGS["backend"]
 scene = bpy.context.scene
 polling = mod("polling"); compat = mod("compat"); ops = mod("operators")
 st = scene.headsync
@@ -168,21 +171,47 @@ def render(tag):
             strip.frame_final_duration, len(strip.elements)], "curves": shot.curves_path}
 
 RESULT["plain"] = render("plain")
-# edit eyeBlinkLeft on the ten consecutive frames where the eye is most open: close it
+# edit eyeBlinkLeft on the ten consecutive frames where the eye is most open: close it, as a user does on
+# sparse keys (key the frames around the edit where the curve is now, then key the closed eye)
 fc = compat.find_fcurve(shot.controls, '["eyeBlinkLeft"]')
+RESULT["n_keys"] = {c.data_path + str(c.array_index): len(c.keyframe_points) for c in compat.fcurves(shot.controls)}
 vals = np.array([fc.evaluate(f) for f in range(shot.frame_start, shot.frame_start + shot.frame_count)])
 win = np.convolve(vals, np.ones(10), "valid")
 lo = int(np.argmin(win[10:-10])) + 10
 edited = list(range(lo, lo + 10))
+for i in (lo - 1, lo + 10):
+    k = fc.keyframe_points.insert(shot.frame_start + i, float(vals[i]))
+    k.interpolation = 'LINEAR'
 for i in edited:
-    k = fc.keyframe_points[i]
-    k.co.y = 1.0
-    k.handle_left.y = k.handle_right.y = 1.0
+    fc.keyframe_points.insert(shot.frame_start + i, 1.0)
 fc.update()
 RESULT["edited"] = edited
 RESULT["before_edit"] = vals[edited].tolist()
 RESULT["edited_render"] = render("edited")
 RESULT["n_result_strips"] = len([s for s in compat.all_strips(scene) if s.name.startswith(f"HS_{shot.name}_render")])
+
+# Preview Frame: the current frame with the curves as they are now, shown in the sequencer, then again with
+# the eye key of that frame opened
+def preview(tag):
+    t0 = time.monotonic()
+    assert bpy.ops.headsync.preview_frame(shot=shot.name) == {'FINISHED'}
+    jid = shot.preview_job
+    def shown():
+        j = st.jobs.get(jid)
+        return (j is not None and j.handled and compat.get_strip(scene, shot.preview_strip) is not None) or job_failed(jid)
+    wait(shown, "preview " + tag, ARGS["limit"])
+    strip = compat.get_strip(scene, shot.preview_strip)
+    return {"s": round(time.monotonic() - t0, 2), "file": os.path.join(strip.directory, strip.elements[0].filename),
+            "strip": [strip.frame_final_start, strip.frame_final_duration, strip.channel]}
+
+frame = shot.frame_start + edited[5]
+scene.frame_current = frame
+RESULT["preview_frame"] = frame
+RESULT["preview_closed"] = preview("closed eye")
+fc.keyframe_points.insert(frame, 0.0)
+fc.update()
+RESULT["preview_open"] = preview("open eye")
+RESULT["top_channel"] = max(s.channel for s in compat.all_strips(scene) if s.name != shot.preview_strip)
 
 blend = os.path.join(ARGS["tmp"], "dub.blend")
 bpy.ops.wm.save_as_mainfile(filepath=blend)
@@ -231,12 +260,49 @@ def eye_region_diffs(a_dir: Path, b_dir: Path, subject_dir: Path, edited: list[i
     return {k: (np.array(v) if isinstance(v, list) else v) for k, v in out.items()}
 
 
-def _read(path: Path) -> np.ndarray:
-    import cv2
+def eye_region_diffs_files(a: Path, b: Path, subject_dir: Path, frame: int) -> tuple[float, float]:
+    """Mean absolute difference of two pictures of ``frame``: inside its eye box, and outside it."""
+    x0, y0, x1, y1 = eye_boxes(subject_dir, [frame])[0]
+    d = np.abs(_read(a) - _read(b)).mean(-1)
+    mask = np.zeros(d.shape, bool)
+    mask[max(y0, 0):y1, max(x0, 0):x1] = True
+    return float(d[mask].mean()), float(d[~mask].mean())
 
-    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    assert img is not None, path
-    return img.astype(np.float32)
+
+_DECODED: dict[str, np.ndarray] = {}
+
+
+def decode_pngs(paths: list[Path]) -> None:
+    """Decode ``paths`` once (BGR float32): with OpenCV when this Python has it, else with the backend's
+    Python in one call (a bpy venv has only bpy, numpy and pytest)."""
+    todo = [str(p) for p in paths if str(p) not in _DECODED]
+    if not todo:
+        return
+    try:
+        import cv2
+
+        for p in todo:
+            img = cv2.imread(p, cv2.IMREAD_COLOR)
+            assert img is not None, p
+            _DECODED[p] = img.astype(np.float32)
+        return
+    except ImportError:
+        pass
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "images.npz"
+        code = ("import sys, cv2, numpy as np; ps = sys.argv[2:]; "
+                "np.savez(sys.argv[1], **{str(i): cv2.imread(p, cv2.IMREAD_COLOR) for i, p in enumerate(ps)})")
+        subprocess.run([backend_python(), "-c", code, str(out), *todo], check=True, timeout=600)
+        with np.load(out) as z:
+            for i, p in enumerate(todo):
+                _DECODED[p] = z[str(i)].astype(np.float32)
+
+
+def _read(path: Path) -> np.ndarray:
+    decode_pngs([path])
+    return _DECODED[str(path)]
 
 
 @needs_bpy
@@ -247,11 +313,16 @@ def test_end_to_end_with_a_real_service(service, tmp_path):
     assert zip_path is not None
     limit = int(os.environ.get("HEADSYNC_E2E_STEP_LIMIT", "1800"))
     res = run_blender(tmp_path, E2E, {
-        "zip": str(zip_path), "ws": str(service), "tmp": str(tmp_path), "limit": limit,
+        "zip": str(zip_path), "ws": str(service), "tmp": str(tmp_path), "limit": limit, "backend": backend_python(),
         "video": str(sorted(SAMPLE.glob("*.mp4"))[0]), "dub": str(SAMPLE / "dub.wav"),
         "preset": str(tiny_preset(tmp_path / "tiny.toml")),
     }, timeout=4 * limit + 300)
     (tmp_path / "e2e_result.json").write_text(json.dumps(res, indent=1))
+    check_e2e(res, service)
+
+
+def check_e2e(res: dict, service: Path) -> None:
+    """The acceptance checks on the result of the run (apart, so a saved e2e_result.json can be checked again)."""
     print("\ne2e timings (s):", res["timings"], "device:", res["status"].get("device"))
     assert res["status"]["connected"]
     assert ["MOVIE", 2, 654] in res["strips_after_import"] and ["SOUND", 1, 654] in res["strips_after_import"]
@@ -271,6 +342,9 @@ def test_end_to_end_with_a_real_service(service, tmp_path):
 
     # ... and the pictures: the eye region of those frames changed, far more than elsewhere
     far = [i for i in range(count) if min(abs(i - e) for e in edited) > 15][:10]
+    row = res["preview_frame"] - start
+    decode_pngs([Path(res[k]["frames_dir"]) / f"{i:06d}.png" for k in ("plain", "edited_render")
+                 for i in edited + far + [row]] + [Path(res[k]["file"]) for k in ("preview_closed", "preview_open")])
     m = eye_region_diffs(Path(res["plain"]["frames_dir"]), Path(res["edited_render"]["frames_dir"]),
                          service / "subjects" / "astronaut", edited, far)
     print("eye-region mean |diff| (grey levels) on the edited frames", m["eye"].round(3).tolist(),
@@ -282,4 +356,19 @@ def test_end_to_end_with_a_real_service(service, tmp_path):
 
     rname, rstate, rcount, rvals, rstrip = res["reloaded"]
     assert (rname, rstate, rcount, rstrip) == (name, "rendered", count, True)
-    assert rvals == [1.0] * 10
+    assert rvals[:5] == [1.0] * 5 and rvals[6:] == [1.0] * 4 and rvals[5] == 0.0
+
+    # Preview Frame: a one-frame strip above the others at the current frame, the same picture as the full
+    # render of that frame, and a different eye once its key changed
+    print(f"Preview Frame (tiny model): {res['preview_closed']['s']} s, then {res['preview_open']['s']} s;",
+          "keys per curve:", res["n_keys"])
+    f = res["preview_frame"]
+    for key in ("preview_closed", "preview_open"):
+        assert res[key]["strip"][:2] == [f, 1] and res[key]["strip"][2] > res["top_channel"] - 1
+    row = f - start
+    same = np.abs(_read(Path(res["preview_closed"]["file"])) - _read(Path(res["edited_render"]["frames_dir"]) / f"{row:06d}.png"))
+    assert same.max() <= 1.0  # the preview is the render's own frame
+    m = eye_region_diffs_files(Path(res["preview_closed"]["file"]), Path(res["preview_open"]["file"]),
+                               service / "subjects" / "astronaut", row)
+    print("preview eye-region mean |diff|", round(m[0], 3), "rest", round(m[1], 4))
+    assert m[0] > 0.2 and m[0] > 10 * m[1]

@@ -1,8 +1,8 @@
 import numpy as np
 import pytest
 
-from headsync.audio import fit_length
-from headsync.audio_features import log_mel, mel_features, per_video_frame
+from headsync.prepare.audio import fit_length
+from headsync.prepare.audio_features import log_mel, mel_features, per_video_frame
 
 
 @pytest.mark.parametrize("fps", [25.0, 30.0, 24.0])

@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from service_harness import REPO, ServiceProc, run_serve, service_env
+from service_harness import ServiceProc, run_serve, service_env
 from ray_cluster import ray_available
+from headsync.core.package_data import sample_dir
 
-SAMPLE = REPO / "sample_projects" / "astronaut"
+SAMPLE = sample_dir()
 
 
 def batch(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:

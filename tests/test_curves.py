@@ -7,8 +7,8 @@ import pytest
 
 from headsync.curves import (Curves, captured_curves, euler_xyz_to_matrix, matrix_to_euler_xyz, ping_pong,
                              read_curves, validate, write_curves)
-from headsync.errors import UserError
-from headsync.subject import CORE_EXPRESSIONS, Subject
+from headsync.core.errors import UserError
+from headsync.subject.folder import CORE_EXPRESSIONS, Subject
 from synthetic_head import make_subject
 
 

@@ -10,10 +10,10 @@ import shutil
 import numpy as np
 import pytest
 
-from headsync import expression as ex
-from headsync.errors import UserError
-from headsync.progress import silent
-from headsync.subject import CORE_EXPRESSIONS, Subject
+from headsync.prepare import capture as ex
+from headsync.core.errors import UserError
+from headsync.core.progress import silent
+from headsync.subject.folder import CORE_EXPRESSIONS, Subject
 
 from conftest import SAMPLE, models_dir
 
@@ -308,7 +308,7 @@ def test_run_mediapipe_blendshapes(tmp_path, monkeypatch):
 def ground_truth() -> dict:
     p = SAMPLE / "ground_truth.npz"
     if not p.exists():
-        pytest.skip("sample_projects/astronaut/ground_truth.npz is absent")
+        pytest.skip("the sample's ground_truth.npz is absent")
     z = np.load(p)
     return {k: z[k] for k in z.files}
 

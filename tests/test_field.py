@@ -3,9 +3,12 @@
 import numpy as np
 import torch
 
-from headsync.conditioning import AudioSmoother, Conditioning, ConditioningConfig, FaceSplit, window_indices
-from headsync.hashgrid import HashGridConfig
-from headsync.model import ModelConfig, TalkingHead
+from headsync.renderers.common.conditioning import AudioSmoother, Conditioning, ConditioningConfig, FaceSplit, window_indices
+from headsync.renderers.common.hashgrid import HashGridConfig
+from headsync.renderers.base import SubjectMeta
+from headsync.renderers.common.cameras import Camera, Intrinsics
+from headsync.renderers.nerf.model import ModelConfig, TalkingHead
+from headsync.subject.folder import CORE_EXPRESSIONS
 from synthetic_head import template_points
 
 SMALL = ModelConfig(hash=HashGridConfig(levels=4, features=2, base_resolution=4, finest_resolution=32,
@@ -46,10 +49,15 @@ def test_lip_features_act_only_below_the_nose_and_expression_only_above():
     assert lip_att[0].abs().sum() > 1e-3 and expr_att[1].abs().sum() > 1e-3
 
 
+def small_meta(audio_dim: int = 10, n_frames: int = 6, train: int = 5) -> SubjectMeta:
+    return SubjectMeta(template_points(), "mel", audio_dim, CORE_EXPRESSIONS, n_frames, tuple(range(train)),
+                       tuple(range(train, n_frames)), 64, 16, Intrinsics(20.0, 8.0, 8.0, 16), 25.0)
+
+
 def test_model_renders_and_backpropagates_to_every_part():
     torch.manual_seed(0)
-    model = TalkingHead(SMALL, template_points(), audio_in=10, n_codes=5, prefer_tcnn=False)
-    cond = model.frame_conditions(torch.randn(1, 8, 10), torch.rand(1, 7), torch.tensor([2]))
+    model = TalkingHead(SMALL, small_meta(), prefer_tcnn=False)
+    cond = model.conditions(torch.randn(1, 8, 10), torch.rand(1, 7), torch.tensor([2]))
     o = torch.tensor([[0.0, 0.0, -4.0]]).expand(64, 3)
     d = torch.nn.functional.normalize(torch.randn(64, 3) * 0.05 + torch.tensor([0.0, 0.0, 1.0]), dim=-1)
     out = model.render_rays(o, d, cond, torch.zeros(64, 3), perturb=True)
@@ -60,3 +68,30 @@ def test_model_renders_and_backpropagates_to_every_part():
     assert model.audio_encoder.net[0][0].weight.grad.abs().sum() > 0
     assert model.codes.weight.grad[2].abs().sum() > 0
     assert len(model.hash_parameters()) == 1 and len(model.other_parameters()) > 5
+
+
+def test_conditions_use_a_frames_own_code_and_the_mean_elsewhere():
+    torch.manual_seed(0)
+    model = TalkingHead(SMALL, small_meta(), prefer_tcnn=False)
+    torch.nn.init.normal_(model.codes.weight)
+    audio, expr = torch.randn(3, 8, 10), torch.rand(3, 7)
+    own = model.conditions(audio, expr, torch.tensor([1, 4, 5]))["code"]  # 5 is held out
+    torch.testing.assert_close(own[:2], model.codes.weight[[1, 4]])
+    torch.testing.assert_close(own[2], model.codes.weight.mean(0))
+    neutral = model.conditions(audio, expr, None)["code"]
+    torch.testing.assert_close(neutral, model.codes.weight.mean(0).expand(3, -1))
+
+
+def test_whole_image_and_pixel_renders_agree():
+    torch.manual_seed(0)
+    model = TalkingHead(SMALL, small_meta(), prefer_tcnn=False).eval()
+    cam = Camera(Intrinsics(20.0, 8.0, 8.0, 16), torch.eye(3), torch.tensor([0.0, 0.0, -4.0]))
+    cond = model.conditions(torch.randn(1, 8, 10), torch.rand(1, 7), torch.tensor([0]))
+    bg = torch.rand(16, 16, 3)
+    with torch.no_grad():
+        img = model.render(cam, cond, bg)
+        pix = torch.tensor([[3, 5], [8, 8], [15, 0]])
+        some = model.render(cam, cond, bg[pix[:, 1], pix[:, 0]], pix)
+    assert img["rgb"].shape == (16, 16, 3) and img["opacity"].shape == (16, 16)
+    torch.testing.assert_close(some["rgb"], img["rgb"][pix[:, 1], pix[:, 0]], atol=1e-5, rtol=1e-4)
+    assert some["stats"]["samples_per_ray"] >= 0

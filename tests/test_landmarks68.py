@@ -15,12 +15,13 @@ import cv2
 import numpy as np
 import pytest
 
-from headsync import landmarks68 as L68
-from headsync import prepare, registry, tracking
-from headsync.errors import UserError
-from headsync.progress import Reporter
-from headsync.stages import run_stage
-from headsync.subject import Subject
+from headsync.prepare import landmarks68 as L68
+from headsync.prepare import pipeline as prepare, tracking
+from headsync.core import registry
+from headsync.core.errors import UserError
+from headsync.core.progress import Reporter
+from headsync.prepare.stages import run_stage
+from headsync.subject.folder import Subject
 
 from conftest import SHARED
 

@@ -10,10 +10,10 @@ import cv2
 import numpy as np
 import pytest
 
-from headsync import masks as mk
-from headsync.errors import UserError
-from headsync.progress import silent
-from headsync.subject import Subject
+from headsync.prepare import masks as mk
+from headsync.core.errors import UserError
+from headsync.core.progress import silent
+from headsync.subject.folder import Subject
 
 S = 256
 

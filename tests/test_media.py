@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from headsync import media
-from headsync.errors import UserError
+from headsync.core import media
+from headsync.core.errors import UserError
 from media_fixtures import numbered_video, tone
 
 

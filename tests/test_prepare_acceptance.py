@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 
 from conftest import SAMPLE, shared_file
-from headsync import expression, stabilizer, tracking
-from headsync.config import load_preset, section
-from headsync.progress import Reporter
-from headsync.stages import run_stage
-from headsync.subject import CORE_EXPRESSIONS, Subject
+from headsync.prepare import capture as expression, stabilizer, tracking
+from headsync.core.config import load_preset, section
+from headsync.core.progress import Reporter
+from headsync.prepare.stages import run_stage
+from headsync.subject.folder import CORE_EXPRESSIONS, Subject
 
 pytestmark = pytest.mark.slow
 
@@ -32,11 +32,11 @@ def rotation_errors_deg(R: np.ndarray, R_gt: np.ndarray) -> np.ndarray:
 
 def test_rotation_error_metric_removes_constant_offset():
     rng = np.random.default_rng(0)
-    R_gt = stabilizer.euler_xyz_to_rotation(rng.normal(0, 0.1, (50, 3)))
-    C = stabilizer.euler_xyz_to_rotation(np.array([0.3, -1.0, 2.0]))
+    R_gt = stabilizer.euler_xyz_to_matrix(rng.normal(0, 0.1, (50, 3)))
+    C = stabilizer.euler_xyz_to_matrix(np.array([0.3, -1.0, 2.0]))
     assert rotation_errors_deg(R_gt @ C, R_gt).max() < 1e-4
     # a per-frame error of +-0.05 rad about y (alternating, so it is not a constant offset) reads as 2.86 deg
-    wobble = stabilizer.euler_xyz_to_rotation(np.array([[0.0, 0.05 * (-1) ** i, 0.0] for i in range(50)]))
+    wobble = stabilizer.euler_xyz_to_matrix(np.array([[0.0, 0.05 * (-1) ** i, 0.0] for i in range(50)]))
     err = rotation_errors_deg(R_gt @ C @ wobble, R_gt)
     assert np.median(err) == pytest.approx(np.degrees(0.05), abs=0.05)
 
@@ -51,7 +51,7 @@ def test_sample_against_ground_truth(prepared_sample):
 
     # Head pose: the stabilised rotation against the generator's.
     pose = np.load(s.path("pose.npz"))
-    R_gt = stabilizer.euler_xyz_to_rotation(gt["rotation_euler_xyz"])
+    R_gt = stabilizer.euler_xyz_to_matrix(gt["rotation_euler_xyz"])
     err = rotation_errors_deg(pose["R"], R_gt)
     err_raw = rotation_errors_deg(pose["R_raw"], R_gt)
     print(f"\nsample head rotation error: median {np.median(err):.2f} deg (raw fit {np.median(err_raw):.2f}), "
@@ -118,6 +118,6 @@ def test_real_clip_landmarks_and_stabilizer(clip, tmp_path):
     assert found >= 0.98
     assert rot < rot_raw and tr < tr_raw
     # Steadier, but still following the real motion: the stabilised angles track the raw ones closely.
-    e, e_raw = stabilizer.rotation_to_euler_xyz(pose["R"]), stabilizer.rotation_to_euler_xyz(pose["R_raw"])
+    e, e_raw = stabilizer.matrix_to_euler_xyz(pose["R"]), stabilizer.matrix_to_euler_xyz(pose["R_raw"])
     yaw_corr = np.corrcoef(e[:, 1], e_raw[:, 1])[0, 1]
     assert yaw_corr > 0.9, yaw_corr

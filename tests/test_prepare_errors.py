@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from headsync import media
-from headsync.subject import Subject
+from headsync.core import media
+from headsync.subject.folder import Subject
 from media_fixtures import tone
 
 
@@ -71,3 +71,13 @@ def test_no_audio_then_mismatched_audio(tmp_path):
     assert r.returncode == 2
     last = json.loads(r.stdout.strip().splitlines()[-1])
     assert last["event"] == "error" and "audio is 1.0 s long" in last["message"] and last["hint"]
+
+
+def test_still_image_is_named_as_such(tmp_path):
+    """Issue 11: a photo was reported as "0.0 s long"."""
+    import cv2
+    import skimage.data
+
+    photo = tmp_path / "portrait.jpg"
+    cv2.imwrite(str(photo), skimage.data.astronaut()[..., ::-1])
+    assert_user_error(headsync("prepare", str(photo), "--subject", str(tmp_path / "s")), "still image")

@@ -19,12 +19,13 @@ from pathlib import Path
 import pytest
 
 from ray_cluster import RayCluster, ray_or_skip
-from service_harness import REPO, ServiceProc, service_env, wait_for
+from service_harness import ServiceProc, service_env, wait_for
 from test_service_slow import tiny_preset
+from headsync.core.package_data import sample_dir
 
 pytestmark = pytest.mark.slow
 
-SAMPLE = REPO / "sample_projects" / "astronaut"
+SAMPLE = sample_dir()
 SHOTS = 4
 
 

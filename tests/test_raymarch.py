@@ -3,8 +3,8 @@
 import numpy as np
 import torch
 
-from headsync.cameras import Intrinsics, camera_to_head, project, rays
-from headsync.raymarch import MarchConfig, OccupancyGrid, Samples, composite, intersect_aabb, sample_occupied
+from headsync.renderers.common.cameras import Intrinsics, camera_to_head, project, rays
+from headsync.renderers.nerf.raymarch import MarchConfig, OccupancyGrid, Samples, composite, intersect_aabb, sample_occupied
 
 AABB = torch.tensor([[-1.0, -1.0, -1.0], [1.0, 1.0, 1.0]])
 

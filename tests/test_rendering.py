@@ -8,11 +8,12 @@ import cv2
 import numpy as np
 import pytest
 
-from headsync import media, tasks
+from headsync.core import media
+from headsync import tasks
 from headsync.curves import captured_curves, read_curves
-from headsync.errors import UserError
-from headsync.progress import silent
-from headsync.subject import CORE_EXPRESSIONS, Subject
+from headsync.core.errors import UserError
+from headsync.core.progress import silent
+from headsync.subject.folder import CORE_EXPRESSIONS, Subject
 from synthetic_head import trained_subject
 
 BLINK_L = CORE_EXPRESSIONS.index("eyeBlinkLeft")
@@ -44,6 +45,25 @@ def test_render_longer_audio_loops_the_plate_and_writes_everything(subject, tmp_
     # past the end of the clip the plate runs backwards: frame 41 shows source frame 37
     a, b = cv2.imread(str(frames[41])), cv2.imread(str(frames[37]))
     assert np.abs(a.astype(int) - b.astype(int))[:, :10].mean() < 2  # the static left border matches
+
+
+def test_a_frame_range_renders_exactly_those_frames_of_the_whole_render(subject, tmp_path):
+    """``frames`` (Blender's Preview Frame): the same pictures as the whole render, in their own places."""
+    audio = speech(tmp_path / "a.wav", 0.4)  # 10 frames, numbered 1..10 without curves
+    whole = tasks.run("render", {"subject": str(subject), "audio": str(audio), "out": str(tmp_path / "all"),
+                                 "portrait": False}, silent())
+    part = tasks.run("render", {"subject": str(subject), "audio": str(audio), "out": str(tmp_path / "part"),
+                                "portrait": False, "frames": "4-6"}, silent())
+    assert part["frame_range"] == [4, 6] and whole["frame_range"] == [1, 10]
+    assert part["video"] is None and not (tmp_path / "part" / "render.mp4").exists()
+    names = sorted(p.name for p in (tmp_path / "part" / "frames").glob("*.png"))
+    assert names == ["000003.png", "000004.png", "000005.png"]
+    for n in names:
+        a = cv2.imread(str(tmp_path / "part" / "frames" / n)).astype(int)
+        b = cv2.imread(str(tmp_path / "all" / "frames" / n)).astype(int)
+        assert np.abs(a - b).max() <= 1
+    with pytest.raises(UserError, match="outside the shot's frames 1-10"):
+        tasks.run("render", {"subject": str(subject), "audio": str(audio), "frames": "9-12"}, silent())
 
 
 def test_default_render_id_and_crop_output(subject, tmp_path):
@@ -134,7 +154,7 @@ def test_sample_end_to_end_tiny(prepared_sample, tmp_path):
     """The real sample: a few iterations of training, a one-second dub render into the 512x512 plate, eval."""
     import shutil
 
-    from headsync.evaluation import evaluate
+    from headsync.evaluation.evaluate import evaluate
     from synthetic_head import write_preset
 
     root = tmp_path / "astronaut"
@@ -161,7 +181,7 @@ def test_preview_acceptance_on_sample(prepared_sample, tmp_path):
     """Issue 3's measured acceptance: preview training on the sample, thresholds from docs/renderer.md."""
     import shutil
 
-    from headsync.evaluation import evaluate
+    from headsync.evaluation.evaluate import evaluate
 
     root = tmp_path / "astronaut"
     shutil.copytree(prepared_sample.root, root, ignore=shutil.ignore_patterns("models", "renders"))

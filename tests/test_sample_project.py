@@ -1,4 +1,4 @@
-"""Fast checks of the committed sample subject (sample_projects/astronaut/).
+"""Fast checks of the committed sample subject (package data: backend/headsync/sample/).
 
 They look at the committed files only (no MediaPipe, no rendering); the
 generator is sample_projects/make_sample.py.
@@ -13,9 +13,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from headsync.core.package_data import sample_dir
+
 ROOT = Path(__file__).resolve().parents[1]
-SAMPLE = ROOT / "sample_projects"
-SUBJECT = SAMPLE / "astronaut"
+SAMPLE = ROOT / "sample_projects"  # the generator and its source speech
+SUBJECT = sample_dir()
 VIDEO = SUBJECT / "video.mp4"
 GT = SUBJECT / "ground_truth.npz"
 

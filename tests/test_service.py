@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from headsync.core.package_data import sample_dir
 
 from service_harness import BACKEND, REPO, ServiceProc, pid_alive, wait_for, worker_pid  # noqa: F401
 
@@ -243,7 +244,7 @@ def _prepared_fake_subject(ws: Path, name: str) -> None:
     (d / "models" / "default").mkdir(parents=True, exist_ok=True)
 
 
-AUDIO = str(REPO / "sample_projects" / "astronaut" / "dub.wav")
+AUDIO = str(sample_dir() / "dub.wav")
 OUTSIDE = "/tmp/headsync-escape-test"
 
 BAD = [
@@ -278,7 +279,7 @@ BAD = [
     ("negative", "POST", "/api/v1/jobs", {"kind": "prepare", "subject": "p",
                                           "params": {"video": AUDIO, "fps": -1}}, 422, "must be greater than or equal to 1"),
     ("bad-choice", "POST", "/api/v1/jobs", {"kind": "train", "subject": "fake",
-                                            "params": {"renderer": "raytracer"}}, 422, "must be 'nerf' or 'gaussian'"),
+                                            "params": {"renderer": "raytracer"}}, 422, "must be a registered renderer: nerf"),
     ("missing-param", "POST", "/api/v1/jobs", {"kind": "prepare", "subject": "p"}, 422, "needs the parameter 'video'"),
     ("unknown-subject", "POST", "/api/v1/jobs", {"kind": "train", "subject": "nobody"}, 404, "unknown subject"),
     ("unknown-subject-render", "POST", "/api/v1/jobs", {"kind": "render", "subject": "nobody",

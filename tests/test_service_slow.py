@@ -18,16 +18,17 @@ from pathlib import Path
 import pytest
 
 from service_harness import REPO, ServiceProc, wait_for
+from headsync.core.package_data import presets_dir, sample_dir
 
 pytestmark = pytest.mark.slow
 
-SAMPLE = REPO / "sample_projects" / "astronaut"
+SAMPLE = sample_dir()
 
 
 def tiny_preset(path: Path) -> Path:
     """The ``preview`` preset with a few dozen training iterations of a 64-pixel head (a checkpoint every 10)
     and a few dozen steps of the audio-visual encoder."""
-    tables = tomllib.loads((REPO / "presets" / "preview.toml").read_text())
+    tables = tomllib.loads((presets_dir() / "preview.toml").read_text())
     tables.setdefault("train", {}).update(coarse_iters=30, fine_iters=6, checkpoint_every=10, log_every=5,
                                           rays=256, resolution=64)
     tables.setdefault("ave", {}).update(sync_steps=20, ave_steps=30, sync_batch=16, ave_batch=8)  # briefly

@@ -18,10 +18,10 @@ from conftest import models_dir, shared_file
 from scipy.ndimage import gaussian_filter1d
 from scipy.spatial.transform import Rotation
 
-from headsync import face_template as ft
-from headsync import stabilizer as st
-from headsync.progress import Reporter, silent
-from headsync.subject import Subject
+from headsync.prepare import face_template as ft
+from headsync.prepare import stabilizer as st
+from headsync.core.progress import Reporter, silent
+from headsync.subject.folder import Subject
 
 S = 512
 FOCAL = 1.5 * S  # true focal length of the synthetic camera, px
@@ -85,7 +85,7 @@ def head_motion(n: int, seed: int = 0, fps: float = 25.0) -> tuple[np.ndarray, n
     eul = np.stack([amp[k] * np.sin(2 * np.pi * rng.uniform(0.15, 0.5) * t + rng.uniform(0, 6)) for k in range(3)], -1)
     depth = FOCAL * 16.0 / (0.45 * S)  # a 16-cm face spans 45% of the crop
     T = np.stack([1.5 * np.sin(2 * np.pi * 0.2 * t + 1), 1.0 * np.sin(2 * np.pi * 0.13 * t), depth + 3 * np.sin(2 * np.pi * 0.1 * t)], -1)
-    return eul, st.euler_xyz_to_rotation(eul), T
+    return eul, st.euler_xyz_to_matrix(eul), T
 
 
 def observe(points: np.ndarray, R: np.ndarray, T: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -144,8 +144,8 @@ def scene():
 def test_euler_round_trip_and_convention():
     rng = np.random.default_rng(0)
     e = rng.uniform(-1.4, 1.4, (200, 3))
-    R = st.euler_xyz_to_rotation(e)
-    assert np.allclose(st.rotation_to_euler_xyz(R), e, atol=1e-9)
+    R = st.euler_xyz_to_matrix(e)
+    assert np.allclose(st.matrix_to_euler_xyz(R), e, atol=1e-9)
     # Blender 'XYZ' = extrinsic x, y, z = scipy's lower-case "xyz"; rotation matrices are proper
     assert np.allclose(R, Rotation.from_euler("xyz", e).as_matrix(), atol=1e-12)
     assert np.allclose(np.linalg.det(R), 1.0)
@@ -158,12 +158,12 @@ def test_pose_jitter_measures_second_differences():
     n = 100
     e = np.stack([np.linspace(0, 0.3, n), np.zeros(n), np.zeros(n)], -1)  # constant angular velocity
     T = np.stack([np.linspace(0, 5, n), np.zeros(n), np.full(n, 50.0)], -1)
-    rot, trans = st.pose_jitter(st.euler_xyz_to_rotation(e), T)
+    rot, trans = st.pose_jitter(st.euler_xyz_to_matrix(e), T)
     assert rot < 1e-9 and trans < 1e-9
     shake = 0.01 * (-1.0) ** np.arange(n)  # +-0.01 rad alternating: |second difference| = 0.04 rad
     e[:, 1] += shake
     T[:, 2] += 10 * shake
-    rot, trans = st.pose_jitter(st.euler_xyz_to_rotation(e), T)
+    rot, trans = st.pose_jitter(st.euler_xyz_to_matrix(e), T)
     assert rot == pytest.approx(np.degrees(0.04) / 3, rel=1e-3)  # averaged over the three angles
     assert trans == pytest.approx(0.4 / 3, rel=1e-6)
 
@@ -310,7 +310,7 @@ def test_bundle_adjustment_is_steadier_and_follows_the_motion(scene):
     tr_true = st.pose_jitter(R, T)[0]
     assert sr < 0.5 * jr and stj < 0.7 * jt
     assert sr < tr_true + 0.3 * (jr - tr_true)  # most of the added shake is gone
-    e = st.rotation_to_euler_xyz(res.bundle.R)
+    e = st.matrix_to_euler_xyz(res.bundle.R)
     for k in (0, 1):  # pitch and yaw swing by several degrees: followed closely
         assert np.corrcoef(e[:, k], eul[:, k])[0, 1] > 0.99
     # keypoints explain the images to about their noise (0.15 px per axis)
@@ -370,7 +370,7 @@ def test_frames_without_landmarks_get_interpolated_poses():
 
 
 def test_no_landmarks_at_all_is_a_user_error():
-    from headsync.errors import UserError
+    from headsync.core.errors import UserError
 
     with pytest.raises(UserError):
         st.fit_raw_poses(np.full((5, 478, 3), np.nan), procedural_canonical(), S, st.Config())
@@ -486,9 +486,9 @@ def _prepare_landmarks(video, subject_dir, resolution):
     """Crop + landmarks with the project's own stages when ``headsync.prepare`` offers them, else with
     MediaPipe's face mesh on a fixed square crop around the face (the same contract)."""
     try:
-        from headsync import prepare, tracking
-        from headsync.config import load_preset
-        from headsync.stages import run_stage
+        from headsync.prepare import pipeline as prepare, tracking
+        from headsync.core.config import load_preset
+        from headsync.prepare.stages import run_stage
     except ImportError:
         prepare = None
     subject = Subject(subject_dir)
@@ -504,7 +504,7 @@ def _prepare_landmarks(video, subject_dir, resolution):
 def _mediapipe_landmarks(video, subject, size):
     import mediapipe as mp
 
-    from headsync import media
+    from headsync.core import media
 
     frames = list(media.iter_frames(video, 25.0))
     h, w = frames[0].shape[:2]
@@ -538,8 +538,8 @@ def test_real_clip_is_stabilised(clip, tmp_path, monkeypatch):
     assert info["template"] == "canonical+subject"
     assert info["jitter"][0] < 0.5 * info["jitter_raw"][0]
     assert info["jitter"][1] < info["jitter_raw"][1]
-    e = st.rotation_to_euler_xyz(d["R"])
-    e_raw = gaussian_filter1d(st.rotation_to_euler_xyz(d["R_raw"]), 2.0, axis=0)
+    e = st.matrix_to_euler_xyz(d["R"])
+    e_raw = gaussian_filter1d(st.matrix_to_euler_xyz(d["R_raw"]), 2.0, axis=0)
     for k in range(2):
         assert np.corrcoef(e[:, k], e_raw[:, k])[0, 1] > 0.95
     assert 0.5 * 256 < float(d["focal"]) < 4 * 256
@@ -551,6 +551,6 @@ def test_config_is_frozen_and_json_able():
     cfg = st.Config()
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.focal_min = 1.0  # type: ignore[misc]
-    from headsync.config import as_dict
+    from headsync.core.config import as_dict
 
     json.dumps(as_dict(cfg))

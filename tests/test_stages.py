@@ -4,10 +4,11 @@ from dataclasses import dataclass
 
 import pytest
 
-from headsync.errors import UserError
-from headsync.progress import Reporter
-from headsync.stages import Stage, run_stage
-from headsync.subject import Subject, staging_dir
+from headsync.core.errors import UserError
+from headsync.core.progress import Reporter
+from headsync.prepare.stages import Stage, run_stage
+from headsync.core.atomic import staging_dir
+from headsync.subject.folder import Subject
 
 
 @dataclass(frozen=True)

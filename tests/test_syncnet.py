@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import torch
 
-from headsync import syncnet
-from headsync.audio_features import HOP, log_mel
-from headsync.errors import UserError
-from headsync.mouth_crops import (Clip, audio_row_start, audio_windows, crop_affines, cut_mouth, holdout_start,
+from headsync.face_sync import syncnet
+from headsync.prepare.audio_features import HOP, log_mel
+from headsync.core.errors import UserError
+from headsync.subject.split import holdout_start
+from headsync.face_sync.mouth_crops import (Clip, audio_row_start, audio_windows, crop_affines, cut_mouth,
                                   video_windows)
-from headsync.sync_judge import judge
+from headsync.face_sync.sync_judge import judge
 
 FPS = 25.0
 RATE = 16000
@@ -254,3 +255,17 @@ def test_one_cycle_handles_short_schedules(steps):
         sched.step()
         lrs.append(opt.param_groups[0]["lr"])
     assert all(np.isfinite(lrs)) and max(lrs) <= 1e-3 + 1e-12
+
+
+def test_judge_says_no_sync_for_unrelated_sound(synthetic_net):
+    """`eval --sync`: a confidence within what far-shifted sound reaches is "no sync found"."""
+    from headsync.face_sync.sync_judge import verdict
+
+    net, _ = synthetic_net
+    clip = synthetic_clip(200, seed=7)
+    other = synthetic_clip(200, seed=8)
+    matched = judge(net, clip, max_offset=8)
+    assert matched["hs_sync_found"] is True, matched
+    unrelated = judge(net, Clip(clip.crops, other.mel, FPS, clip.valid), max_offset=8)
+    assert unrelated["hs_sync_found"] is False, unrelated
+    assert verdict(unrelated).startswith("no sync found") and not verdict(matched).startswith("no sync")

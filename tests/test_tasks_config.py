@@ -5,14 +5,15 @@ from dataclasses import dataclass
 
 import pytest
 
-from headsync import registry, tasks
-from headsync.config import load_preset, preset_names, section
-from headsync.errors import UserError
+from headsync.core import registry
+from headsync import tasks
+from headsync.core.config import load_preset, preset_names, section
+from headsync.core.errors import UserError
 
 
 def test_validate_fills_defaults_and_checks_types():
     p = tasks.validate("prepare", {"video": "/x.mp4", "subject": "/s", "fps": 30})
-    assert p["preset"] == "standard" and p["fps"] == 30.0 and p["audio"] is None
+    assert p["preset"] == "auto" and p["fps"] == 30.0 and p["audio"] is None
     for bad, match in [({"subject": "/s"}, "needs the parameter 'video'"),
                        ({"video": "/x", "subject": "/s", "fps": "fast"}, "must be a valid number"),
                        ({"video": "/x", "subject": "/s", "fps": float("inf")}, "must be a finite number"),
@@ -27,7 +28,7 @@ def test_validate_fills_defaults_and_checks_types():
             tasks.validate("prepare", bad)
     with pytest.raises(UserError, match="unknown job kind"):
         tasks.validate("paint", {})
-    with pytest.raises(UserError, match="'nerf' or 'gaussian'"):
+    with pytest.raises(UserError, match="must be a registered renderer: nerf"):
         tasks.validate("train", {"subject": "/s", "renderer": "raytracer"})
     for run in ("a\n", "../x", "a..b", "a/b", "", " a", "x" * 65):
         with pytest.raises(UserError, match="parameter 'run'"):
@@ -59,6 +60,15 @@ def test_one_schema_drives_the_command_line():
     assert rc == 2  # the schema refuses it before anything runs
 
 
+def test_auto_preset_is_preview_on_a_cpu_and_standard_on_cuda(monkeypatch):
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert load_preset("auto").name == "preview" and load_preset().name == "preview"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert load_preset("auto").name == "standard"
+
+
 def test_presets_load_and_reject_unknown_keys(tmp_path):
     assert {"preview", "standard", "paper"} <= set(preset_names())
 
@@ -76,6 +86,30 @@ def test_presets_load_and_reject_unknown_keys(tmp_path):
         section(load_preset(str(bad)), "prepare", Prep)
     with pytest.raises(UserError, match="unknown preset"):
         load_preset("ultra")
+
+
+def test_nested_renderer_tables_and_every_preset_builds_its_components(tmp_path):
+    from headsync.core.config import as_dict, from_table
+    from headsync.renderers.nerf.model import ModelConfig
+    from headsync.render.dub import RenderConfig
+    from headsync.training.trainer import TrainConfig
+
+    cfg = section(load_preset("preview"), "renderer.nerf", ModelConfig)
+    assert cfg.hash.levels == 10 and cfg.march.samples == 16 and cfg.field.geo_feat_dim == 32
+    assert cfg.field.density_layers == ModelConfig().field.density_layers  # unset keys keep the one default
+    assert from_table(ModelConfig, as_dict(cfg)) == cfg  # what a checkpoint stores rebuilds it
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[renderer.nerf.hash]\nlevelz = 3\n")
+    with pytest.raises(UserError, match=r"renderer\.nerf\.hash"):
+        section(load_preset(str(bad)), "renderer.nerf", ModelConfig)
+    bad.write_text("[train]\nhash_levels = 3\n")  # the old flat key: an error, not silently ignored
+    with pytest.raises(UserError, match="unknown setting"):
+        section(load_preset(str(bad)), "train", TrainConfig)
+    for name in preset_names():  # every shipped preset's tables build their components
+        p = load_preset(name)
+        section(p, "train", TrainConfig)
+        section(p, "renderer.nerf", ModelConfig)
+        section(p, "render", RenderConfig)
 
 
 def test_registry_install_checks_hash(tmp_path, monkeypatch):

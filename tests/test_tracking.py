@@ -1,6 +1,6 @@
 import numpy as np
 
-from headsync.tracking import crop_affine, cut_crop, pick_subject, stable_crop_box
+from headsync.prepare.tracking import crop_affine, cut_crop, pick_subject, stable_crop_box
 
 
 def test_pick_subject_largest_then_nearest():

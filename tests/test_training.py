@@ -14,11 +14,12 @@ import pytest
 import torch
 
 from headsync import tasks
-from headsync.errors import Cancelled, UserError
-from headsync.dataset import load_subject_data
-from headsync.losses import psnr_from_mse
-from headsync.progress import Reporter, silent
-from headsync.subject import Subject
+from headsync.core.errors import Cancelled, UserError
+from headsync.subject.data import load_subject_data
+from headsync.renderers.common.losses import psnr_from_mse
+from headsync.core.progress import Reporter, silent
+from headsync.subject.folder import Subject
+from headsync.training.frames import MemoryFrames
 from synthetic_head import make_subject, write_preset
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,8 +40,9 @@ def test_training_learns_and_reports(trained):
     assert m["iterations"] == 240 and m["heldout_frames"] == 4 and m["train_frames"] == 36
     # Without a head (torso + plate only) the held-out crops score the baseline below; the trained head
     # must beat it clearly on frames it never saw.
-    data = load_subject_data(Subject(root), 32, "mel", 0.1)
-    err = [((data.backgrounds[f] / 255.0 - data.images[f] / 255.0) ** 2).mean() for f in data.holdout]
+    data = load_subject_data(Subject(root), 32, "mel")
+    frames = MemoryFrames(data.subject, data.n_frames, 32, torch.device("cpu"))
+    err = [float(((bg - target) ** 2).mean()) for target, bg, _ in map(frames.image, data.holdout.tolist())]
     baseline = psnr_from_mse(float(np.mean(err)))
     assert m["heldout_psnr"] > baseline + 5, (m, baseline)
     prog = [e for e in events if e["event"] == "progress" and e["stage"] == "train"]
@@ -74,7 +76,7 @@ def test_resume_after_a_cancel_continues_the_count(tmp_path):
 def test_resume_after_sigkill(tmp_path):
     root = make_subject(tmp_path / "s", n_frames=16, size=32)
     preset = write_preset(tmp_path / "p.toml", coarse_iters=400, fine_iters=0, checkpoint_every=20)
-    cmd = [sys.executable, "-c", "import sys; from headsync import tasks; from headsync.progress import silent; "
+    cmd = [sys.executable, "-c", "import sys; from headsync import tasks; from headsync.core.progress import silent; "
            "tasks.run('train', {'subject': sys.argv[1], 'preset': sys.argv[2]}, silent())", str(root), str(preset)]
     proc = subprocess.Popen(cmd)
     ck = root / "models/default/checkpoint.pt"
@@ -108,4 +110,4 @@ def test_bad_input(tmp_path):
         tasks.run("train", {"subject": str(root2), "resume": True}, silent())
     assert "without --resume" in e.value.hint
     with pytest.raises(UserError, match="renderer"):
-        tasks.run("train", {"subject": str(root2), "renderer": "gaussian"}, silent())
+        tasks.run("train", {"subject": str(root2), "renderer": "no-such-renderer"}, silent())

@@ -6,17 +6,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 import traceback
 from pathlib import Path
 from typing import Any, Literal, get_args, get_origin
 
 from . import __version__, tasks
-from .errors import Cancelled, UserError
-from .progress import Reporter, json_lines_sink, terminal_sink
+from .renderers.registry import DEFAULT_RENDERER, RENDERERS
+from .core.errors import Cancelled, UserError
+from .core.progress import Reporter, json_lines_sink, terminal_sink
 
-REPO = Path(__file__).resolve().parents[2]
-SAMPLE = REPO / "sample_projects" / "astronaut"
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -35,8 +35,10 @@ def _parser() -> argparse.ArgumentParser:
             sp.add_argument("--json", action="store_true", help="print the metrics as JSON")
 
     sp = common(sub.add_parser("demo", help="the whole pipeline on the bundled sample"))
-    sp.add_argument("--out", default=str(REPO / "out" / "demo"))
+    sp.add_argument("--out", default=str(Path("out") / "demo"), help="folder for the demo (default: ./out/demo)")
     sp.add_argument("--preset", default="preview")
+    sp.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERERS,
+                    help=f"the renderer to train (default: {DEFAULT_RENDERER})")
 
     from .service.server import add_arguments
 
@@ -70,6 +72,15 @@ def _job_flags(sp: argparse.ArgumentParser, task: tasks.Task) -> None:
             and not f.is_required() else f.description
         kw: dict[str, Any] = {"help": shown, "dest": name, "default": None}
         base, choices = _flag_type(f.annotation)
+        if cli.choices is not None:
+            choices = cli.choices
+        if cli.hidden:
+            continue
+        if cli.or_file:  # captured|generated|FILE: one flag, two parameters (see _params)
+            kw["metavar"] = "|".join(choices or []) + "|FILE"
+            choices = None
+        if cli.metavar:
+            kw["metavar"] = cli.metavar
         if base is bool:
             if cli.flag:
                 sp.add_argument(cli.flag, action="store_false", **kw)
@@ -77,7 +88,7 @@ def _job_flags(sp: argparse.ArgumentParser, task: tasks.Task) -> None:
                 sp.add_argument(f"--{name.replace('_', '-')}", action="store_true", **kw)
             continue
         kw["type"] = types[base]
-        if choices:
+        if choices is not None:  # not truthiness: a lazy container would import what it lists
             kw["choices"] = choices
         if cli.positional:
             kw.pop("dest")
@@ -104,8 +115,14 @@ def _flag_type(ann: Any) -> tuple[type, list[str] | None]:
 
 def _params(args: argparse.Namespace) -> dict[str, Any]:
     """The job parameters of a parsed subcommand (names as in its schema); flags not given are left out."""
+    task = tasks.TASKS[args.command]
     raw = vars(args)
-    return {n: raw[n] for n in tasks.TASKS[args.command].names if raw.get(n) is not None}
+    out = {n: raw[n] for n in task.names if raw.get(n) is not None}
+    for n in task.names:
+        cli, values = task.cli(n), _flag_type(task.model.model_fields[n].annotation)[1]
+        if cli.or_file and n in out and out[n] not in (values or []):  # a file, not a choice
+            out[cli.or_file] = out.pop(n)
+    return out
 
 
 def _reporter(args: argparse.Namespace) -> Reporter:
@@ -114,30 +131,51 @@ def _reporter(args: argparse.Namespace) -> Reporter:
 
 
 def _demo(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
-    videos = sorted(SAMPLE.glob("*.mp4"))
-    if not videos or not (SAMPLE / "dub.wav").exists():
-        raise UserError(f"the bundled sample is missing from {SAMPLE}",
-                        "run `python sample_projects/make_sample.py` or restore the folder from git")
+    from .core.package_data import sample_dir
+
+    sample = sample_dir()
+    videos = sorted(sample.glob("*.mp4"))
+    if not videos or not (sample / "dub.wav").exists():
+        raise UserError(f"the bundled sample is missing from {sample}",
+                        "reinstall headsync, or in a checkout run `python sample_projects/make_sample.py`")
     out = Path(args.out).resolve()
     subject = out / "subject"
     result: dict[str, Any] = {}
     result["prepare"] = tasks.run("prepare", {"video": str(videos[0]), "subject": str(subject),
                                               "preset": args.preset}, reporter)
-    from .subject import Subject
-    from .training import run_dir
+    from .core.config import load_preset
+    from .subject.folder import Subject
+    from .training.checkpoints import run_dir
 
+    run = load_preset(args.preset).name  # the run is named after the preset (a path's file name)
     # A demo stopped during training picks up from its checkpoint when run again.
-    resume = (run_dir(Subject(subject), args.preset) / "checkpoint.pt").exists()
-    result["train"] = tasks.run("train", {"subject": str(subject), "preset": args.preset, "run": args.preset,
-                                          "resume": resume}, reporter)
-    result["render"] = tasks.run("render", {"subject": str(subject), "audio": str(SAMPLE / "dub.wav"),
-                                            "run": args.preset, "out": str(out / "render")}, reporter)
+    resume = (run_dir(Subject(subject), run) / "checkpoint.pt").exists()
+    result["train"] = tasks.run("train", {"subject": str(subject), "preset": args.preset, "run": run,
+                                          "renderer": args.renderer, "resume": resume}, reporter)
+    result["render"] = tasks.run("render", {"subject": str(subject), "audio": str(sample / "dub.wav"),
+                                            "run": run, "out": str(out / "render")}, reporter)
     return result
+
+
+#: What is left after a cancelled command (Ctrl-C or SIGTERM), said as it is.
+AFTER_CANCEL = {
+    "prepare": "finished stages are kept and the next run resumes from them",
+    "train": "the last checkpoint is kept: `headsync train --resume` continues from it",
+    "render": "no frames were kept (a render is not resumable): run it again to render from the start",
+    "demo": "finished stages and the last training checkpoint are kept; the next demo continues from them",
+}
+
+
+def _terminate(signum, frame) -> None:
+    """SIGTERM as Ctrl-C, so temporary folders are removed on the way out instead of left behind."""
+    raise KeyboardInterrupt
 
 
 def main(argv: list[str] | None = None) -> int:
     tasks.load_plugins()
     args = _parser().parse_args(argv)
+    if args.command != "serve":  # the service handles its own signals
+        signal.signal(signal.SIGTERM, _terminate)
     json_mode = getattr(args, "json_progress", False)
     try:
         if args.command == "serve":
@@ -171,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"hint: {e.hint}", file=sys.stderr)
         return 2
     except (KeyboardInterrupt, Cancelled):
-        print("\ncancelled; finished stages are kept and the next run resumes from them", file=sys.stderr)
+        print(f"\ncancelled; {AFTER_CANCEL.get(args.command, 'nothing half-written was kept')}", file=sys.stderr)
         return 130
     except Exception as e:  # internal failure: show the traceback, it is a bug
         if json_mode:
@@ -185,6 +223,15 @@ def _print_result(command: str, result: dict[str, Any]) -> None:
         print(f"prepared subject: {result['subject']} ({result['frames']} frames)")
         for w in result.get("warnings", []):
             print(f"warning: {w}")
+    elif command == "eval" and "metrics" in result:
+        for k, v in result["metrics"].items():
+            print(f"{k}: {v}")
+        if result.get("weak_expressions"):
+            print(f"weak expression coefficients (edits will barely show): {', '.join(result['weak_expressions'])}")
+        for w in result.get("warnings", []):
+            print(f"warning: {w}")
+    elif command == "eval" and "verdict" in result:
+        print(f"{result['video']}: {result['verdict']}")
     elif command == "demo":
         print("demo finished:")
         print(f"  subject:  {result['prepare']['subject']}")
@@ -198,7 +245,7 @@ def _print_result(command: str, result: dict[str, Any]) -> None:
 
 
 def _models(args: argparse.Namespace) -> int:
-    from . import registry
+    from .core import registry
 
     if args.models_command == "list":
         for m in registry.MODELS.values():

@@ -25,11 +25,12 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
-from .subject import CORE_EXPRESSIONS, Subject, write_json_atomic
-
-SCHEMA = "headsync.curves/1"
-SOURCES = ("captured", "generated", "edited")
+from . import curves_format
+from .curves_format import SCHEMA, SOURCES
+from .core.errors import UserError
+from .core.atomic import write_json_atomic
+from .core.euler import euler_xyz_to_matrix, matrix_to_euler_xyz  # noqa: F401  (part of this module's API)
+from .subject.folder import CORE_EXPRESSIONS, Subject
 
 
 @dataclass
@@ -64,37 +65,8 @@ class Curves:
 
 
 def _rows(a: np.ndarray) -> list[list[float]]:
-    return [[round(float(v), 6) for v in row] for row in np.asarray(a)]
-
-
-# ---- rotations (Blender's XYZ Euler) -------------------------------------------------------------------
-def euler_xyz_to_matrix(e: np.ndarray) -> np.ndarray:
-    """Euler angles (..., 3) in radians, XYZ order as Blender applies them -> R = Rz Ry Rx (..., 3, 3)."""
-    e = np.asarray(e, np.float64)
-    cx, sx = np.cos(e[..., 0]), np.sin(e[..., 0])
-    cy, sy = np.cos(e[..., 1]), np.sin(e[..., 1])
-    cz, sz = np.cos(e[..., 2]), np.sin(e[..., 2])
-    R = np.empty(e.shape[:-1] + (3, 3))
-    R[..., 0, 0] = cy * cz
-    R[..., 0, 1] = sx * sy * cz - cx * sz
-    R[..., 0, 2] = cx * sy * cz + sx * sz
-    R[..., 1, 0] = cy * sz
-    R[..., 1, 1] = sx * sy * sz + cx * cz
-    R[..., 1, 2] = cx * sy * sz - sx * cz
-    R[..., 2, 0] = -sy
-    R[..., 2, 1] = sx * cy
-    R[..., 2, 2] = cx * cy
-    return R
-
-
-def matrix_to_euler_xyz(R: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`euler_xyz_to_matrix` (..., 3, 3) -> (..., 3), y in [-pi/2, pi/2]."""
-    R = np.asarray(R, np.float64)
-    sy = np.clip(-R[..., 2, 0], -1.0, 1.0)
-    y = np.arcsin(sy)
-    x = np.arctan2(R[..., 2, 1], R[..., 2, 2])
-    z = np.arctan2(R[..., 1, 0], R[..., 0, 0])
-    return np.stack([x, y, z], -1)
+    # Exact (repr of the float), not rounded: a render's curves.json gives back what Blender sent.
+    return np.asarray(a, np.float64).tolist()
 
 
 # ---- looping -------------------------------------------------------------------------------------------
@@ -109,75 +81,19 @@ def ping_pong(n_source: int, n_out: int) -> np.ndarray:
 
 
 # ---- validation ----------------------------------------------------------------------------------------
-def _fail(msg: str, hint: str = "") -> None:
-    raise UserError(f"curves: {msg}", hint or "export the curves again from Blender, or see DESIGN.md (curves.json)")
-
-
-def _matrix(obj: Any, name: str, n: int | None, width: int) -> np.ndarray:
-    if not isinstance(obj, list):
-        _fail(f"{name} must be a list of rows")
-    try:
-        a = np.asarray(obj, np.float64)
-    except (TypeError, ValueError):
-        _fail(f"{name} must hold only numbers, in rows of {width}")
-    if a.ndim != 2 or a.shape[1] != width:
-        _fail(f"{name} must have rows of {width} numbers, got shape {list(a.shape)}")
-    if n is not None and a.shape[0] != n:
-        _fail(f"{name} has {a.shape[0]} rows, expected {n} (one per frame)")
-    if not np.isfinite(a).all():
-        bad = int(np.argwhere(~np.isfinite(a))[0][0])
-        _fail(f"{name} has a non-finite value (NaN or infinity) in row {bad}")
-    return a
-
-
 def validate(obj: Any, n_frames: int | None = None) -> Curves:
-    """Check a parsed curves.json against the schema; ``n_frames`` the row count required (the render's).
-
-    Raises :class:`UserError` naming the problem: schema, names, row count, non-finite values, ranges.
-    """
-    if not isinstance(obj, dict):
-        _fail("the file must hold a JSON object")
-    if obj.get("schema") != SCHEMA:
-        _fail(f"schema is {obj.get('schema')!r}, expected {SCHEMA!r}")
-    fps = obj.get("fps")
-    if not isinstance(fps, (int, float)) or isinstance(fps, bool) or not math.isfinite(fps) or fps <= 0:
-        _fail(f"fps must be a positive number, got {fps!r}")
-    frame_start = obj.get("frame_start", 1)
-    if not isinstance(frame_start, int) or isinstance(frame_start, bool):
-        _fail(f"frame_start must be an integer, got {frame_start!r}")
-    count = obj.get("frame_count")
-    if not isinstance(count, int) or isinstance(count, bool) or count <= 0:
-        _fail(f"frame_count must be a positive integer, got {count!r}")
-    if n_frames is not None and count != n_frames:
-        _fail(f"frame_count is {count} but the audio gives {n_frames} frames at {fps:g} fps",
-              "sample the curves over exactly the shot's frames (audio duration x subject fps)")
-    expr = obj.get("expression")
-    if not isinstance(expr, dict) or "names" not in expr or "values" not in expr:
-        _fail("expression must be an object with 'names' and 'values'")
-    names = expr["names"]
-    if not isinstance(names, list) or not all(isinstance(x, str) for x in names):
-        _fail("expression.names must be a list of strings")
-    unknown = [x for x in names if x not in CORE_EXPRESSIONS]
-    missing = [x for x in CORE_EXPRESSIONS if x not in names]
-    if unknown or missing or len(names) != len(CORE_EXPRESSIONS):
-        _fail(f"expression.names must be the seven core names {list(CORE_EXPRESSIONS)} once each"
-              + (f"; unknown: {unknown}" if unknown else "") + (f"; missing: {missing}" if missing else ""))
-    values = _matrix(expr["values"], "expression.values", count, len(names))
-    if values.min() < -1e-6 or values.max() > 1 + 1e-6:
-        _fail(f"expression.values must lie in [0, 1], got [{values.min():.3g}, {values.max():.3g}]")
-    order = [names.index(x) for x in CORE_EXPRESSIONS]
-    rotation = translation = None
-    pose = obj.get("head_pose")
-    if pose is not None:
-        if not isinstance(pose, dict) or "rotation_euler_xyz" not in pose or "translation" not in pose:
-            _fail("head_pose must be an object with 'rotation_euler_xyz' and 'translation'")
-        rotation = _matrix(pose["rotation_euler_xyz"], "head_pose.rotation_euler_xyz", count, 3)
-        translation = _matrix(pose["translation"], "head_pose.translation", count, 3)
-    source = obj.get("source", "edited")
-    if source not in SOURCES:
-        _fail(f"source must be one of {list(SOURCES)}, got {source!r}")
-    return Curves(float(fps), frame_start, np.clip(values[:, order], 0.0, 1.0).astype(np.float32),
-                  rotation, translation, source)
+    """Check a parsed curves.json against the schema (the rules of :mod:`headsync.curves_format`, shared with
+    the add-on); ``n_frames`` the row count required (the render's). Raises :class:`UserError` naming the
+    problem: schema, names, row count, non-finite values, ranges."""
+    try:
+        doc = curves_format.validate(obj, n_frames)
+    except curves_format.CurvesError as e:
+        raise UserError(f"curves: {e.message}", e.hint) from None
+    pose = doc.get("head_pose")
+    rotation = np.asarray(pose["rotation_euler_xyz"], np.float64) if pose else None
+    translation = np.asarray(pose["translation"], np.float64) if pose else None
+    return Curves(doc["fps"], doc["frame_start"], np.asarray(doc["expression"]["values"], np.float32),
+                  rotation, translation, doc["source"])
 
 
 # ---- files ---------------------------------------------------------------------------------------------
@@ -187,7 +103,7 @@ def read_curves(path: str | Path, n_frames: int | None = None) -> Curves:
     if not path.is_file():
         raise UserError(f"curves file not found: {path}", "pass the curves.json exported from Blender")
     try:
-        obj = json.loads(path.read_text())
+        obj = json.loads(path.read_bytes())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"curves file {path} is not valid JSON ({e})", "export the curves again")
     return validate(obj, n_frames)

@@ -1,4 +1,4 @@
-"""The job kinds (prepare, train, render, eval): one parameter schema and one entry point each.
+"""The job kinds (prepare, train, torso, render, express, eval): one parameter schema and one entry point each.
 
 Each kind is ONE declaration: a pydantic model of its parameters (types, ranges, descriptions, which
 strings are paths and how the command line spells them) registered with :func:`job_kind`. The command
@@ -23,8 +23,11 @@ from typing import Annotated, Any, Callable, Literal, get_args
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError
 
-from .errors import UserError
-from .progress import Reporter
+from .core.config import AUTO
+from .core.errors import UserError
+from .core.progress import Reporter
+from .post.torso.config import MODES as TORSO_MODES
+from .renderers.registry import DEFAULT_RENDERER, RENDERERS
 
 #: A name (subject, model run, shot): a folder name, never a path. No slashes, no "..", no newline;
 #: checked with a full match everywhere (the same pattern goes into the OpenAPI document).
@@ -47,7 +50,8 @@ def is_name(value: Any) -> bool:
 @dataclass(frozen=True)
 class Role:
     """What a string parameter names: ``input`` (a file the job reads), ``output`` (a folder it writes),
-    ``subject`` (the subject folder), ``name`` (a plain name), ``preset`` (a preset name or .toml file),
+    ``output_file`` (a file it writes), ``subject`` (the subject folder), ``name`` (a plain name),
+    ``preset`` (a preset name or .toml file),
     ``input_or_latest`` (a file, or the word ``latest``)."""
 
     kind: str
@@ -61,6 +65,10 @@ class Cli:
     flag: str | None = None      # e.g. "--no-portrait" for a boolean that defaults to true
     nargs: str | None = None     # with const: "--sync" alone means const
     const: Any = None
+    metavar: str | None = None
+    or_file: str | None = None   # a value outside the choices is a file, sent as this parameter instead
+    hidden: bool = False         # no flag of its own (set through another's or_file)
+    choices: Any = None          # allowed values known only at run time (the registered renderers), lazily
 
 
 def _check_name(v: str) -> str:
@@ -73,6 +81,7 @@ def _check_name(v: str) -> str:
 _path = Field(min_length=1, max_length=PATH_MAX)
 InputFile = Annotated[str, Role("input"), _path]
 OutputFolder = Annotated[str, Role("output"), _path]
+OutputFile = Annotated[str, Role("output_file"), _path]
 SubjectFolder = Annotated[str, Role("subject"), _path]
 PresetRef = Annotated[str, Role("preset"), _path]
 Name = Annotated[str, Role("name"), Field(min_length=1, max_length=NAME_MAX, json_schema_extra={"pattern": NAME_PATTERN}),
@@ -150,28 +159,36 @@ def job_kind(kind: str, entry: str | Callable, help: str, **options: Any) -> Cal
 
 
 # ---- the kinds -------------------------------------------------------------------------------------
-@job_kind("prepare", "prepare:prepare_task", "video + audio -> prepared subject folder", creates_subject=True,
+@job_kind("prepare", "prepare.pipeline:prepare_task", "video + audio -> prepared subject folder", creates_subject=True,
           gpu=False)
 class PrepareParams(JobParams):
     video: Annotated[InputFile, Cli(positional=True)] = Field(description="the subject video (any format ffmpeg reads)")
     subject: SubjectFolder = Field(description="subject folder to create or update")
     audio: InputFile | None = Field(None, description="audio for the video when it has none, or to replace it")
-    preset: PresetRef = Field("standard", description="preset name or .toml path")
+    preset: PresetRef = Field(AUTO, description="preset name or .toml path (auto: preview on a CPU, standard with CUDA)")
     fps: float | None = Field(None, ge=FPS_RANGE[0], le=FPS_RANGE[1],
                               description="target frame rate (default from the preset)")
     resolution: int | None = Field(None, ge=RESOLUTION_RANGE[0], le=RESOLUTION_RANGE[1],
                                    description="side of the square training crop in pixels")
 
 
+def _check_renderer(v: str) -> str:
+    if v not in RENDERERS:  # imports the renderers only now, not when the schema is built
+        raise ValueError(f"must be a registered renderer: {', '.join(RENDERERS)}")
+    return v
+
+
 def _train_checkpoint(p: dict[str, Any]) -> Path:
     return Path(p["subject"]) / "models" / str(p.get("run") or "default") / "checkpoint.pt"
 
 
-@job_kind("train", "training:train_task", "prepared subject -> trained model", checkpoint=_train_checkpoint)
+@job_kind("train", "training.trainer:train_task", "prepared subject -> trained model", checkpoint=_train_checkpoint)
 class TrainParams(JobParams):
     subject: SubjectFolder = Field(description="a prepared subject folder")
-    preset: PresetRef = Field("standard", description="preset name or .toml path")
-    renderer: Literal["nerf", "gaussian"] = Field("nerf", description="the renderer to train")
+    preset: PresetRef = Field(AUTO, description="preset name or .toml path (auto: preview on a CPU, standard with CUDA)")
+    renderer: Annotated[str, Cli(choices=RENDERERS), AfterValidator(_check_renderer)] = Field(
+        DEFAULT_RENDERER, description="the renderer to train (a registered one)",
+        json_schema_extra=lambda s: s.update(enum=list(RENDERERS)))  # listed when the schema is asked for
     run: Name = Field("default", description="name of the model run under models/")
     resume: bool = Field(False, description="continue from the run's last checkpoint")
 
@@ -188,7 +205,14 @@ def shot_of(params: dict[str, Any]) -> str:
     return params.get("shot") or str(Path(params["audio"]).expanduser().resolve())
 
 
-@job_kind("render", "rendering:render_task", "trained model + audio (+ curves) -> frames, mp4, curves.json",
+@job_kind("torso", "training.torso:torso_task", "prepared subject -> torso restorer and/or torso field")
+class TorsoParams(JobParams):
+    subject: SubjectFolder = Field(description="a prepared subject folder")
+    preset: PresetRef = Field("standard", description="preset name or .toml path")
+    mode: Literal[TORSO_MODES] | None = Field(None, description="torso path to train (default: the preset's [torso] mode)")
+
+
+@job_kind("render", "render.dub:render_task", "trained model + audio (+ curves) -> frames, mp4, curves.json",
           check=_check_render, reads_subject=True)
 class RenderParams(JobParams):
     subject: SubjectFolder = Field(description="a trained subject folder")
@@ -201,9 +225,31 @@ class RenderParams(JobParams):
                                                 "audio file); a folder is replaced only by a render of its shot")
     portrait: Annotated[bool, Cli(flag="--no-portrait")] = Field(
         True, description="composite into the full-resolution plate (--no-portrait: the raw head crops)")
+    expressions: Annotated[Literal["captured", "generated"], Cli(or_file="expressions_file")] = Field(
+        "captured", description="expression source: the captured performance, or generated from the audio "
+                                "(the command line also takes a FILE here: expressions_file)")
+    expressions_file: Annotated[InputFile, Cli(hidden=True)] | None = Field(
+        None, description="expressions from a curves.json or a Live Link Face CSV, mapped through the subject's VQ-VAE")
+    frames: Annotated[str, Field(pattern=r"^[0-9]{1,7}(-[0-9]{1,7})?$")] | None = Field(
+        None, description="A-B: render only these frames (curves' numbering, 1-based without curves), e.g. "
+                          "Blender's Preview Frame; no render.mp4 then")
 
 
-@job_kind("eval", "evaluation:eval_task", "held-out metrics of a trained model, or the lip sync of a video")
+@job_kind("express", "expressions.express:express_task",
+          "audio or a Live Link Face take -> the subject's expression curves (without either: train the models)")
+class ExpressParams(JobParams):
+    subject: SubjectFolder = Field(description="a prepared subject folder")
+    audio: InputFile | None = Field(None, description="dialogue to generate expressions for (any audio format)")
+    livelink: Annotated[InputFile, Cli(metavar="CSV")] | None = Field(
+        None, description="a Live Link Face CSV to import instead of generating")
+    out: OutputFile | None = Field(None, description="curves.json to write (default: SUBJECT/expressions/curves/ID.json)")
+    seed: int = Field(1, ge=1, le=2**31 - 1, description="draw of the stochastic blinks")
+    livelink_fps: float | None = Field(None, gt=0, le=240,
+                                       description="the take's capture rate when its timecodes do not tell it")
+    retrain: bool = Field(False, description="train the subject's expression models again")
+
+
+@job_kind("eval", "evaluation.evaluate:eval_task", "held-out metrics of a trained model, or the lip sync of a video")
 class EvalParams(JobParams):
     subject: SubjectFolder = Field(description="a trained subject folder")
     run: Name = Field("default", description="the model run to evaluate")

@@ -23,9 +23,9 @@ from typing import Any, Literal
 from pydantic import Field
 
 from headsync import tasks
-from headsync.errors import UserError
-from headsync.progress import Reporter
-from headsync.subject import write_json_atomic
+from headsync.core.errors import UserError
+from headsync.core.progress import Reporter
+from headsync.core.atomic import write_json_atomic
 
 KIND = "test_sleep"
 

@@ -1,1 +1,2 @@
-"""Rendering new dialogue with a trained subject, and the folders renders go into."""
+"""Stage 4, trained model + new audio (+ edited curves) -> frames, video, curves.json, and the folders
+renders go into."""

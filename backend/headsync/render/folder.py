@@ -22,8 +22,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from ..errors import UserError
-from ..subject import MANIFEST as SUBJECT_MANIFEST
+from ..core.errors import UserError
+from ..subject.folder import MANIFEST as SUBJECT_MANIFEST
 
 #: The manifest a render leaves in its folder.
 MANIFEST = "render.json"

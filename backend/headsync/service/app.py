@@ -44,6 +44,7 @@ log = logging.getLogger("headsync.service")
 API = "/api/v1"
 MAX_BODY = 1 << 20  # 1 MiB: a job request is a few hundred bytes
 MAX_LOG_CHUNK = 1 << 20
+MAX_CURVE_FRAMES = 1_000_000  # about 11 hours at 25 fps
 JOB_ID_RE = re.compile(r"[0-9a-f]{16}")
 
 
@@ -421,6 +422,29 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
             runs = sorted(r.name for r in (d / "models").glob("*") if r.is_dir() and not r.name.startswith("."))
             out.append({"name": d.name, "stages": stages, "runs": runs, "prepared": prepared})
         return ApiJSON(out)
+
+    @app.get(API + "/subjects/{name}/curves", responses=_responses(401, 404, 422))
+    def subject_curves(name: str, frames: int | None = Query(None, ge=1, le=MAX_CURVE_FRAMES)):
+        """curves.json (``headsync.curves/1``) of the subject's captured performance, looped back and forth
+        over ``frames`` frames as a render without curves loops it (default: the subject's own frames).
+        Blender keys a new shot from it, so the add-on never reads the subject's arrays itself."""
+        from ..curves import captured_curves
+        from ..core.errors import UserError
+        from ..subject.folder import Subject
+
+        check = jobspec.check_name(name, "subject")
+        subject = Subject(ws / "subjects" / check)
+        if not all(subject.path(f).is_file() for f in ("subject.json", "expression.npy", "pose.npz")):
+            raise ApiError(404, f"subject {name!r} has no captured performance yet",
+                           "prepare it first (its 'prepare' job writes expression.npy and pose.npz)")
+        try:
+            curves = captured_curves(subject, frames or subject.frame_count())
+        except UserError as e:
+            raise ApiError(404, e.message, e.hint)
+        except (OSError, ValueError, KeyError) as e:
+            raise ApiError(404, f"the captured performance of subject {name!r} is unreadable ({type(e).__name__})",
+                           "prepare the subject again")
+        return ApiJSON(curves.to_json())
 
     # ---- OpenAPI: declare the bearer token ----
     def openapi() -> dict[str, Any]:

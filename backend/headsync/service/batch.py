@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from ..errors import UserError
+from ..core.errors import UserError
 
 FINAL = ("succeeded", "failed", "cancelled")
 POLL_S = 0.5

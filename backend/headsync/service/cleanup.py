@@ -1,7 +1,7 @@
 """Removing what an interrupted job left half-written.
 
-Every stage writes through :func:`headsync.subject._tmp` (``.NAME.tmp-PID``) or
-:func:`headsync.subject.staging_dir` (``.NAME.tmp-PID``, and ``.NAME.old-PID`` for the moment between
+Every stage writes through :mod:`headsync.core.atomic` (``.NAME.tmp-PID`` files, and for folders
+its ``staging_dir``, ``.NAME.tmp-PID`` and ``.NAME.old-PID`` for the moment between
 moving the old folder away and the new one in). A worker killed with SIGKILL never runs its own
 ``except`` blocks, so the service sweeps the names carrying that worker's PID. Finished outputs (stages
 marked done, checkpoints saved whole) are kept: they are what a re-run or a resumed train reuses.

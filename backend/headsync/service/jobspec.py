@@ -8,7 +8,7 @@ NAME of a folder ``WORKSPACE/subjects/NAME``. What each string parameter is come
 * ``input`` (media the job reads: ``video``, ``audio``, ``curves``, eval's ``sync``): an absolute path of
   a file the user chose, or a path relative to the workspace that stays inside it; it must exist and be
   readable (``sync`` also takes ``latest``);
-* ``output`` (``out``): inside the workspace, always (relative paths are taken from the workspace), never
+* ``output`` (``out``; ``output_file`` for a file such as express's curves.json): inside the workspace, always (relative paths are taken from the workspace), never
   in its own bookkeeping (``jobs.db``, ``logs``, ``server.json``) nor in a subject folder other than in its
   own subject's ``renders/``; a render's folder also follows :mod:`headsync.render.folder`;
 * ``name`` (``run``, ``shot``, the subject): checked by the schema (a full match, no slashes, no ``..``);
@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import Any
 
 from .. import tasks
-from ..config import preset_names
-from ..errors import UserError
+from ..core.config import AUTO, preset_names
+from ..core.errors import UserError
 
 NAME_PATTERN = tasks.NAME_PATTERN
 #: The service's own files in the workspace: no job writes there.
@@ -151,6 +151,23 @@ def resolve_output(workspace: Path, name: str, value: str, subject_dir: Path) ->
     return str(p)
 
 
+def resolve_output_file(workspace: Path, name: str, value: str, subject_dir: Path) -> str:
+    """A file the job writes (express's curves.json): inside the workspace like a folder (:func:`confine`),
+    never an existing folder, and an existing file only when it is a ``.json`` (an earlier curves file)."""
+    ws = Path(workspace).resolve()
+    try:
+        p = Path(value)
+        p = p if p.is_absolute() else ws / p
+        p.exists()
+    except (ValueError, OSError, RuntimeError) as e:
+        raise _unusable(name, e, "give a file name inside the workspace")
+    p = confine(ws, name, p, subject_dir=subject_dir)
+    if p.is_dir() or (p.exists() and p.suffix != ".json"):
+        raise ApiError(422, f"parameter {name!r}: {_short(str(p))} exists and is not a .json file it may replace",
+                       "choose a new file name ending in .json")
+    return str(p)
+
+
 def check_subject_dir(workspace: Path, subject: str) -> Path:
     """The folder of subject ``subject``, resolved; :class:`ApiError` when it (or ``subjects/``, or a link in
     it) leads out of the workspace."""
@@ -187,7 +204,7 @@ def _links_out(folder: Path, ws: Path, depth: int):
 
 
 def resolve_preset(value: str) -> str:
-    if value in preset_names():
+    if value == AUTO or value in preset_names():
         return value
     try:
         if value.endswith(".toml") and Path(value).is_absolute() and Path(value).is_file() \
@@ -196,7 +213,7 @@ def resolve_preset(value: str) -> str:
     except (ValueError, OSError):
         pass
     raise ApiError(422, f"unknown preset {_short(value)}",
-                   f"use one of {', '.join(preset_names())} or the absolute path of a .toml file")
+                   f"use one of {', '.join([AUTO, *preset_names()])} or the absolute path of a .toml file")
 
 
 def resolve_params(workspace: Path, kind: str, params: dict[str, Any], sdir: Path) -> dict[str, Any]:
@@ -210,6 +227,8 @@ def resolve_params(workspace: Path, kind: str, params: dict[str, Any], sdir: Pat
                 v = resolve_preset(v)
             elif role == "output":
                 v = resolve_output(workspace, name, v, sdir)
+            elif role == "output_file":
+                v = resolve_output_file(workspace, name, v, sdir)
             elif role == "input" or (role == "input_or_latest" and v != "latest"):
                 v = resolve_input(workspace, name, v)
         out[name] = v
@@ -223,7 +242,7 @@ def check_writes(workspace: Path, kind: str, params: dict[str, Any]) -> None:
     real = check_subject_dir(workspace, sdir.name)
     task = tasks.TASKS[kind]
     for name in task.names:
-        if task.role(name) == "output" and isinstance(params.get(name), str):
+        if task.role(name) in ("output", "output_file") and isinstance(params.get(name), str):
             confine(workspace, name, Path(params[name]), subject_dir=real)
 
 
@@ -266,7 +285,7 @@ def build(workspace: Path, body: Any, job_id: str, active_subjects: set[str] | N
     # An output folder the request names is the job's own: removed unless the job succeeds (the scheduler
     # keeps only those that did not exist when the job started). The default render folder is written
     # through a staging folder, so an interrupted render leaves only a temporary name, swept by PID.
-    owned = [out[n] for n in task.names if task.role(n) == "output" and isinstance(out.get(n), str)]
+    owned = [out[n] for n in task.names if task.role(n) in ("output", "output_file") and isinstance(out.get(n), str)]
     try:
         validated = tasks.validate(kind, out)
     except UserError as e:

@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 from typing import Callable
 
-from ..errors import UserError
+from ..core.atomic import write_json_atomic
+from ..core.errors import UserError
 
 DEFAULT_WORKSPACE = "~/HeadSync"
 
@@ -47,19 +48,7 @@ def is_loopback(host: str) -> bool:
 
 def write_server_json(path: Path, info: dict) -> None:
     """Write ``info`` to ``path`` atomically, readable by the owner only (mode 0600) from the first byte."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        tmp.unlink()
-    except FileNotFoundError:
-        pass
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    try:
-        os.fchmod(fd, 0o600)  # whatever the umask
-        os.write(fd, json.dumps(info, indent=1).encode())
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-    os.replace(tmp, path)
+    write_json_atomic(path, info, mode=0o600)
 
 
 def _writable_workspace(ws: Path) -> None:

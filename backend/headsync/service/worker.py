@@ -6,7 +6,7 @@ records the outcome. A crash here cannot take the service down; a worker that di
 an outcome is noticed by the scheduler, which records one for it.
 
 Stopping: SIGTERM sets a flag that the reporter's ``should_stop`` sees at the next progress step, so the
-stage raises :class:`~headsync.errors.Cancelled` and its atomic writes clean up after themselves. The row's
+stage raises :class:`~headsync.core.errors.Cancelled` and its atomic writes clean up after themselves. The row's
 ``stop_reason`` says why: ``cancel`` (the user) or ``shutdown`` (the service is stopping). The worker also
 stops when the service process dies (``PR_SET_PDEATHSIG`` on Linux, and a check of the parent's PID).
 """
@@ -47,7 +47,7 @@ def _log(text: str) -> None:
 
 def classify(exc: BaseException, kind: str) -> dict[str, str]:
     """A job error {message, hint} for an exception raised by a task."""
-    from ..errors import UserError
+    from ..core.errors import UserError
 
     text = str(exc)
     if isinstance(exc, UserError):
@@ -182,8 +182,8 @@ def run_job(job_id: str, workspace: Path, stopped: Callable[[], bool]) -> int:
     dead parent); a ``stop_reason`` written into the job's row (cancel, shutdown) also stops it, read at
     most every :data:`STOP_POLL_S` seconds, so a worker on another machine stops the same way."""
     from .. import tasks
-    from ..errors import Cancelled
-    from ..progress import Reporter
+    from ..core.errors import Cancelled
+    from ..core.progress import Reporter
     from . import cleanup, jobspec
     from .store import Store, jsonsafe
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Protocol
 
-from ...errors import UserError
+from ...core.errors import UserError
 
 EXECUTORS = ("local", "ray")
 

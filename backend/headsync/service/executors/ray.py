@@ -18,7 +18,7 @@ import socket
 import sys
 from pathlib import Path
 
-from ...errors import UserError
+from ...core.errors import UserError
 from .local import worker_env
 
 RETRIES = 1  # attempts after a worker died (not after an error the job itself raised: that one is recorded)

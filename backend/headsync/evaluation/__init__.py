@@ -1,0 +1,1 @@
+"""Measuring a trained model: held-out image metrics, landmark error, lip sync."""

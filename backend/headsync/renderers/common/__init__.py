@@ -1,0 +1,1 @@
+"""Parts renderers share: tri-plane and hash-grid encoders, conditioning, cameras, losses."""

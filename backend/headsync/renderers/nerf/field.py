@@ -1,0 +1,76 @@
+"""The head's radiance field: density and colour MLPs over the tri-plane feature and the conditions.
+
+ER-NeRF Eq. 6 / SyncTalk Eq. 12: ``F(x, d, f_l, f_e; H^3) -> (c, sigma)``.
+
+* density MLP: ``[f_x, f_l (region- and face-attended lip feature), f_e (attended expression)]`` ->
+  ``sigma`` and a geometry feature;
+* colour MLP: ``[geometry feature, view direction, appearance code]`` -> ``rgb``. The per-frame
+  appearance code (ER-NeRF's "individual code", as in NeRF-W) absorbs exposure/lighting changes of the
+  clip so the MLPs need not explain them with audio.
+
+Density is expressed per unit of the head box's diagonal (see :class:`~headsync.renderers.nerf.model.TalkingHead`), so
+the same initialisation works whatever the template's units are.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from ..common.conditioning import mlp
+
+
+@dataclass(frozen=True)
+class FieldConfig:
+    """MLP widths and depths (ER-NeRF: 64-wide, 3 density layers, 2 colour layers)."""
+
+    hidden: int = 64
+    density_layers: int = 3
+    geo_feat_dim: int = 64
+    color_hidden: int = 64
+    color_layers: int = 2
+    appearance_dim: int = 4
+
+
+class _TruncExp(torch.autograd.Function):
+    """``exp`` whose backward clamps its input, as Instant-NGP's trunc_exp: no exploding gradients."""
+
+    @staticmethod
+    def forward(ctx, x):  # noqa: D102
+        ctx.save_for_backward(x)
+        return torch.exp(x)
+
+    @staticmethod
+    def backward(ctx, g):  # noqa: D102
+        (x,) = ctx.saved_tensors
+        return g * torch.exp(x.clamp(-15, 15))
+
+
+def trunc_exp(x: torch.Tensor) -> torch.Tensor:
+    return _TruncExp.apply(x)
+
+
+class HeadField(nn.Module):
+    """Density and colour of points given their features.
+
+    ``density(fx (K, C), lip (K, A), expr (K, E))`` -> (sigma (K,), geo (K, G));
+    ``color(geo (K, G), dirs (K, 3) unit, code (K|1, P))`` -> rgb (K, 3) in [0, 1].
+    """
+
+    def __init__(self, feat_dim: int, audio_dim: int, expr_dim: int, cfg: FieldConfig):
+        super().__init__()
+        self.cfg = cfg
+        self.sigma_net = mlp(feat_dim + audio_dim + expr_dim, 1 + cfg.geo_feat_dim, cfg.hidden,
+                             cfg.density_layers)
+        self.color_net = mlp(cfg.geo_feat_dim + 3 + cfg.appearance_dim, 3, cfg.color_hidden, cfg.color_layers)
+
+    def density(self, fx: torch.Tensor, lip: torch.Tensor, expr: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.sigma_net(torch.cat([fx, lip, expr], -1))
+        return trunc_exp(h[:, 0]), h[:, 1:]
+
+    def color(self, geo: torch.Tensor, dirs: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+        code = code.expand(geo.shape[0], -1)
+        return torch.sigmoid(self.color_net(torch.cat([geo, dirs, code], -1)))

@@ -1,0 +1,1 @@
+"""Stage 2, subject folder -> trained model: one renderer-agnostic trainer, checkpoints, samplers."""
