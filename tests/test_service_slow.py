@@ -7,6 +7,7 @@ Both are ``slow``: minutes on two CPU cores.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -25,6 +26,19 @@ pytestmark = pytest.mark.slow
 SAMPLE = sample_dir()
 
 
+def _toml(v) -> str:
+    """A TOML value (nested tables such as ``[renderer] nerf`` as inline tables)."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    if isinstance(v, str):
+        return json.dumps(v)
+    return repr(v)
+
+
 def tiny_preset(path: Path) -> Path:
     """The ``preview`` preset with a few dozen training iterations of a 64-pixel head (a checkpoint every 10)
     and a few dozen steps of the audio-visual encoder."""
@@ -36,7 +50,7 @@ def tiny_preset(path: Path) -> Path:
     for name, table in tables.items():
         lines.append(f"[{name}]")
         for k, v in table.items():
-            lines.append(f"{k} = {str(v).lower() if isinstance(v, bool) else repr(v)}")
+            lines.append(f"{k} = {_toml(v)}")
     path.write_text("\n".join(lines) + "\n")
     return path
 
