@@ -27,7 +27,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install -q --upgrade pip
 	# torch first and pinned: here it takes the CPU build on disk; a GPU user installs the CUDA build first.
 	$(PY) -m pip install -q -c constraints.txt torch==2.13.0
-	$(PY) -m pip install -q -c constraints.txt -e ".[test,ray]"
+	$(PY) -m pip install -q -c constraints.txt -e ".[test]"
 	touch $(STAMP)
 
 demo: venv
