@@ -55,6 +55,10 @@ _SH_C3 = (-0.5900435899266435, 2.890611442640554, -0.4570457994644658, 0.3731763
           -0.4570457994644658, 1.445305721320277, -0.5900435899266435)
 #: Padded tile x pixel x splat entries evaluated at once (bounds the memory of one batch, ~20 MB float32).
 _BATCH_ENTRIES = 1 << 22
+#: log-alpha / log-transmittance of "nothing": exp() is exactly 0 in float32 and float64, gradients too.
+_DONE = -1e4
+_LOG_ALPHA_MIN = math.log(ALPHA_MIN)
+_LOG_T_MIN = math.log(T_MIN)
 #: Splats per depth slice between two checks for finished tiles.
 _DEPTH_SLICE = 32
 
@@ -170,41 +174,58 @@ def _bin(means2d: torch.Tensor, cov2d: torch.Tensor, depths: torch.Tensor, opac:
 def _composite_tiles(tiles: torch.Tensor, counts: torch.Tensor, starts: torch.Tensor, isect_gauss: torch.Tensor,
                      means2d: torch.Tensor, conics: torch.Tensor, opac: torch.Tensor, colors: torch.Tensor,
                      tiles_x: int, tile_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Composite a batch of tiles (B,) -> (colour (B, P, D), transmittance (B, P)), P = tile_size^2 pixels."""
+    """Composite a batch of tiles (B,) -> (colour (B, P, D), transmittance (B, P)), P = tile_size^2 pixels.
+
+    A splat's log-alpha at pixel offset ``(x, y)`` from the tile's corner is a quadratic in ``(x, y)``:
+    ``log o - (a dx^2 + 2 b dx dy + c dy^2) / 2`` with ``d = (x, y) - (u, v)``, ``(u, v)`` the splat's centre
+    in tile coordinates. Expanded into six coefficients per splat against six monomials per pixel, the
+    whole (splats x pixels) block is one matrix product; tile-local coordinates keep it well conditioned.
+    """
     b = tiles.numel()
     dtype, dev = means2d.dtype, means2d.device
     p = torch.arange(tile_size * tile_size, device=dev)
-    px = ((tiles % tiles_x)[:, None] * tile_size + p % tile_size).to(dtype) + 0.5  # (B, P)
-    py = ((tiles // tiles_x)[:, None] * tile_size + p // tile_size).to(dtype) + 0.5
+    lx, ly = (p % tile_size).to(dtype) + 0.5, (p // tile_size).to(dtype) + 0.5
+    monomials = torch.stack([lx * lx, ly * ly, lx * ly, lx, ly, torch.ones_like(lx)])  # (6, P)
+    origin = torch.stack([(tiles % tiles_x) * tile_size, (tiles // tiles_x) * tile_size], -1).to(dtype)  # (B, 2)
     d = colors.shape[1]
+    colors1 = torch.cat([colors, colors.new_ones(colors.shape[0], 1)], 1)  # last channel: sum of weights
     color = means2d.new_zeros(b, p.numel(), d)
-    log_t = means2d.new_zeros(b, p.numel())
-    done = torch.zeros(b, p.numel(), dtype=torch.bool, device=dev)
+    trans = means2d.new_ones(b, p.numel())
+    # log T of each pixel while it composites; _DONE (exp = 0, every splat refused) once it has stopped.
+    gate = means2d.new_zeros(b, p.numel())
     active = torch.arange(b, device=dev)
     kmax = int(counts.max()) if b else 0
     for k0 in range(0, kmax, _DEPTH_SLICE):
         k = torch.arange(k0, min(k0 + _DEPTH_SLICE, kmax), device=dev)
         valid = k[None, :] < counts[active, None]  # (A, S)
         idx = isect_gauss[(starts[active, None] + k[None, :]).clamp_max(isect_gauss.numel() - 1)]
-        m, cn, o = means2d[idx], conics[idx], opac[idx] * valid  # (A, S, 2), (A, S, 3), (A, S)
-        dx = px[active, :, None] - m[:, None, :, 0]  # (A, P, S)
-        dy = py[active, :, None] - m[:, None, :, 1]
-        power = -0.5 * (cn[:, None, :, 0] * dx * dx + cn[:, None, :, 2] * dy * dy) - cn[:, None, :, 1] * dx * dy
-        alpha = (o[:, None, :] * torch.exp(power)).clamp_max(ALPHA_MAX)
-        alpha = torch.where((power <= 0) & (alpha >= ALPHA_MIN), alpha, torch.zeros_like(alpha))
-        log1m = torch.log1p(-alpha)
-        t_incl = log_t[active, :, None] + torch.cumsum(log1m, -1)  # log T after each splat
-        keep = (t_incl >= math.log(T_MIN)) & ~done[active, :, None]
-        t_excl = t_incl - log1m
-        weight = torch.where(keep, alpha * torch.exp(t_excl), torch.zeros_like(alpha))
-        color = color.index_add(0, active, torch.einsum("aps,asd->apd", weight, colors[idx]))
-        log_t = log_t.index_add(0, active, (log1m * keep).sum(-1))
-        # A pixel is finished once a splat was refused (its cumulative transmittance crossed T_MIN).
-        done = done.index_put((active,), done[active] | (t_incl[..., -1] < math.log(T_MIN)))
-        active = active[~done[active].all(-1) & (counts[active] > k0 + _DEPTH_SLICE)]
+        uv = means2d[idx] - origin[active, None, :]  # (A, S, 2)
+        cn = conics[idx]
+        u, v = uv[..., 0], uv[..., 1]
+        a, bb, c = cn[..., 0], cn[..., 1], cn[..., 2]
+        log_o = torch.where(valid, torch.log(opac[idx].clamp_min(1e-30)), torch.full_like(a, _DONE))
+        coef = torch.stack([-0.5 * a, -0.5 * c, -bb, a * u + bb * v, c * v + bb * u,
+                            log_o - 0.5 * (a * u * u + c * v * v) - bb * u * v], -1)  # (A, S, 6)
+        log_alpha = coef @ monomials  # (A, S, P)
+        # Below 1/255 a splat is skipped (padding slots too: log-opacity _DONE gives alpha exactly 0).
+        log_alpha = torch.where(log_alpha >= _LOG_ALPHA_MIN, log_alpha, torch.full_like(log_alpha, _DONE))
+        alpha = torch.exp(log_alpha).clamp_max(ALPHA_MAX)
+        log1m = torch.log(1.0 - alpha)
+        csum = torch.cumsum(log1m, 1)  # log T after each splat, relative to the slice's start
+        g = gate[active, None, :]
+        refused = csum < _LOG_T_MIN - g
+        weight = (alpha * torch.exp(csum - log1m + g)).masked_fill(refused, 0.0)  # alpha * T before
+        out = weight.transpose(1, 2) @ colors1[idx]  # (A, P, D + 1)
+        color = color.index_add(0, active, out[..., :d])
+        trans = trans.index_add(0, active, -out[..., d])  # T_after = T_before - sum of weights (telescoping)
+        # A pixel stops once a splat was refused (its transmittance would have crossed T_MIN).
+        stopped = refused[:, -1, :] | (g[:, 0, :] <= _DONE)
+        gate = gate.index_copy(0, active, torch.where(stopped, torch.full_like(g[:, 0, :], _DONE),
+                                                      torch.log(trans[active].clamp_min(T_MIN * 0.5))))
+        active = active[~stopped.all(-1) & (counts[active] > k0 + _DEPTH_SLICE)]
         if active.numel() == 0:
             break
-    return color, torch.exp(log_t)
+    return color, trans
 
 
 def _rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, width, height, near_plane,
