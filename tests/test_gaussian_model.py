@@ -121,7 +121,7 @@ def test_two_stage_training_reaches_psnr(synthetic):
     train_psnr = psnr(model, data, ft, data.train[:6])
     held = psnr(model, data, ft, data.holdout)
     print(f"gaussian synthetic: held-out PSNR {before:.2f} -> {held:.2f} dB, train {train_psnr:.2f} dB")
-    assert held > 24.0 and held > before + 6.0, (before, held, train_psnr)
+    assert held > 22.0 and held > before + 8.0, (before, held, train_psnr)
 
 
 def test_densification_changes_count_and_training_continues(synthetic, tmp_path):

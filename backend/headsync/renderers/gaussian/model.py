@@ -164,6 +164,19 @@ class GaussianHead(nn.Module):
         s = self.n_sh * 3
         return h[:, :3], h[:, 3:7], h[:, 7:10], h[:, 10], h[:, 11:11 + s].view(-1, self.n_sh, 3)
 
+    def _canonical_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(f_mu, F_can(f_mu))`` of the centres: the same for every frame, so rendering without gradients
+        reuses them until a parameter changes (every in-place update bumps a tensor's version)."""
+        if torch.is_grad_enabled():
+            self._cache = None
+            f_mu = self.encoder(x)  # Eq. 16-17
+            return f_mu, self.canonical(f_mu)
+        key = tuple(p._version for p in self.parameters()) + tuple(id(p) for p in self.gaussians.values())
+        if getattr(self, "_cache", None) is None or self._cache[0] != key:
+            f_mu = self.encoder(x)
+            self._cache = (key, f_mu, self.canonical(f_mu))
+        return self._cache[1], self._cache[2]
+
     def frame_gaussians(self, cond: dict[str, torch.Tensor] | None, R_c2h: torch.Tensor, origin: torch.Tensor
                         ) -> dict[str, torch.Tensor]:
         """Canonical Gaussians (Eq. 18), deformed (Eq. 20) when in stage 2 and ``cond`` is given.
@@ -174,8 +187,8 @@ class GaussianHead(nn.Module):
         """
         g = self.gaussians
         x = g["means"]
-        f_mu = self.encoder(x)  # Eq. 16-17
-        d_mu, q, log_s, logit, sh = self._split(self.canonical(f_mu))  # Eq. 18
+        f_mu, h_can = self._canonical_features(x)
+        d_mu, q, log_s, logit, sh = self._split(h_can)  # Eq. 18
         mu = x + self.cfg.max_offset * self.diag * torch.tanh(d_mu)
         q = q + q.new_tensor([1.0, 0.0, 0.0, 0.0])
         log_s = log_s + g["log_scales"]
