@@ -171,7 +171,7 @@ class GaussianHead(nn.Module):
             self._cache = None
             f_mu = self.encoder(x)  # Eq. 16-17
             return f_mu, self.canonical(f_mu)
-        key = tuple(p._version for p in self.parameters()) + tuple(id(p) for p in self.gaussians.values())
+        key = (x.shape[0],) + tuple(id(p) for p in self.gaussians.values()) + tuple(p._version for p in self.parameters())
         if getattr(self, "_cache", None) is None or self._cache[0] != key:
             f_mu = self.encoder(x)
             self._cache = (key, f_mu, self.canonical(f_mu))
