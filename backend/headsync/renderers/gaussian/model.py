@@ -164,18 +164,22 @@ class GaussianHead(nn.Module):
         s = self.n_sh * 3
         return h[:, :3], h[:, 3:7], h[:, 7:10], h[:, 10], h[:, 11:11 + s].view(-1, self.n_sh, 3)
 
-    def _canonical_features(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """``(f_mu, F_can(f_mu))`` of the centres: the same for every frame, so rendering without gradients
+    def _per_gaussian(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
+        """What does not depend on the frame: ``f_mu`` (Eq. 16-17), ``F_can(f_mu)`` (Eq. 18), the masked
+        attention's weights and ``F_deform``'s first layer applied to ``f_mu``. Rendering without gradients
         reuses them until a parameter changes (every in-place update bumps a tensor's version)."""
-        if torch.is_grad_enabled():
-            self._cache = None
-            f_mu = self.encoder(x)  # Eq. 16-17
-            return f_mu, self.canonical(f_mu)
         key = (x.shape[0],) + tuple(id(p) for p in self.gaussians.values()) + tuple(p._version for p in self.parameters())
-        if getattr(self, "_cache", None) is None or self._cache[0] != key:
-            f_mu = self.encoder(x)
-            self._cache = (key, f_mu, self.canonical(f_mu))
-        return self._cache[1], self._cache[2]
+        cache = getattr(self, "_cache", None)
+        if not torch.is_grad_enabled() and cache is not None and cache[0] == key:
+            return cache[1]
+        f_mu = self.encoder(x)
+        w_lip, w_exp = self.conditioning.weights(f_mu, x)
+        first = self.deform[0]
+        feat = f_mu.shape[1]
+        out = {"f_mu": f_mu, "can": self.canonical(f_mu), "w_lip": w_lip, "w_exp": w_exp,
+               "deform_in": f_mu @ first.weight[:, :feat].T + first.bias}
+        self._cache = None if torch.is_grad_enabled() else (key, out)
+        return out
 
     def frame_gaussians(self, cond: dict[str, torch.Tensor] | None, R_c2h: torch.Tensor, origin: torch.Tensor
                         ) -> dict[str, torch.Tensor]:
@@ -187,8 +191,8 @@ class GaussianHead(nn.Module):
         """
         g = self.gaussians
         x = g["means"]
-        f_mu, h_can = self._canonical_features(x)
-        d_mu, q, log_s, logit, sh = self._split(h_can)  # Eq. 18
+        pg = self._per_gaussian(x)
+        d_mu, q, log_s, logit, sh = self._split(pg["can"])  # Eq. 18
         mu = x + self.cfg.max_offset * self.diag * torch.tanh(d_mu)
         q = q + q.new_tensor([1.0, 0.0, 0.0, 0.0])
         log_s = log_s + g["log_scales"]
@@ -196,10 +200,15 @@ class GaussianHead(nn.Module):
         can = {"can_scales": torch.exp(log_s).detach(), "can_quats": q.detach(),
                "can_opacities": torch.sigmoid(logit).detach()}
         if cond is not None and int(self.stage) == STAGE_DEFORM:
-            lip, expr = self.conditioning(f_mu, x, cond["lip"], cond["expr"])
+            lip, expr = cond["lip"] * pg["w_lip"], cond["expr"] * pg["w_exp"]  # Conditioning.forward
             R = R_c2h.T
-            pose = torch.cat([R.reshape(9), (-R @ origin) / self.diag]).expand(x.shape[0], 12)
-            dd_mu, dq, dlog_s, dlogit, dsh = self._split(self.deform(torch.cat([f_mu, lip, expr, pose], -1)))  # Eq. 19
+            pose = torch.cat([R.reshape(9), (-R @ origin) / self.diag])
+            # F_deform([f_mu, lip, expr, pose]) with its first layer split: the f_mu part is per Gaussian.
+            first = self.deform[0]
+            feat = pg["f_mu"].shape[1]
+            frame_in = torch.cat([lip, expr, pose.expand(lip.shape[0], 12)], -1) @ first.weight[:, feat:].T
+            h = self.deform[1:](pg["deform_in"] + frame_in)
+            dd_mu, dq, dlog_s, dlogit, dsh = self._split(h)  # Eq. 19
             mu, q, log_s, logit, sh = mu + dd_mu, q + dq, log_s + dlog_s, logit + dlogit, sh + dsh  # Eq. 20
         return {"means": mu, "quats": q, "scales": torch.exp(log_s), "opacities": torch.sigmoid(logit), "sh": sh,
                 **can}
