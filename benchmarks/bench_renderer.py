@@ -30,8 +30,8 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))  # the synthetic subject lives with the tests
 
 
-def bench(subject_dir: Path, preset: str, size: int, iters: int, frames: int, device: str, kind: str = "nerf"
-          ) -> dict:
+def bench(subject_dir: Path, preset: str, size: int, iters: int, frames: int, device: str, kind: str = "nerf",
+          audio_feature: str | None = None) -> dict:
     from headsync.core.config import load_preset, section
     from headsync.core.devices import set_threads
     from headsync.core.progress import silent
@@ -45,6 +45,8 @@ def bench(subject_dir: Path, preset: str, size: int, iters: int, frames: int, de
     cfg = section(p, "train", TrainConfig)
     cfg = dataclasses.replace(cfg, resolution=size, coarse_iters=iters, fine_iters=0, checkpoint_every=10 ** 9,
                               heldout_eval_frames=0, device=device, log_every=max(iters, 1))
+    if audio_feature:  # the synthetic subject has mel features only
+        cfg = dataclasses.replace(cfg, audio_feature=audio_feature)
     rcfg = section(p, f"renderer.{kind}", renderer_class(kind).Config)
     subject = Subject(subject_dir)
     out = Path(tempfile.mkdtemp(prefix="bench-run-"))
@@ -68,7 +70,7 @@ def bench(subject_dir: Path, preset: str, size: int, iters: int, frames: int, de
     return {"preset": preset, "renderer": kind, "resolution": size, "device": device, "threads": threads,
             "train_iters": iters, "rays_per_iter": cfg.rays, "train_it_per_s": m["it_per_s"],
             "render_fps": round(1.0 / float(np.mean(times)), 3), "render_frames": frames,
-            "samples_per_ray": m.get("samples_per_ray"), "loadavg_1min": round(load, 2)}
+            "samples_per_ray": m.get("samples_per_ray"), "loadavg_1min": round(load, 2), "run_dir": str(out)}
 
 
 def main(argv=None) -> int:
@@ -89,7 +91,8 @@ def main(argv=None) -> int:
             from synthetic_head import make_subject
 
             subject_dir = make_subject(Path(tempfile.mkdtemp(prefix="bench-subject-")) / "s", n_frames=20, size=size)
-        r = bench(subject_dir, args.preset, size, args.iters, args.frames, args.device, args.renderer)
+        r = bench(subject_dir, args.preset, size, args.iters, args.frames, args.device, args.renderer,
+                  None if args.subject else "mel")
         print(json.dumps(r), flush=True)
         rows.append(r)
     print("\n| preset | resolution | device | threads | rays/iter | train it/s | render fps | load avg |")

@@ -1,0 +1,1 @@
+"""SyncTalk++'s Dynamic Portrait Renderer: tri-plane Gaussian head, tile rasterizer, densification."""
