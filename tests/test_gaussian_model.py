@@ -6,36 +6,32 @@ swaying poses over a plate, with blinking eyes and an audio-driven mouth. Traini
 
 from __future__ import annotations
 
-import types
-
 import numpy as np
 import pytest
 import torch
 
-from headsync.conditioning import window_indices
-from headsync.dataset import load_subject_data
-from headsync.losses import psnr_from_mse
+from headsync.renderers.common.conditioning import window_indices
+from headsync.renderers.common.losses import psnr_from_mse
 from headsync.renderers.gaussian.model import STAGE_DEFORM, GaussianConfig, GaussianHead
 from headsync.renderers.gaussian.strategy import DensifyConfig, DensifyStrategy
-from headsync.subject import Subject
-from headsync.training import FrameTensors
+from headsync.subject.data import load_subject_data
+from headsync.subject.folder import Subject
+from headsync.training.trainer import FrameTensors, TrainConfig, frame_camera, subject_meta
 
 from synthetic_head import make_subject
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 SIZE = 48
-LR = {"means": 2e-3, "log_scales": 5e-3, "opacity_logits": 5e-2, "hash": 1e-2, "net": 2e-3}
 
 
 @pytest.fixture(scope="module")
 def synthetic(tmp_path_factory):
     root = make_subject(tmp_path_factory.mktemp("gs") / "s", n_frames=24, size=SIZE)
-    data = load_subject_data(Subject(root), SIZE, "mel", 0.125)
+    data = load_subject_data(Subject(root), SIZE, "mel")
     return data, FrameTensors.of(data, torch.device("cpu"))
 
 
-def camera(data, ft, f):
-    return types.SimpleNamespace(K=data.K, R_c2h=ft.R_c2h[f], origin=ft.origin[f])
+camera = frame_camera
 
 
 def cond_of(model, data, ft, f):
@@ -59,11 +55,11 @@ def psnr(model, data, ft, frames):
 
 def build(data, **kw):
     cfg = GaussianConfig(fill_points=kw.pop("fill_points", 1500), **kw)
-    return GaussianHead(cfg, data.pose.template, audio_in=data.audio.shape[1])
+    return GaussianHead(cfg, subject_meta(data, TrainConfig(resolution=SIZE, audio_feature="mel")))
 
 
 def train(model, data, ft, iters, strategy=None, deform_from=None, seed=0):
-    opt = torch.optim.Adam(model.param_groups(LR), eps=1e-15)
+    opt = torch.optim.Adam(model.param_groups(), eps=1e-15)
     state = strategy.initialize_state() if strategy else None
     rng = np.random.default_rng(seed)
     log = []

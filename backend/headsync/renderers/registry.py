@@ -18,7 +18,7 @@ if TYPE_CHECKING:  # the base module imports torch; this one stays light, so lis
     from .base import Renderer
 
 #: Modules holding the built-in renderers (each registers itself when imported).
-BUILTIN = ("headsync.renderers.nerf",)
+BUILTIN = ("headsync.renderers.nerf", "headsync.renderers.gaussian")
 PLUGINS_ENV = "HEADSYNC_PLUGINS"
 #: What ``train`` uses without ``--renderer``.
 DEFAULT_RENDERER = "nerf"

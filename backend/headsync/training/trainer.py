@@ -116,6 +116,8 @@ class StepContext:
     data: SubjectData
     frames: FrameTensors
     rng: np.random.Generator
+    cfg: TrainConfig
+    optimizer: torch.optim.Optimizer
 
     def conditions(self, frame: int, neutral: bool = False) -> dict[str, torch.Tensor]:
         """The renderer's conditions of subject frame ``frame`` (``neutral``: as for a frame it never saw)."""
@@ -201,7 +203,7 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
                                             "train": as_dict(cfg), "renderer_config": as_dict(renderer_cfg),
                                             "started_at_iteration": start})
     ft = FrameTensors.of(data, device)
-    ctx = StepContext(renderer, data, ft, rng)
+    ctx = StepContext(renderer, data, ft, rng, cfg, opt)
     callbacks = renderer.callbacks()
     perc_name, perc = perceptual_loss()
     log = open(out / "log.txt", "a")
@@ -257,6 +259,8 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
             loss = loss + term
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for cb in callbacks:
+            stats.update(cb.after_backward(it, ctx, out_r))
         opt.step()
         sched.step()
         for cb in callbacks:

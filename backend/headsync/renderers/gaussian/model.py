@@ -4,23 +4,27 @@ by the lip feature, the expression feature and the head pose.
 * Canonical Gaussians (Eq. 16-18). The centres start on the subject: the stabilizer's face-template points
   plus points filling the head box (an ellipsoid inscribed in it, seeded, so rebuilding gives the same
   set). At each centre the tri-plane hash feature ``f_mu = f_XY ⊕ f_YZ ⊕ f_XZ`` (the NeRF's
-  :class:`~headsync.triplane.TriPlaneEncoder`) goes through ``F_can`` (an MLP with one head per attribute)
+  :class:`~headsync.renderers.common.triplane.TriPlaneEncoder`) goes through ``F_can`` (an MLP with one head per attribute)
   to a position offset, rotation (quaternion), scale, opacity and SH colour. Scale and opacity are the
   MLP's output added to per-Gaussian ``log_scales`` / ``opacity_logits``: what densification edits when it
   splits a Gaussian (scale / 1.6) or resets opacities, as gsplat's strategy edits its raw parameters.
   Initial scales are ``init_scale`` x the mean distance to the three nearest centres (3DGS: 1x).
 * Deformation (Eq. 19-20). ``F_deform([f_mu, f_l', f_e', pose])`` gives offsets of every attribute; the
   lip and expression features reach each Gaussian through the facial-aware masked attention of
-  :class:`~headsync.conditioning.Conditioning` (lips only below the nose tip, expression only above),
+  :class:`~headsync.renderers.common.conditioning.Conditioning` (lips only below the nose tip, expression only above),
   and the pose is the frame's camera in head space (rotation, translation / box diagonal). Its last layer
   starts at zero, so stage 2 begins where stage 1 (canonical, static) ended.
 * Rendering: :func:`~headsync.renderers.gaussian.rasterizer.rasterization` from the frame's camera
   (head space is the world, the camera moves around the still head as in the NeRF), the head laid over
   the frame's background.
 
-Losses (Eq. 22, 24): L1 + ``lpips_weight`` x the perceptual term of :mod:`headsync.losses` (LPIPS with its
-weights installed, else ``1 - SSIM``), raised to ``lpips_weight_deform`` in stage 2, plus the silhouette
-term the NeRF uses (opacity vs the head mask).
+Training (the ``gaussian`` renderer of :mod:`headsync.renderers.registry`, through the one trainer):
+whole frames (:attr:`Sampling.IMAGE`); stage 1 (canonical) is the ``[train]`` schedule's coarse stage,
+stage 2 (deformable) its fine stage (:class:`StageSwitch`); densification and pruning after every
+backward pass (:class:`Densify`, :mod:`.strategy`, the ``[renderer.gaussian.densify]`` table). Losses
+(Eq. 22, 24): the trainer's pixel and silhouette terms, plus L1 + ``lpips_weight`` x the perceptual term
+of :mod:`headsync.renderers.common.losses` (LPIPS with its weights installed, else ``1 - SSIM``), raised
+to ``lpips_weight_deform`` in stage 2.
 """
 
 from __future__ import annotations
@@ -34,13 +38,16 @@ import numpy as np
 import torch
 from torch import nn
 
-from ...cameras import Intrinsics
-from ...conditioning import AudioEncoder, AudioSmoother, Conditioning, ConditioningConfig, mlp
-from ...hashgrid import HashGridConfig
-from ...losses import perceptual_loss
-from ...model import head_box
-from ...triplane import TriPlaneEncoder
+from ..base import Renderer, Sampling, SubjectMeta, TrainingCallback
+from ..common.cameras import Camera, Intrinsics
+from ..common.conditioning import AudioEncoder, AudioSmoother, Conditioning, ConditioningConfig, mlp
+from ..common.hashgrid import HashGridConfig
+from ..common.losses import perceptual_loss
+from ..common.triplane import TriPlaneEncoder
+from ..nerf.model import head_box
+from ..registry import register_renderer
 from .rasterizer import rasterization
+from .strategy import DensifyConfig, DensifyStrategy
 
 #: Per-Gaussian tensors (leading dimension N) that densification resizes.
 GAUSSIAN_PARAMS = ("means", "log_scales", "opacity_logits")
@@ -69,7 +76,13 @@ class GaussianConfig:
     l1_weight: float = 1.0
     lpips_weight: float = 0.05  # Eq. 22
     lpips_weight_deform: float = 0.2  # Eq. 24: raised in the deformation stage
-    mask_weight: float = 0.1
+    # Adam learning rates (3DGS / gsplat's for the per-Gaussian tensors, the papers' 1e-2 for hash tables).
+    lr_means: float = 2e-3
+    lr_log_scales: float = 5e-3
+    lr_opacity_logits: float = 5e-2
+    lr_hash: float = 1e-2
+    lr_net: float = 2e-3
+    densify: DensifyConfig = dataclasses.field(default_factory=DensifyConfig)
 
 
 def init_centres(template: np.ndarray, aabb: np.ndarray, n_fill: int, seed: int) -> np.ndarray:
@@ -104,21 +117,23 @@ def intrinsics_matrix(K: Intrinsics, device, dtype=torch.float32) -> torch.Tenso
     return torch.as_tensor(K.matrix(), dtype=dtype, device=device)
 
 
-class GaussianHead(nn.Module):
+@register_renderer("gaussian")
+class GaussianHead(Renderer):
     """Audio- and expression-driven Gaussian head.
 
-    ``template`` (P, 3) head-space face points (MediaPipe order, from the stabilizer), ``audio_in`` the
-    audio-feature width, ``expr_dim`` 7.
+    ``meta.template`` (P, 3) head-space face points (MediaPipe order, from the stabilizer) seed the centres,
+    place the head box and the face split; ``meta.audio_dim`` is the audio-feature width.
     """
 
-    kind = "gaussian"
+    Config = GaussianConfig
 
-    def __init__(self, cfg: GaussianConfig, template: np.ndarray, audio_in: int, expr_dim: int = 7,
-                 device: torch.device | str = "cpu"):
-        super().__init__()
+    def __init__(self, cfg: GaussianConfig, meta: SubjectMeta, device: torch.device | str = "cpu"):
+        super().__init__(cfg, meta)
         if not 0 <= cfg.sh_degree <= 3:
             raise ValueError(f"sh_degree must be 0..3, got {cfg.sh_degree}")
-        self.cfg = cfg
+        template = np.asarray(meta.template, np.float32)
+        audio_in, expr_dim = meta.audio_dim, len(meta.coefficient_names)
+        self.audio_window = cfg.cond.smooth_window
         box = head_box(np.asarray(template, np.float32), cfg.bound_margin)
         aabb = torch.as_tensor(box)
         self.register_buffer("aabb", aabb.clone())
@@ -144,6 +159,10 @@ class GaussianHead(nn.Module):
             "opacity_logits": nn.Parameter(torch.full((centres.shape[0],), math.log(cfg.init_opacity / (1 - cfg.init_opacity)))),
         })
         self.to(device)
+
+    @classmethod
+    def build(cls, cfg: GaussianConfig, meta: SubjectMeta, device: torch.device | str) -> "GaussianHead":
+        return cls(cfg, meta, device=device)
 
     @property
     def n_gaussians(self) -> int:
@@ -214,12 +233,11 @@ class GaussianHead(nn.Module):
                 **can}
 
     # ---- protocol: render ------------------------------------------------------------------------------
-    def render(self, camera: Any, cond: dict[str, torch.Tensor] | None, background: torch.Tensor,
+    def render(self, camera: Camera, cond: dict[str, torch.Tensor] | None, background: torch.Tensor,
                pixels: torch.Tensor | None = None, train: bool = False) -> dict[str, Any]:
-        """Render one frame at ``camera.K.size``.
+        """Render one frame at ``camera.K.size`` (see :meth:`Renderer.render`).
 
-        ``camera`` has ``K`` (:class:`~headsync.cameras.Intrinsics`), ``R_c2h`` (3, 3) and ``origin`` (3,)
-        (head space); ``background`` (S, S, 3) in [0, 1], or (M, 3) with ``pixels`` (M, 2) integer (x, y):
+        ``camera`` (:class:`~headsync.renderers.common.cameras.Camera`) in head space; ``background`` (S, S, 3) in [0, 1], or (M, 3) with ``pixels`` (M, 2) integer (x, y):
         then only those pixels are returned. Returns ``rgb`` over the background, ``head`` premultiplied,
         ``opacity``, each (S, S, ...) or (M, ...), and ``meta`` (the rasterizer's, plus the canonical
         attributes the densification strategy reads). With ``train``, ``meta["means2d"]`` keeps its gradient.
@@ -231,7 +249,7 @@ class GaussianHead(nn.Module):
         Kmat = intrinsics_matrix(camera.K, dev)[None]
         head, alpha, meta = rasterization(gs["means"], gs["quats"], gs["scales"], gs["opacities"], gs["sh"], W, Kmat,
                                           size, size, sh_degree=self.cfg.sh_degree, tile_size=self.cfg.tile_size)
-        if train:
+        if train and meta["means2d"].requires_grad:
             meta["means2d"].retain_grad()
         meta.update(scales=gs["can_scales"], quats=gs["can_quats"], opacities=gs["can_opacities"])
         head, alpha = head[0], alpha[0, ..., 0]
@@ -243,31 +261,43 @@ class GaussianHead(nn.Module):
     # ---- protocol: losses, parameters, state -----------------------------------------------------------
     def losses(self, out: dict[str, Any], target: torch.Tensor, mask: torch.Tensor, batch: Any = None
                ) -> dict[str, torch.Tensor]:
-        """Weighted terms of Eq. 22 (stage 1) / Eq. 24 (stage 2) for whole images or patches (S, S, 3) in
-        [0, 1]; ``mask`` (S, S) 1 on the head. Sum them for the loss."""
+        """Weighted terms of Eq. 22 (stage 1) / Eq. 24 (stage 2) for whole images (S, S, 3) in [0, 1] (the
+        perceptual term needs an image; pixel sets get L1 only). ``mask`` is the trainer's: its silhouette
+        term is added there. Sum them for the loss."""
         cfg = self.cfg
         if not hasattr(self, "_perceptual"):
             self.perceptual_name, self._perceptual = perceptual_loss()
         rgb = out["rgb"]
         lp_w = cfg.lpips_weight_deform if int(self.stage) == STAGE_DEFORM else cfg.lpips_weight
-        terms = {"l1": cfg.l1_weight * (rgb - target).abs().mean(),
-                 "mask": cfg.mask_weight * (out["opacity"] - mask).abs().mean()}
+        terms = {"l1": cfg.l1_weight * (rgb - target).abs().mean()}
         if lp_w > 0 and rgb.dim() == 3:
             terms["lpips"] = lp_w * self._perceptual(rgb.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None])
         return terms
 
-    def param_groups(self, lr: dict[str, float]) -> list[dict[str, Any]]:
+    def param_groups(self, train_cfg: Any = None) -> list[dict[str, Any]]:
         """Optimizer groups, one per per-Gaussian tensor (densification re-indexes them) plus the tri-plane
-        tables and the networks. ``lr`` maps ``means``, ``log_scales``, ``opacity_logits``, ``hash``, ``net``
-        to learning rates."""
-        groups = [{"name": k, "params": [self.gaussians[k]], "lr": lr[k], "weight_decay": 0.0}
+        tables and the networks, at the config's ``lr_*`` rates, no weight decay (3DGS uses plain Adam)."""
+        cfg = self.cfg
+        groups = [{"name": k, "params": [self.gaussians[k]], "lr": getattr(cfg, f"lr_{k}"), "weight_decay": 0.0}
                   for k in GAUSSIAN_PARAMS]
         hash_params = list(self.encoder.grid.parameters())
         ids = {id(p) for p in hash_params} | {id(p) for p in self.gaussians.parameters()}
-        groups.append({"name": "hash", "params": hash_params, "lr": lr["hash"], "weight_decay": 0.0})
+        groups.append({"name": "hash", "params": hash_params, "lr": cfg.lr_hash, "weight_decay": 0.0})
         groups.append({"name": "net", "params": [p for p in self.parameters() if id(p) not in ids],
-                       "lr": lr["net"], "weight_decay": 0.0})
+                       "lr": cfg.lr_net, "weight_decay": 0.0})
         return groups
+
+    # ---- protocol: training hooks -------------------------------------------------------------------
+    def sampling(self, stage: str) -> Sampling:
+        """Whole frames in both stages: splatting draws an image at once, and Eq. 22/24's perceptual term
+        needs one."""
+        return Sampling.IMAGE
+
+    def callbacks(self) -> list[TrainingCallback]:
+        return [StageSwitch(), Densify(DensifyStrategy(self.cfg.densify, scene_scale=self.diag / 2))]
+
+    def start_training(self, train_audio: np.ndarray) -> None:
+        self.audio_encoder.set_statistics(train_audio)
 
     def set_stage(self, stage: int) -> None:
         """1: canonical (static) Gaussians, 2: deformable (Sec. III-D's two stages)."""
@@ -283,3 +313,24 @@ class GaussianHead(nn.Module):
             if saved.shape != self.gaussians[k].shape:
                 self.gaussians[k] = nn.Parameter(torch.empty_like(saved, device=self.gaussians[k].device))
         self.load_state_dict(state)
+
+
+class StageSwitch(TrainingCallback):
+    """Stage 1 (canonical Gaussians) over the schedule's coarse stage, stage 2 (deformation) over its fine
+    stage; set before every step, so a resumed run is in the right stage too."""
+
+    def before_step(self, it: int, ctx) -> None:
+        ctx.renderer.set_stage(STAGE_CANONICAL if ctx.cfg.stage(it) == "coarse" else STAGE_DEFORM)
+
+
+class Densify(TrainingCallback):
+    """The densification strategy after each backward pass (before the optimiser steps, which then holds
+    the resized tensors and their re-indexed moments). Its gradient statistics restart on resume."""
+
+    def __init__(self, strategy: DensifyStrategy):
+        self.strategy = strategy
+        self.state = strategy.initialize_state()
+
+    def after_backward(self, it: int, ctx, out: dict[str, Any]) -> dict[str, float]:
+        r = self.strategy.step_post_backward(ctx.renderer.gaussians, [ctx.optimizer], self.state, it, out["meta"])
+        return {"gaussians": float(ctx.renderer.n_gaussians), **{k: float(v) for k, v in r.items() if v}}

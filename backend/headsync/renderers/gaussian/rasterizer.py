@@ -40,6 +40,8 @@ from typing import Any
 
 import torch
 
+from ...core.devices import cuda_extension_available
+
 #: Smallest alpha that is composited (3DGS, gsplat).
 ALPHA_MIN = 1.0 / 255.0
 #: Largest alpha of one splat (3DGS; gsplat: 0.999).
@@ -291,14 +293,8 @@ def _rasterize_torch(means, quats, scales, opacities, colors, viewmats, Ks, widt
 
 
 def gsplat_available(device: torch.device | str) -> bool:
-    """True when ``gsplat`` imports and ``device`` is CUDA (its kernels are CUDA-only)."""
-    if torch.device(device).type != "cuda":
-        return False
-    try:
-        import gsplat  # noqa: F401
-    except Exception:  # ImportError, or a wheel built for another CUDA failing at load
-        return False
-    return True
+    """True when ``gsplat`` imports and ``device`` is CUDA."""
+    return cuda_extension_available("gsplat", device)
 
 
 def rasterization(means: torch.Tensor, quats: torch.Tensor, scales: torch.Tensor, opacities: torch.Tensor,
