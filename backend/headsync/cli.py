@@ -40,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = common(sub.add_parser("train", help="train the talking head of a prepared subject"))
     sp.add_argument("--subject", required=True)
     sp.add_argument("--preset", default="standard")
-    sp.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERERS, help="a registered renderer")
+    sp.add_argument("--renderer", choices=RENDERERS,
+                    help=f"a registered renderer (default: the preset's [renderer] default, else {DEFAULT_RENDERER})")
     sp.add_argument("--run", default="default")
     sp.add_argument("--resume", action="store_true")
 
@@ -63,7 +64,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = common(sub.add_parser("demo", help="the whole pipeline on the bundled sample"))
     sp.add_argument("--out", default=str(REPO / "out" / "demo"))
     sp.add_argument("--preset", default="preview")
-    sp.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERERS, help="a registered renderer")
+    sp.add_argument("--renderer", choices=RENDERERS,
+                    help=f"a registered renderer (default: the preset's [renderer] default, else {DEFAULT_RENDERER})")
 
     sp = sub.add_parser("serve", help="the local service the Blender add-on talks to")
     sp.add_argument("--host", default="127.0.0.1")
@@ -109,8 +111,10 @@ def _demo(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
 
     # A demo stopped during training picks up from its checkpoint when run again.
     resume = (run_dir(Subject(subject), args.preset) / "checkpoint.pt").exists()
-    result["train"] = tasks.run("train", {"subject": str(subject), "preset": args.preset, "run": args.preset,
-                                          "renderer": args.renderer, "resume": resume}, reporter)
+    train = {"subject": str(subject), "preset": args.preset, "run": args.preset, "resume": resume}
+    if args.renderer:
+        train["renderer"] = args.renderer
+    result["train"] = tasks.run("train", train, reporter)
     result["render"] = tasks.run("render", {"subject": str(subject), "audio": str(SAMPLE / "dub.wav"),
                                             "run": args.preset, "out": str(out / "render")}, reporter)
     return result

@@ -12,7 +12,7 @@ from typing import Any, Callable, Collection
 
 from .core.errors import UserError
 from .core.progress import Reporter
-from .renderers.registry import DEFAULT_RENDERER, RENDERERS
+from .renderers.registry import RENDERERS
 
 
 @dataclass(frozen=True)
@@ -54,7 +54,8 @@ TASKS: dict[str, Task] = {
         Task("train", (
             Param("subject", str, True, path=True, help="a prepared subject folder"),
             Param("preset", str, default="standard"),
-            Param("renderer", str, default=DEFAULT_RENDERER, choices=RENDERERS, help="a registered renderer"),
+            Param("renderer", str, choices=RENDERERS,
+                  help="a registered renderer (default: the preset's [renderer] default, else nerf)"),
             Param("run", str, default="default", help="name of the model run under models/"),
             Param("resume", bool, default=False, help="continue from the run's last checkpoint"),
         ), "training.trainer:train_task", "prepared subject -> trained model"),

@@ -35,7 +35,7 @@ from ..renderers.base import Renderer, SubjectMeta
 from ..renderers.common.cameras import Camera, camera_to_head
 from ..renderers.common.conditioning import window_indices
 from ..renderers.common.losses import mse, perceptual_loss, psnr_from_mse
-from ..renderers.registry import DEFAULT_RENDERER, renderer_class
+from ..renderers.registry import preset_renderer, renderer_class
 from ..subject.data import SubjectData, load_subject_data
 from ..subject.folder import CORE_EXPRESSIONS, Subject
 from .checkpoints import load_checkpoint, run_dir, save_checkpoint
@@ -290,11 +290,12 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
 
 
 def train_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
-    """Entry of the ``train`` job: ``subject``, ``preset``, ``renderer``, ``run``, ``resume``."""
-    kind = params.get("renderer") or DEFAULT_RENDERER
+    """Entry of the ``train`` job: ``subject``, ``preset``, ``renderer`` (default: the preset's
+    ``[renderer] default``), ``run``, ``resume``."""
+    preset = load_preset(params.get("preset") or "standard")
+    kind = params.get("renderer") or preset_renderer(preset.tables)
     cls = renderer_class(kind)
     subject = Subject(Path(params["subject"]).expanduser().resolve())
-    preset = load_preset(params.get("preset") or "standard")
     cfg = section(preset, "train", TrainConfig)
     renderer_cfg = section(preset, f"renderer.{kind}", cls.Config)
     out = run_dir(subject, params.get("run") or "default")

@@ -330,7 +330,10 @@ class Densify(TrainingCallback):
     def __init__(self, strategy: DensifyStrategy):
         self.strategy = strategy
         self.state = strategy.initialize_state()
+        self.totals = {"cloned": 0, "split": 0, "pruned": 0}  # since this process started the run
 
     def after_backward(self, it: int, ctx, out: dict[str, Any]) -> dict[str, float]:
         r = self.strategy.step_post_backward(ctx.renderer.gaussians, [ctx.optimizer], self.state, it, out["meta"])
-        return {"gaussians": float(ctx.renderer.n_gaussians), **{k: float(v) for k, v in r.items() if v}}
+        for k in self.totals:
+            self.totals[k] += r[k]
+        return {"gaussians": float(ctx.renderer.n_gaussians), **{k: float(v) for k, v in self.totals.items()}}
