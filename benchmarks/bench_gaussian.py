@@ -1,17 +1,17 @@
 """Render speed of the Gaussian head beside the NeRF's, in one run: frames/s at each size and their ratio.
 
-Both renderers are trained on the tests' synthetic subject at ``--train-size`` (96 px, the preview
-size): the NeRF with the ``preview`` table for ``--nerf-iters`` iterations through ``bench_renderer.py``'s
-:func:`bench` (the real training loop, so its occupancy grid is a trained one), the Gaussian head for
-``--gauss-iters`` whole-frame iterations (stage 2 from 60%, no densification: its count stays as
-:class:`GaussianHead` initialises it for a head, the template's 478 points + ``--fill-points``). Then each
-renders whole frames at every ``--sizes`` with the same camera scaled, back to back on the same torch
-threads: the NeRF with ``TalkingHead.render_image``, the Gaussian head with ``GaussianHead.render`` (from
-the frame's conditions to the image over the plate: conditions, deformation MLP, CPU tile rasterizer).
-Also timed: the rasterizer alone and one Gaussian training step (forward + backward) at each size.
+Both renderers are trained through the one trainer (:func:`headsync.training.trainer.train`, via
+``bench_renderer.py``'s :func:`bench`) on the tests' synthetic subject at ``--train-size`` (96 px, the
+preview size) with the ``--preset`` tables, the NeRF for ``--nerf-iters`` and the Gaussian head for
+``--gauss-iters`` iterations (coarse stage only: the Gaussians stay canonical, densification as the preset
+says); or, with ``--checkpoints NERF GAUSSIAN --subject DIR``, two runs already trained on a subject are
+loaded. Then each renders whole frames at every ``--sizes`` with the frame's camera scaled, back to back
+on the same torch threads, through the renderer protocol (conditions, then ``render`` over the plate).
+Also timed: the rasterizer alone on the frame's Gaussians.
 
     .venv/bin/python benchmarks/bench_gaussian.py                     # 96, 256 and 512 px
-    .venv/bin/python benchmarks/bench_gaussian.py --sizes 96 --frames 2 --nerf-iters 100 --gauss-iters 50
+    .venv/bin/python benchmarks/bench_gaussian.py --subject S --checkpoints S/models/nerf/checkpoint.pt \
+        S/models/gauss/checkpoint.pt --sizes 96 256 512 --frames 2
 
 Prints one JSON object per size and a Markdown table for docs/benchmarks.md. On a shared machine the
 absolute figures move with its load (printed); the ratio, measured back to back, moves much less.
@@ -25,14 +25,13 @@ import os
 import sys
 import tempfile
 import time
-import types
 from pathlib import Path
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_renderer import bench as bench_nerf  # noqa: E402  (also puts tests/ on the path)
+from bench_renderer import bench  # noqa: E402  (also puts tests/ on the path)
 
 
 def mean_time(fn, n: int) -> float:
@@ -51,55 +50,43 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", type=int, nargs="+", default=[96, 256, 512])
     ap.add_argument("--train-size", type=int, default=96)
     ap.add_argument("--frames", type=int, default=3)
+    ap.add_argument("--preset", default="preview")
     ap.add_argument("--nerf-iters", type=int, default=600)
     ap.add_argument("--gauss-iters", type=int, default=300)
-    ap.add_argument("--fill-points", type=int, default=4096)
+    ap.add_argument("--subject", type=Path, help="with --checkpoints: the subject they were trained on")
+    ap.add_argument("--checkpoints", type=Path, nargs=2, metavar=("NERF", "GAUSSIAN"))
     args = ap.parse_args(argv)
 
     from synthetic_head import make_subject
 
-    from headsync.conditioning import window_indices
-    from headsync.dataset import load_subject_data
-    from headsync.renderers.gaussian.model import STAGE_DEFORM, GaussianConfig, GaussianHead, viewmat
+    from headsync.renderers.common.cameras import Camera
+    from headsync.renderers.gaussian.model import viewmat
     from headsync.renderers.gaussian.rasterizer import rasterization
-    from headsync.subject import Subject
-    from headsync.training import FrameTensors, frame_conditions, model_from_checkpoint
+    from headsync.subject.data import load_subject_data
+    from headsync.subject.folder import Subject
+    from headsync.training.checkpoints import load_renderer
+    from headsync.training.trainer import FrameTensors, frame_conditions
 
-    subject_dir = make_subject(Path(tempfile.mkdtemp(prefix="bench-subject-")) / "s", n_frames=20,
-                               size=args.train_size)
-    nerf_run = bench_nerf(subject_dir, "preview", args.train_size, args.nerf_iters, 1, "cpu", "mel")
-    threads = torch.get_num_threads()  # bench() set the preset's threads; the Gaussian head uses the same
-    nerf, ncfg, _ = model_from_checkpoint(Path(nerf_run["run_dir"]) / "checkpoint.pt", "cpu")
-    data = load_subject_data(Subject(subject_dir), args.train_size, "mel", 0.1)
+    if args.checkpoints:
+        if not args.subject:
+            ap.error("--checkpoints needs --subject")
+        subject_dir, paths = args.subject, list(args.checkpoints)
+        train_info = {"nerf_iters": None, "gauss_iters": None}
+        torch.set_num_threads(1)
+    else:
+        subject_dir = make_subject(Path(tempfile.mkdtemp(prefix="bench-subject-")) / "s", n_frames=20,
+                                   size=args.train_size)
+        runs = [bench(subject_dir, args.preset, args.train_size, iters, 1, "cpu", kind, "mel")
+                for kind, iters in (("nerf", args.nerf_iters), ("gaussian", args.gauss_iters))]
+        paths = [Path(r["run_dir"]) / "checkpoint.pt" for r in runs]
+        train_info = {"nerf_iters": args.nerf_iters, "gauss_iters": args.gauss_iters}
+    threads = torch.get_num_threads()  # bench() set the preset's threads; both render on the same
+    nerf, _ = load_renderer(paths[0], "cpu")
+    gauss, _ = load_renderer(paths[1], "cpu")
+    if (nerf.kind, gauss.kind) != ("nerf", "gaussian"):
+        ap.error(f"--checkpoints must be a nerf then a gaussian run, got {nerf.kind}, {gauss.kind}")
+    data = load_subject_data(Subject(subject_dir), nerf.meta.resolution, nerf.meta.audio_feature)
     ft = FrameTensors.of(data, torch.device("cpu"))
-
-    cfg = GaussianConfig(fill_points=args.fill_points)
-    gauss = GaussianHead(cfg, data.pose.template, audio_in=data.audio.shape[1])
-    opt = torch.optim.Adam(gauss.param_groups({"means": 2e-3, "log_scales": 5e-3, "opacity_logits": 5e-2,
-                                               "hash": 1e-2, "net": 2e-3}), eps=1e-15)
-    rng = np.random.default_rng(0)
-
-    def inputs(f, K):
-        idx = torch.as_tensor(window_indices(np.array([f]), ft.audio.shape[0], cfg.cond.smooth_window))
-        return types.SimpleNamespace(K=K, R_c2h=ft.R_c2h[f], origin=ft.origin[f]), ft.audio[idx], ft.expression[f:f + 1]
-
-    def gauss_step(f, K, target, bg, mask):
-        cam, audio, expr = inputs(f, K)
-        out = gauss.render(cam, gauss.conditions(audio, expr), bg, train=True)
-        loss = sum(gauss.losses(out, target, mask).values())
-        opt.zero_grad()
-        loss.backward()
-
-    t0 = time.perf_counter()
-    for it in range(args.gauss_iters):
-        if it == int(0.6 * args.gauss_iters):
-            gauss.set_stage(STAGE_DEFORM)
-        f = int(rng.choice(data.train))
-        gauss_step(f, data.K, ft.images[f].float() / 255, ft.backgrounds[f].float() / 255, ft.head[f].float())
-        opt.step()
-    gauss_train_s = time.perf_counter() - t0
-    gauss.set_stage(STAGE_DEFORM)
-    gauss.eval()
 
     rows = []
     for size in args.sizes:
@@ -108,48 +95,37 @@ def main(argv=None) -> int:
         frames = [int(data.train[k % data.train.size]) for k in range(args.frames + 1)]
         load = os.getloadavg()[0]
 
-        def nerf_frame(k):
-            f = frames[k]
-            with torch.no_grad():
-                cond = frame_conditions(nerf, ft, f, f, ncfg.smooth_window)
-                nerf.render_image(K, ft.R_c2h[f], ft.origin[f], cond, bg)
+        def frame_of(renderer):
+            def go(k):
+                f = frames[k]
+                with torch.no_grad():
+                    renderer.render(Camera(K, ft.R_c2h[f], ft.origin[f]), frame_conditions(renderer, ft, f), bg)
+            return go
 
-        def gauss_frame(k):
-            cam, audio, expr = inputs(frames[k], K)
-            with torch.no_grad():
-                gauss.render(cam, gauss.conditions(audio, expr), bg)
-
-        cam, audio, expr = inputs(frames[0], K)
+        f0 = frames[0]
         with torch.no_grad():
-            gs = gauss.frame_gaussians(gauss.conditions(audio, expr), cam.R_c2h, cam.origin)
-        W = viewmat(cam.R_c2h, cam.origin)[None]
+            gs = gauss.frame_gaussians(frame_conditions(gauss, ft, f0), ft.R_c2h[f0], ft.origin[f0])
+        W = viewmat(ft.R_c2h[f0], ft.origin[f0])[None]
         Km = torch.as_tensor(K.matrix(), dtype=torch.float32)[None]
 
         def raster(k):
             with torch.no_grad():
                 rasterization(gs["means"], gs["quats"], gs["scales"], gs["opacities"], gs["sh"], W, Km, size, size,
-                              sh_degree=cfg.sh_degree, tile_size=cfg.tile_size, backend="torch")
+                              sh_degree=gauss.cfg.sh_degree, tile_size=gauss.cfg.tile_size, backend="torch")
 
-        def step(k):
-            gauss_step(frames[k], K, torch.full((size, size, 3), 0.5), bg, torch.ones(size, size))
-
-        nerf_s = mean_time(nerf_frame, args.frames)
-        gauss_s = mean_time(gauss_frame, args.frames)
-        r = {"resolution": size, "threads": threads, "nerf_iters": args.nerf_iters,
-             "nerf_samples_per_ray": nerf_run["samples_per_ray"], "gauss_iters": args.gauss_iters,
-             "gauss_train_s": round(gauss_train_s, 1), "gaussians": gauss.n_gaussians,
+        nerf_s = mean_time(frame_of(nerf), args.frames)
+        gauss_s = mean_time(frame_of(gauss), args.frames)
+        r = {"resolution": size, "threads": threads, **train_info, "gaussians": gauss.n_gaussians,
              "nerf_fps": round(1 / nerf_s, 3), "gaussian_fps": round(1 / gauss_s, 2),
              "ratio": round(nerf_s / gauss_s, 1), "raster_fps": round(1 / mean_time(raster, args.frames), 2),
-             "gaussian_train_step_s": round(mean_time(step, 1), 3), "loadavg_1min": round(load, 2),
-             "tile_size": cfg.tile_size}
+             "loadavg_1min": round(load, 2), "tile_size": gauss.cfg.tile_size}
         print(json.dumps(r), flush=True)
         rows.append(r)
-    print("\n| resolution | threads | Gaussians | NeRF fps | Gaussian fps | ratio | rasterizer alone fps "
-          "| Gaussian train step (s) | load avg |")
-    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    print("\n| resolution | threads | Gaussians | NeRF fps | Gaussian fps | ratio | rasterizer alone fps | load avg |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['resolution']}² | {r['threads']} | {r['gaussians']} | {r['nerf_fps']} | {r['gaussian_fps']} | "
-              f"{r['ratio']}x | {r['raster_fps']} | {r['gaussian_train_step_s']} | {r['loadavg_1min']} |")
+              f"{r['ratio']}x | {r['raster_fps']} | {r['loadavg_1min']} |")
     return 0
 
 
