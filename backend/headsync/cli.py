@@ -52,6 +52,17 @@ def _parser() -> argparse.ArgumentParser:
     sp.add_argument("--curves")
     sp.add_argument("--out")
     sp.add_argument("--no-portrait", action="store_true", help="write the raw head crops, not the composited plate")
+    sp.add_argument("--expressions", default="captured", metavar="captured|generated|FILE",
+                    help="expression source: captured, generated from the audio, or a curves.json / Live Link CSV")
+
+    sp = common(sub.add_parser("express", help="expression curves for new audio (or a Live Link Face take)"))
+    sp.add_argument("--subject", required=True)
+    sp.add_argument("--audio", help="dialogue to generate expressions for")
+    sp.add_argument("--livelink", metavar="CSV", help="import a Live Link Face take instead of generating")
+    sp.add_argument("--out", help="curves.json to write")
+    sp.add_argument("--seed", type=int, help="draw of the stochastic blinks")
+    sp.add_argument("--livelink-fps", dest="livelink_fps", type=float, help="the take's capture rate")
+    sp.add_argument("--retrain", action="store_true", help="train the subject's expression models again")
 
     sp = common(sub.add_parser("eval", help="held-out metrics of a trained model"))
     sp.add_argument("--subject", required=True)
@@ -88,6 +99,8 @@ def _params(args: argparse.Namespace) -> dict[str, Any]:
     out = {p.name: raw[p.name] for p in spec if p.name in raw and raw[p.name] is not None}
     if args.command == "render":
         out["portrait"] = not args.no_portrait
+        if args.expressions not in ("captured", "generated"):  # a file: curves.json or Live Link CSV
+            out["expressions_file"] = out.pop("expressions")
     return out
 
 

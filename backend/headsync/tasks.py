@@ -1,4 +1,4 @@
-"""The job kinds (prepare, train, render, eval): one parameter spec and one entry point each.
+"""The job kinds (prepare, train, render, express, eval): one parameter spec and one entry point each.
 
 The command line and the local service both go through :func:`validate` and :func:`run`, so a job
 submitted over HTTP does exactly what the same command does in a terminal.
@@ -66,7 +66,21 @@ TASKS: dict[str, Task] = {
             Param("curves", str, path=True, help="curves.json overriding expression (and pose)"),
             Param("out", str, path=True, help="output folder (default: SUBJECT/renders/ID)"),
             Param("portrait", bool, default=True, help="composite into the full-resolution plate"),
+            Param("expressions", str, default="captured", choices=("captured", "generated"),
+                  help="expression source: the captured performance, or generated from the audio"),
+            Param("expressions_file", str, path=True,
+                  help="expressions from a curves.json or a Live Link Face CSV, mapped through the subject's VQ-VAE"),
         ), "render.dub:render_task", "trained model + audio (+ curves) -> frames, mp4, curves.json"),
+        Task("express", (
+            Param("subject", str, True, path=True, help="a prepared subject folder"),
+            Param("audio", str, path=True, help="dialogue to generate expressions for (any audio format)"),
+            Param("livelink", str, path=True, help="a Live Link Face CSV to import instead of generating"),
+            Param("out", str, path=True, help="curves.json to write (default: SUBJECT/expressions/curves/ID.json)"),
+            Param("seed", int, default=1, help="draw of the stochastic blinks"),
+            Param("livelink_fps", float, help="the take's capture rate when its timecodes do not tell it"),
+            Param("retrain", bool, default=False, help="train the subject's expression models again"),
+        ), "expressions.express:express_task",
+            "audio or a Live Link Face take -> the subject's expression curves (without either: train the models)"),
         Task("eval", (
             Param("subject", str, True, path=True),
             Param("run", str, default="default"),

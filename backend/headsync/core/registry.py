@@ -94,6 +94,22 @@ MODELS: dict[str, ModelEntry] = {
             used_by="prepare/landmarks68: finds the face in frames where MediaPipe lost it (optional)",
             default="the face box comes from MediaPipe's landmarks; frames where MediaPipe lost the face get NaN rows",
         ),
+        # EmoTalk (ICCV 2023), the OOD Audio Expression Generator's source network in SyncTalk++. Its authors
+        # publish no checksum, so no hash is registered: `install` refuses it and the user copies the file
+        # into the models folder (find() looks it up by name). Its two wav2vec 2.0 backbones are Hugging Face
+        # model folders (expressions/emotalk.py: CONTENT_DIR, EMOTION_DIR), found the way HuBERT's is.
+        ModelEntry(
+            name="emotalk",
+            filename="EmoTalk.pth",
+            url="https://drive.google.com/file/d/1KQZ-WGI9VDFLqgNXvJQosKVCbjTaCPqK/view",
+            sha256="",
+            licence="CC BY-NC 4.0 (EmoTalk, psyai-net/EmoTalk_release): non-commercial use only; backbones "
+            "jonatasgrosman/wav2vec2-large-xlsr-53-english and r-f/wav2vec-english-speech-emotion-recognition "
+            "(Apache-2.0)",
+            used_by="express / render --expressions generated with [expressions] audio_model = 'emotalk': "
+            "audio -> 52 ARKit coefficients, then the subject's VQ-VAE",
+            default="the per-subject temporal network of expressions/generator.py with the subject's blink model",
+        ),
     ]
 }
 

@@ -93,11 +93,24 @@ def render_id(audio_path: Path, curves_path: Path | None, run: str) -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + "-" + h.hexdigest()[:6]
 
 
-def load_curves(subject: Subject, curves_path: Path | None, n_frames: int) -> Curves:
-    """The curves of the render: the file's (validated against ``n_frames``) or the captured ones."""
-    if curves_path is None:
-        return captured_curves(subject, n_frames)
-    return read_curves(curves_path, n_frames)
+def load_curves(subject: Subject, curves_path: Path | None, n_frames: int, expressions: str = "captured",
+                audio: np.ndarray | None = None, reporter: Reporter | None = None) -> Curves:
+    """The curves of the render: the file's (validated against ``n_frames``), or the captured ones with the
+    expression of ``expressions`` (captured | generated from ``audio`` | a curves.json or Live Link CSV, both
+    mapped through the subject's VQ-VAE: ``expressions.express``)."""
+    if curves_path is not None:
+        if expressions != "captured":
+            raise UserError("--curves and --expressions both set the expression",
+                            "pass one: --curves FILE (used as it is) or --expressions generated|FILE")
+        return read_curves(curves_path, n_frames)
+    curves = captured_curves(subject, n_frames)
+    if expressions != "captured":
+        from ..expressions.express import render_expressions
+
+        expr = render_expressions(subject, expressions, audio, n_frames, reporter)
+        curves = Curves(curves.fps, curves.frame_start, expr.expression, curves.rotation, curves.translation,
+                        expr.source)
+    return curves
 
 
 def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curves: Curves, portrait: bool,
@@ -166,10 +179,11 @@ def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curve
 
 def render(subject: Subject, audio_path: Path, run: str = "default", curves_path: Path | None = None,
            out: Path | None = None, portrait: bool = True, rcfg: RenderConfig | None = None,
-           reporter: Reporter | None = None) -> dict[str, Any]:
+           reporter: Reporter | None = None, expressions: str = "captured") -> dict[str, Any]:
     """Render ``audio_path`` with run ``run``; returns the artifacts (paths, frame count, timing).
 
-    ``rcfg`` defaults to the ``[render]`` table of the preset the run was trained with.
+    ``rcfg`` defaults to the ``[render]`` table of the preset the run was trained with; ``expressions`` is
+    the expression source (see :func:`load_curves`).
     """
     from ..core.progress import silent
 
@@ -186,7 +200,7 @@ def render(subject: Subject, audio_path: Path, run: str = "default", curves_path
     n_out = int(round(audio.size / media.AUDIO_RATE * fps))
     if n_out < 1:
         raise UserError(f"the audio {audio_path} is shorter than one frame", "pass a longer dialogue clip")
-    curves = load_curves(subject, curves_path, n_out)
+    curves = load_curves(subject, curves_path, n_out, expressions, audio, reporter)
     feats = features_for_audio(subject, kind, audio, fps, n_out)
     out = out or subject.path(f"renders/{render_id(audio_path, curves_path, run)}")
     t0 = time.monotonic()
@@ -221,7 +235,8 @@ def run_render_config(rdir: Path) -> RenderConfig:
 
 
 def render_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
-    """Entry of the ``render`` job: ``subject``, ``audio``, ``run``, ``curves``, ``out``, ``portrait``."""
+    """Entry of the ``render`` job: ``subject``, ``audio``, ``run``, ``curves``, ``out``, ``portrait``,
+    ``expressions`` (captured | generated), ``expressions_file`` (a curves.json or Live Link CSV)."""
     subject = Subject(Path(params["subject"]).expanduser().resolve())
     if not subject.exists():
         raise UserError(f"subject {subject.root} is not prepared (no subject.json)",
@@ -230,5 +245,10 @@ def render_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     media.probe(audio)  # a missing/unreadable file is a UserError before the model loads
     curves = Path(params["curves"]).expanduser().resolve() if params.get("curves") else None
     out = Path(params["out"]).expanduser().resolve() if params.get("out") else None
+    expressions = params.get("expressions") or "captured"
+    if params.get("expressions_file"):
+        if expressions != "captured":
+            raise UserError("expressions and expressions_file both set the expression source", "pass one of them")
+        expressions = str(Path(params["expressions_file"]).expanduser().resolve())
     return render(subject, audio, params.get("run") or "default", curves, out,
-                  bool(params.get("portrait", True)), None, reporter)
+                  bool(params.get("portrait", True)), None, reporter, expressions)

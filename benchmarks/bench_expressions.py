@@ -1,0 +1,144 @@
+"""Expression generator and VQ-VAE acceptance figures (issue 14) on a prepared subject.
+
+    .venv/bin/python benchmarks/bench_expressions.py --subject SUBJECT [--ood OTHER_SUBJECT]
+        [--speech FILE] [--seeds 20] [--json OUT.json]
+
+SUBJECT: a prepared subject (the bundled sample: ``headsync prepare sample_projects/astronaut/video.mp4
+--subject DIR --preset preview``). OTHER_SUBJECT: another real clip prepared the same way, whose captured
+coefficients are the out-of-distribution input. SPEECH: a longer dialogue for the generator's statistics.
+The subject's expression models are trained afresh (its preset's settings), on its training frames only.
+
+Figures:
+
+* VQ-VAE reconstruction error (RMSE, MAE) of the subject's held-out captured coefficients;
+* the share of values (and of frames with any coefficient) outside the subject's per-coefficient 1st-99th
+  percentile band (training frames), before and after the VQ-VAE, for: the held-out frames (reference),
+  the other clip's coefficients, the held-out frames scaled x2 about their mean, shifted +0.3, uniform
+  noise, and a 0/1 square wave;
+* the generator (what reaches the renderer: generator -> VQ-VAE) on the held-out audio, averaged over
+  ``--seeds`` draws of the blinks: blink rate and duration, brow activity (mean over the five brow columns of
+  their standard deviation over time), each against the captured truth of the same frames, and the
+  correlation of the generated brow curves (mean of the five) and blink curve (max of the two eyes) with
+  the truth, against the baseline of the captured curves looped (what a render without generation uses);
+* the same statistics on ``--speech`` (new dialogue) against the subject's training frames.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def corr(a: np.ndarray, b: np.ndarray) -> float | None:
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.std() < 1e-9 or b.std() < 1e-9:
+        return None
+    return float(np.corrcoef(a, b)[0, 1])
+
+
+def activity(core: np.ndarray) -> float:
+    """Brow activity: mean over the five brow columns of their standard deviation over time."""
+    return float(np.asarray(core)[:, :5].std(axis=0).mean())
+
+
+def stats(core: np.ndarray, fps: float) -> dict:
+    from headsync.expressions.blinks import blink_statistics
+
+    b = blink_statistics(core[:, 5:7], fps)
+    return {"blink_rate_per_min": b["rate_per_min"], "blink_duration_s": b["duration_s"], "blinks": b["count"],
+            "brow_activity": activity(core)}
+
+
+def mean_stats(rows: list[dict]) -> dict:
+    out = {k: float(np.mean([r[k] for r in rows])) for k in rows[0]}
+    durs = [r["blink_duration_s"] for r in rows if r["blinks"]]
+    out["blink_duration_s"] = float(np.mean(durs)) if durs else 0.0  # over the draws that blinked
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--subject", required=True)
+    ap.add_argument("--ood", help="another prepared subject: its captured coefficients are the OOD input")
+    ap.add_argument("--speech", help="a longer dialogue for the generator's statistics")
+    ap.add_argument("--seeds", type=int, default=20)
+    ap.add_argument("--json")
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+
+    import torch
+
+    torch.set_num_threads(args.threads)
+
+    from headsync.face_sync import lip_features
+    from headsync.core import media
+    from headsync.curves import ping_pong
+    from headsync.expressions import coefficients, express, vqvae
+    from headsync.expressions.coefficients import outside_fraction
+    from headsync.core.progress import Reporter, terminal_sink
+    from headsync.subject.folder import Subject
+
+    s = Subject(Path(args.subject))
+    t0 = time.perf_counter()
+    models = express.train_models(s, Reporter(sink=terminal_sink()))
+    train_s = time.perf_counter() - t0
+    c = coefficients.load(s)
+    fps = c.fps
+    rng = models.range
+    held = c.values[c.holdout]
+    res: dict = {"subject": str(s.root), "names": len(c.names), "train_frames": int(c.train.size),
+                 "heldout_frames": int(c.holdout.size), "train_seconds": round(train_s, 1),
+                 "vqvae_heldout": vqvae.reconstruction_error(models.vq, held),
+                 "heldout_std": float(held.std())}
+
+    # ---- out of distribution ------------------------------------------------------------------------
+    g = np.random.default_rng(0)
+    cases = {"held-out (reference)": held,
+             "scaled x2": held.mean(0) + 2.0 * (held - held.mean(0)),
+             "shifted +0.3": held + 0.3,
+             "uniform noise": g.random(held.shape),
+             "0/1 square wave": np.tile(np.repeat(np.array([[0.0], [1.0]]), 5, 0), (len(held) // 10 + 1, held.shape[1]))[:len(held)]}
+    if args.ood:
+        o = coefficients.load(Subject(Path(args.ood)))
+        mapped, missing = coefficients.map_named(o.names, o.values, c.names, rng.rest)
+        cases[f"other clip ({Path(args.ood).name}, {len(mapped)} frames)"] = mapped
+        res["ood_missing_names"] = missing
+    res["outside_p1_p99"] = {}
+    for name, v in cases.items():
+        v = np.asarray(v, np.float32)
+        res["outside_p1_p99"][name] = {"before": outside_fraction(v, rng),
+                                      "after": outside_fraction(express.through_vqvae(models, v), rng)}
+
+    # ---- generator on held-out audio ---------------------------------------------------------------------
+    feats = lip_features.for_subject(s, models.gen.feature)[c.holdout]
+    truth = c.core[c.holdout]
+    loop = c.core[ping_pong(len(c.core), len(c.holdout))]  # captured curves looped, as a render uses them
+    gens = [express.through_vqvae(models, models.gen.generate(feats, fps, seed))[:, :7] for seed in range(args.seeds)]
+    brow_t = truth[:, :5].mean(1)
+    blink_t = truth[:, 5:7].max(1)
+    res["generator_heldout"] = {
+        "truth": stats(truth, fps), "generated": mean_stats([stats(x, fps) for x in gens]),
+        "looped_captured": stats(loop, fps),
+        "corr_brow": {"generated": corr(np.mean([x[:, :5].mean(1) for x in gens], 0), brow_t),
+                      "looped_captured": corr(loop[:, :5].mean(1), brow_t)},
+        "corr_blink": {"generated_mean_of_draws": corr(np.mean([x[:, 5:7].max(1) for x in gens], 0), blink_t),
+                       "looped_captured": corr(loop[:, 5:7].max(1), blink_t)},
+    }
+    if args.speech:
+        audio = media.read_audio(args.speech)
+        n = int(round(audio.size / media.AUDIO_RATE * fps))
+        gens = [express.generate(s, audio, n, seed, models=models)[:, :7] for seed in range(args.seeds)]
+        res["generator_speech"] = {"speech": args.speech, "frames": n,
+                                   "training_frames_truth": stats(c.core[c.train], fps),
+                                   "generated": mean_stats([stats(x, fps) for x in gens])}
+    print(json.dumps(res, indent=1))
+    if args.json:
+        Path(args.json).write_text(json.dumps(res, indent=1))
+
+
+if __name__ == "__main__":
+    main()
