@@ -73,7 +73,8 @@ def bench(subject_dir: Path, preset: str, size: int, iters: int, frames: int, de
     return {"preset": preset, "renderer": kind, "resolution": size, "device": device, "threads": threads,
             "train_iters": iters, "rays_per_iter": cfg.rays, "train_it_per_s": m["it_per_s"],
             "render_fps": round(1.0 / float(np.mean(times)), 3), "render_frames": frames,
-            "samples_per_ray": m.get("samples_per_ray"), "compile": m.get("compile"), "loadavg_1min": round(load, 2)}
+            "samples_per_ray": m.get("samples_per_ray"), "compile": m.get("compile"), "loadavg_1min": round(load, 2),
+            "run_dir": str(out)}
 
 
 def main(argv=None) -> int:

@@ -37,8 +37,8 @@ def _parser() -> argparse.ArgumentParser:
     sp = common(sub.add_parser("demo", help="the whole pipeline on the bundled sample"))
     sp.add_argument("--out", default=str(Path("out") / "demo"), help="folder for the demo (default: ./out/demo)")
     sp.add_argument("--preset", default="preview")
-    sp.add_argument("--renderer", default=DEFAULT_RENDERER, choices=RENDERERS,
-                    help=f"the renderer to train (default: {DEFAULT_RENDERER})")
+    sp.add_argument("--renderer", choices=RENDERERS,
+                    help=f"a registered renderer (default: the preset's [renderer] default, else {DEFAULT_RENDERER})")
 
     from .service.server import add_arguments
 
@@ -150,8 +150,10 @@ def _demo(args: argparse.Namespace, reporter: Reporter) -> dict[str, Any]:
     run = load_preset(args.preset).name  # the run is named after the preset (a path's file name)
     # A demo stopped during training picks up from its checkpoint when run again.
     resume = (run_dir(Subject(subject), run) / "checkpoint.pt").exists()
-    result["train"] = tasks.run("train", {"subject": str(subject), "preset": args.preset, "run": run,
-                                          "renderer": args.renderer, "resume": resume}, reporter)
+    train = {"subject": str(subject), "preset": args.preset, "run": run, "resume": resume}
+    if args.renderer:  # else the preset's [renderer] default
+        train["renderer"] = args.renderer
+    result["train"] = tasks.run("train", train, reporter)
     result["render"] = tasks.run("render", {"subject": str(subject), "audio": str(sample / "dub.wav"),
                                             "run": run, "out": str(out / "render")}, reporter)
     return result

@@ -186,9 +186,10 @@ def _train_checkpoint(p: dict[str, Any]) -> Path:
 class TrainParams(JobParams):
     subject: SubjectFolder = Field(description="a prepared subject folder")
     preset: PresetRef = Field(AUTO, description="preset name or .toml path (auto: preview on a CPU, standard with CUDA)")
-    renderer: Annotated[str, Cli(choices=RENDERERS), AfterValidator(_check_renderer)] = Field(
-        DEFAULT_RENDERER, description="the renderer to train (a registered one)",
-        json_schema_extra=lambda s: s.update(enum=list(RENDERERS)))  # listed when the schema is asked for
+    renderer: Annotated[str, Cli(choices=RENDERERS), AfterValidator(_check_renderer)] | None = Field(
+        None, description=f"the renderer to train (a registered one; default: the preset's [renderer] default, "
+                          f"else {DEFAULT_RENDERER})",
+        json_schema_extra=lambda s: s.update(enum=[*RENDERERS, None]))  # listed when the schema is asked for
     run: Name = Field("default", description="name of the model run under models/")
     resume: bool = Field(False, description="continue from the run's last checkpoint")
 

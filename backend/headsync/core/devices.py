@@ -5,6 +5,7 @@ Settings name a device as ``auto`` (CUDA when torch sees one, else the CPU), ``c
 
 from __future__ import annotations
 
+import importlib
 import os
 
 import torch
@@ -25,6 +26,18 @@ def pick_device(name: str, setting: str = "device") -> torch.device:
         raise UserError(f"CUDA was requested ({setting} = 'cuda') but no CUDA device is available",
                         "set it to \"auto\" or \"cpu\" in the preset, or install the CUDA build of torch")
     return torch.device(name)
+
+
+def cuda_extension_available(module: str, device: torch.device | str) -> bool:
+    """True when the optional CUDA extension ``module`` (``tinycudann``, ``gsplat``) imports and ``device``
+    is CUDA: their kernels are CUDA-only, so on any other device the pure-PyTorch path is used."""
+    if torch.device(device).type != "cuda":
+        return False
+    try:
+        importlib.import_module(module)
+    except Exception:  # ImportError, or a wheel built for another CUDA version failing at load
+        return False
+    return True
 
 
 def auto_threads() -> int:

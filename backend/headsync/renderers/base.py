@@ -84,12 +84,18 @@ class Sampling(Enum):
 
 
 class TrainingCallback:
-    """Hooks the trainer calls around each optimiser step. ``ctx`` gives the iteration's renderer, its
-    random generator (draw only from it, so a resumed run repeats the same sequence) and the conditions
-    of any training frame. :meth:`after_step` returns values to log (name -> float)."""
+    """Hooks the trainer calls around each optimiser step. ``ctx`` gives the iteration's renderer, the
+    ``[train]`` settings (its schedule stage), the optimiser, its random generator (draw only from it, so
+    a resumed run repeats the same sequence) and the conditions of any training frame.
+    :meth:`after_backward` sees the render's output with its gradients, before the optimiser steps: where
+    a renderer may change its parameters and the optimiser's state with them (Gaussians' densify/prune).
+    :meth:`after_backward` and :meth:`after_step` return values to log (name -> float)."""
 
     def before_step(self, it: int, ctx: "StepContext") -> None:
         pass
+
+    def after_backward(self, it: int, ctx: "StepContext", out: dict[str, Any]) -> dict[str, float]:
+        return {}
 
     def after_step(self, it: int, ctx: "StepContext") -> dict[str, float]:
         return {}

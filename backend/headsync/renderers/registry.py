@@ -18,9 +18,9 @@ if TYPE_CHECKING:  # the base module imports torch; this one stays light, so lis
     from .base import Renderer
 
 #: Modules holding the built-in renderers (each registers itself when imported).
-BUILTIN = ("headsync.renderers.nerf",)
+BUILTIN = ("headsync.renderers.nerf", "headsync.renderers.gaussian")
 PLUGINS_ENV = "HEADSYNC_PLUGINS"
-#: What ``train`` uses without ``--renderer``.
+#: What ``train`` uses without ``--renderer`` when the preset names none (``[renderer] default``).
 DEFAULT_RENDERER = "nerf"
 
 _RENDERERS: dict[str, "type[Renderer]"] = {}
@@ -64,6 +64,15 @@ def renderer_names() -> list[str]:
     _load()
     builtin = [k for k, c in _RENDERERS.items() if c.__module__.startswith(BUILTIN)]
     return builtin + [k for k in _RENDERERS if k not in builtin]
+
+
+def preset_renderer(tables: dict) -> str:
+    """The renderer a preset's tables choose: ``[renderer] default``, else :data:`DEFAULT_RENDERER`."""
+    kind = tables.get("renderer", {}).get("default", DEFAULT_RENDERER)
+    if not isinstance(kind, str):
+        raise UserError(f"[renderer] default must be a renderer name, got {kind!r}",
+                        f"use one of {', '.join(renderer_names())}")
+    return kind
 
 
 def renderer_class(kind: str) -> "type[Renderer]":

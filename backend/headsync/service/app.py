@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, tasks
 from . import jobspec
+from ..renderers.registry import renderer_names
 from .jobspec import ApiError
 from .scheduler import Scheduler
 from .server import is_loopback
@@ -140,6 +141,7 @@ class HealthOut(BaseModel):
     workspace: str
     running: int
     max_jobs: int
+    renderers: list[str]  # the registered renderers, for a train job's "renderer" (built-in first)
 
 
 class SubjectOut(BaseModel):
@@ -311,7 +313,7 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         dev = service.device or {"device": "cpu", "gpu": None}
         return ApiJSON({"version": __version__, "device": dev["device"], "gpu": dev["gpu"],
                         "workspace": str(ws), "running": scheduler.running_count(),
-                        "max_jobs": scheduler.max_jobs})
+                        "max_jobs": scheduler.max_jobs, "renderers": renderer_names()})
 
     request_schema, request_components = jobspec.json_schema_for_requests()
 

@@ -36,7 +36,7 @@ from ..renderers.base import Renderer, SubjectMeta
 from ..renderers.common.cameras import Camera, camera_to_head
 from ..renderers.common.conditioning import window_indices
 from ..renderers.common.losses import mse, perceptual_loss, psnr_from_mse
-from ..renderers.registry import DEFAULT_RENDERER, renderer_class
+from ..renderers.registry import preset_renderer, renderer_class
 from ..subject.data import SubjectData, load_subject_data
 from ..subject.folder import CORE_EXPRESSIONS, Subject
 from ..evaluation.expression_response import box_mask, coefficient_response, weak_coefficients
@@ -139,6 +139,8 @@ class StepContext:
     data: SubjectData
     frames: FrameTensors
     rng: np.random.Generator
+    cfg: TrainConfig
+    optimizer: torch.optim.Optimizer
 
     def conditions(self, frame: int, neutral: bool = False) -> dict[str, torch.Tensor]:
         """The renderer's conditions of subject frame ``frame`` (``neutral``: as for a frame it never saw)."""
@@ -254,7 +256,7 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
                                             "train": as_dict(cfg), "renderer_config": as_dict(renderer_cfg),
                                             "started_at_iteration": start})
     ft = FrameTensors.of(data, device, int(cfg.frame_memory_gb * 2 ** 30) or None, reporter)
-    ctx = StepContext(renderer, data, ft, rng)
+    ctx = StepContext(renderer, data, ft, rng, cfg, opt)
     callbacks = renderer.callbacks()
     eyes = eye_boxes(np.load(subject.path("landmarks.npy")), data.pose.K.size, data.size)
     weights = frame_weights(data.expression, data.train, cfg.tail_share)
@@ -313,6 +315,8 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
             loss = loss + term
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        for cb in callbacks:
+            stats.update(cb.after_backward(it, ctx, out_r))
         opt.step()
         sched.step()
         for cb in callbacks:
@@ -347,11 +351,12 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
 
 
 def train_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
-    """Entry of the ``train`` job: ``subject``, ``preset``, ``renderer``, ``run``, ``resume``."""
-    kind = params.get("renderer") or DEFAULT_RENDERER
+    """Entry of the ``train`` job: ``subject``, ``preset``, ``renderer`` (default: the preset's
+    ``[renderer] default``), ``run``, ``resume``."""
+    preset = load_preset(params.get("preset") or AUTO)
+    kind = params.get("renderer") or preset_renderer(preset.tables)
     cls = renderer_class(kind)
     subject = Subject(Path(params["subject"]).expanduser().resolve())
-    preset = load_preset(params.get("preset") or AUTO)
     cfg = section(preset, "train", TrainConfig)
     renderer_cfg = section(preset, f"renderer.{kind}", cls.Config)
     out = run_dir(subject, params.get("run") or "default")

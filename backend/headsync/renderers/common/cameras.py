@@ -32,6 +32,10 @@ class Intrinsics:
         s = size / self.size
         return Intrinsics(self.focal * s, self.cx * s, self.cy * s, size)
 
+    def matrix(self) -> np.ndarray:
+        """K (3, 3), pixels (the pinhole matrix of rasterizers)."""
+        return np.array([[self.focal, 0, self.cx], [0, self.focal, self.cy], [0, 0, 1]], np.float64)
+
 
 
 @dataclass(frozen=True)

@@ -152,12 +152,18 @@ class Conditioning(nn.Module):
         self.expr_att = RegionAttention(feat_dim, expr_dim, cfg.attention_hidden, gate="sigmoid")
         self.split = FaceSplit(template, cfg.split_softness) if cfg.use_face_split else None
 
-    def forward(self, fx: torch.Tensor, x: torch.Tensor, lip: torch.Tensor, expr: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def weights(self, fx: torch.Tensor, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The points' channel weights ``(v_a ⊙ M_lip (K, A), sigmoid(v_e) ⊙ M_exp (K, E))``: they depend on
+        the points only, so a caller whose points do not move between frames may keep them."""
         v_a = self.audio_att(fx)
         v_e = self.expr_att(fx)
         if self.split is not None:
             m_lip, m_exp = self.split(x)
             v_a = v_a * m_lip
             v_e = v_e * m_exp
+        return v_a, v_e
+
+    def forward(self, fx: torch.Tensor, x: torch.Tensor, lip: torch.Tensor, expr: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor]:
+        v_a, v_e = self.weights(fx, x)
         return lip * v_a, expr * v_e

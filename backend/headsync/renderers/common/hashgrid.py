@@ -22,6 +22,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...core.devices import cuda_extension_available
+
 #: tiny-cuda-nn's coherent prime hash factors for the first two dimensions.
 _PRIMES = (1, 2654435761)
 
@@ -233,14 +235,8 @@ class TcnnHashGrid2D(nn.Module):
 
 
 def tcnn_available(device: torch.device | str) -> bool:
-    """True when tiny-cuda-nn imports and ``device`` is CUDA (its kernels are CUDA-only)."""
-    if torch.device(device).type != "cuda":
-        return False
-    try:
-        import tinycudann  # noqa: F401
-    except Exception:  # ImportError, or a build for another CUDA version failing at load
-        return False
-    return True
+    """True when tiny-cuda-nn imports and ``device`` is CUDA."""
+    return cuda_extension_available("tinycudann", device)
 
 
 def make_hash_encoder(cfg: HashGridConfig, planes: int, device: torch.device | str = "cpu",
