@@ -3,7 +3,7 @@
     .venv/bin/python benchmarks/bench_expressions.py --subject SUBJECT [--ood OTHER_SUBJECT]
         [--speech FILE] [--seeds 20] [--json OUT.json]
 
-SUBJECT: a prepared subject (the bundled sample: ``headsync prepare sample_projects/astronaut/video.mp4
+SUBJECT: a prepared subject (the bundled sample: ``headsync prepare backend/headsync/sample/video.mp4
 --subject DIR --preset preview``). OTHER_SUBJECT: another real clip prepared the same way, whose captured
 coefficients are the out-of-distribution input. SPEECH: a longer dialogue for the generator's statistics.
 The subject's expression models are trained afresh (its preset's settings), on its training frames only.

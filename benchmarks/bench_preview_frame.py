@@ -27,7 +27,7 @@ import wave
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-SAMPLE = REPO / "sample_projects" / "astronaut"
+SAMPLE = REPO / "backend" / "headsync" / "sample"
 
 BLENDER = r'''
 import json, os, sys, time

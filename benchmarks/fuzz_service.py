@@ -33,7 +33,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 from service_harness import changes, tree_digest as digest  # noqa: E402 - the tests' listing of a tree
 
-AUDIO = REPO / "sample_projects" / "astronaut" / "dub.wav"
+AUDIO = REPO / "backend" / "headsync" / "sample" / "dub.wav"
 # Every check but positive_data_acceptance: a request that matches the schema can still name a file
 # that does not exist or a subject nobody prepared, and the service rightly answers 4xx.
 CHECKS = ("not_a_server_error,status_code_conformance,content_type_conformance,response_headers_conformance,"

@@ -27,7 +27,8 @@ import pytest
 
 from service_harness import BACKEND, REPO, ServiceProc, changes, run_serve, tree_digest, wait_for
 
-AUDIO = str(REPO / "sample_projects" / "astronaut" / "dub.wav")
+SAMPLE = REPO / "backend" / "headsync" / "sample"  # the bundled sample (package data)
+AUDIO = str(SAMPLE / "dub.wav")
 
 
 # ---- the stage: a workspace with subjects, and a sentinel folder outside it ---------------------------
@@ -133,7 +134,7 @@ def hostile_sample(folder: Path, sentinel: Path, frames: int) -> Path:
         "def mouth_opening(audio, n):\n    Path({0!r}).write_text('pwned')\n".format(str(sentinel)))
     (clips / "video.mp4").write_bytes(b"")
     shutil.copy(AUDIO, clips / "dub.wav")
-    gt = dict(np.load(REPO / "sample_projects" / "astronaut" / "ground_truth.npz"))
+    gt = dict(np.load(SAMPLE / "ground_truth.npz"))
     gt["mouth_open"] = np.linspace(0, 1, frames, dtype=np.float32)
     np.savez(clips / "ground_truth.npz", **gt)
     return clips / "video.mp4"
@@ -167,7 +168,7 @@ def test_1_dub_truth_is_the_generators_own(tmp_path):
     from headsync.evaluation.evaluate import dub_truth
 
     dub = Path(AUDIO)
-    gt = dict(np.load(REPO / "sample_projects" / "astronaut" / "ground_truth.npz"))
+    gt = dict(np.load(SAMPLE / "ground_truth.npz"))
     audio = media.read_audio(dub)
     n = int(round(audio.size / media.AUDIO_RATE * 25))
     for n_out in (n, 10):  # eval caps the dub at max(max_frames, 10) frames
