@@ -11,11 +11,12 @@ import tempfile
 from pathlib import Path
 
 import pytest
-from headsync.core.package_data import sample_dir
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
-SAMPLE = sample_dir()
+# The bundled sample is package data; read from the checkout, since the Blender tests run in bpy venvs
+# that have no headsync installed (tests/test_package_install.py checks the installed package finds it).
+SAMPLE = REPO / "backend" / "headsync" / "sample"
 
 
 def shared_file(rel: str) -> Path:

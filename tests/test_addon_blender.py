@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+SAMPLE = REPO / "backend" / "headsync" / "sample"  # package data, read from the checkout (no headsync in bpy venvs)
 sys.path.insert(0, str(REPO))
 
 pytestmark = pytest.mark.blender
@@ -33,7 +34,6 @@ PKG = "bl_ext.user_default.headsync"
 PRELUDE = r'''
 import json, os, sys, time
 import bpy
-from headsync.core.package_data import sample_dir
 PKG = "bl_ext.user_default.headsync"
 ARGS = json.loads(sys.argv[1])
 RESULT = {}
@@ -149,7 +149,7 @@ def make_workspace(root: Path, n_frames: int = 300, fps: float = 25.0, seconds: 
         w.setsampwidth(2)
         w.setframerate(8000)
         w.writeframes(b"\0\0" * int(8000 * seconds))
-    return {"ws": str(root / "ws"), "wav": str(wav), "video": str(sample_dir() / "video.mp4")}
+    return {"ws": str(root / "ws"), "wav": str(wav), "video": str(SAMPLE / "video.mp4")}
 
 
 @needs_bpy
