@@ -48,7 +48,7 @@ LEFT_EYE = (263, 466, 388, 387, 386, 385, 384, 398, 362, 382, 381, 380, 374, 373
 
 
 def _missing_backend() -> str | None:
-    for rel in ("backend/headsync/service/server.py", "backend/headsync/rendering.py"):
+    for rel in ("backend/headsync/service/server.py", "backend/headsync/render/dub.py"):
         if not (REPO / rel).is_file():
             return f"{rel} is missing (the service/renderer is not written yet)"
     if not list(SAMPLE.glob("*.mp4")) or not (SAMPLE / "dub.wav").is_file():
