@@ -38,9 +38,13 @@ pytestmark = [pytest.mark.slow, pytest.mark.blender]
 SAMPLE = PACKAGE / "sample"
 TINY_TRAIN = {
     "resolution": 32, "coarse_iters": 240, "fine_iters": 40, "rays": 512, "patch": 16, "lips_patch": 8,
-    "hash_levels": 8, "hash_base_resolution": 8, "hash_finest_resolution": 64, "hash_log2_table_size": 12,
-    "hidden": 32, "geo_feat_dim": 16, "samples": 24, "probes": 64, "grid_resolution": 32,
     "checkpoint_every": 100, "log_every": 20, "threads": 2,
+}
+#: The NeRF's tables of the tiny preset ([renderer.nerf.hash], ...).
+TINY_NERF = {
+    "hash": {"levels": 8, "base_resolution": 8, "finest_resolution": 64, "log2_table_size": 12},
+    "field": {"hidden": 32, "geo_feat_dim": 16},
+    "march": {"samples": 24, "probes": 64, "grid_resolution": 32},
 }
 #: MediaPipe face-mesh eye contours (as backend/headsync/masks.py names them).
 RIGHT_EYE = (33, 246, 161, 160, 159, 158, 157, 173, 133, 155, 154, 153, 145, 144, 163, 7)
@@ -60,17 +64,31 @@ def _missing_backend() -> str | None:
 TINY_AVE = {"sync_steps": 40, "ave_steps": 30}
 
 
+def _toml(v) -> str:
+    """A TOML value (nested tables such as ``[renderer] nerf`` as inline tables)."""
+    if isinstance(v, bool):
+        return str(v).lower()
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + "}"
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml(x) for x in v) + "]"
+    return json.dumps(v) if isinstance(v, str) else repr(v)
+
+
 def tiny_preset(path: Path) -> Path:
-    """The ``preview`` preset with a tiny [train] table and a short encoder schedule (minutes on two cores)."""
+    """The ``preview`` preset with a tiny [train] table and NeRF, and a short encoder schedule (minutes on two cores)."""
     tables = tomllib.loads((PACKAGE / "presets" / "preview.toml").read_text())
     tables["train"] = {**tables.get("train", {}), **TINY_TRAIN}
+    nerf = tables.setdefault("renderer", {}).setdefault("nerf", {})
+    for name, table in TINY_NERF.items():
+        nerf[name] = {**nerf.get(name, {}), **table}
     if "ave" in tables:
         tables["ave"].update({k: v for k, v in TINY_AVE.items() if k in tables["ave"]})
     lines = []
     for name, table in tables.items():
         lines.append(f"[{name}]")
         for k, v in table.items():
-            lines.append(f"{k} = {json.dumps(v) if not isinstance(v, bool) else str(v).lower()}")
+            lines.append(f"{k} = {_toml(v)}")
         lines.append("")
     path.write_text("\n".join(lines))
     return path
