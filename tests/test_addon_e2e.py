@@ -29,6 +29,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_addon_blender import backend_python, needs_bpy, run_blender  # noqa: E402
+from toml_write import dump_tables  # noqa: E402
 
 # The bpy venvs this runs in have no headsync: the package data is read from the checkout.
 PACKAGE = REPO / "backend" / "headsync"
@@ -64,17 +65,6 @@ def _missing_backend() -> str | None:
 TINY_AVE = {"sync_steps": 40, "ave_steps": 30}
 
 
-def _toml(v) -> str:
-    """A TOML value (nested tables such as ``[renderer] nerf`` as inline tables)."""
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    return json.dumps(v) if isinstance(v, str) else repr(v)
-
-
 def tiny_preset(path: Path) -> Path:
     """The ``preview`` preset with a tiny [train] table and NeRF, and a short encoder schedule (minutes on two cores)."""
     tables = tomllib.loads((PACKAGE / "presets" / "preview.toml").read_text())
@@ -84,13 +74,7 @@ def tiny_preset(path: Path) -> Path:
         nerf[name] = {**nerf.get(name, {}), **table}
     if "ave" in tables:
         tables["ave"].update({k: v for k, v in TINY_AVE.items() if k in tables["ave"]})
-    lines = []
-    for name, table in tables.items():
-        lines.append(f"[{name}]")
-        for k, v in table.items():
-            lines.append(f"{k} = {_toml(v)}")
-        lines.append("")
-    path.write_text("\n".join(lines))
+    path.write_text(dump_tables(tables))
     return path
 
 

@@ -19,24 +19,12 @@ from pathlib import Path
 import pytest
 
 from service_harness import REPO, ServiceProc, wait_for
+from toml_write import dump_tables
 from headsync.core.package_data import presets_dir, sample_dir
 
 pytestmark = pytest.mark.slow
 
 SAMPLE = sample_dir()
-
-
-def _toml(v) -> str:
-    """A TOML value (nested tables such as ``[renderer] nerf`` as inline tables)."""
-    if isinstance(v, bool):
-        return str(v).lower()
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml(x)}" for k, x in v.items()) + "}"
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml(x) for x in v) + "]"
-    if isinstance(v, str):
-        return json.dumps(v)
-    return repr(v)
 
 
 def tiny_preset(path: Path) -> Path:
@@ -46,12 +34,7 @@ def tiny_preset(path: Path) -> Path:
     tables.setdefault("train", {}).update(coarse_iters=30, fine_iters=6, checkpoint_every=10, log_every=5,
                                           rays=256, resolution=64)
     tables.setdefault("ave", {}).update(sync_steps=20, ave_steps=30, sync_batch=16, ave_batch=8)  # briefly
-    lines = []
-    for name, table in tables.items():
-        lines.append(f"[{name}]")
-        for k, v in table.items():
-            lines.append(f"{k} = {_toml(v)}")
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(dump_tables(tables))
     return path
 
 
