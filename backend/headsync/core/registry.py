@@ -108,7 +108,8 @@ MODELS: dict[str, ModelEntry] = {
             "(Apache-2.0)",
             used_by="express / render --expressions generated with [expressions] audio_model = 'emotalk': "
             "audio -> 52 ARKit coefficients, then the subject's VQ-VAE",
-            default="the per-subject temporal network of expressions/generator.py with the subject's blink model",
+            default="the per-subject code prior of expressions/generator.py (it samples the VQ-VAE's codes) "
+            "with the subject's blink model",
         ),
     ]
 }

@@ -1,11 +1,14 @@
 """The ``express`` job and the expression sources of a render: captured, generated, or imported.
 
-    generated:  new audio -> features -> generator (default network + blinks, or EmoTalk) -> VQ-VAE -> curves
+    generated:  new audio -> features -> default generator: codes sampled -> VQ-VAE decoder, + blinks -> curves
+                                       or EmoTalk -> map onto the subject's names -> VQ-VAE -> curves
     imported:   Live Link Face CSV -> resample to the subject's fps -> map onto its names -> VQ-VAE -> curves
     file:       curves.json (someone else's expressions) -> VQ-VAE -> curves
 
-Everything that is not the subject's own capture goes through the subject's VQ-VAE and a final clamp to the
-subject's min..max, so no frame outside the subject's range reaches the renderer.
+Everything that is not the subject's own capture comes out of the subject's VQ-VAE (the default generator's
+codes are decoded by it; every other source passes through it), the blinks are drawn from the subject's
+captured ones, and a final clamp to the subject's min..max guarantees that no frame outside the subject's
+range reaches the renderer.
 
 The models live in ``SUBJECT/expressions/`` (``vqvae.pt``, ``generator.pt``, ``models.json``) and are
 trained on first use (or by ``headsync express --subject S`` with no audio). ``models.json`` records a
@@ -37,7 +40,7 @@ from . import coefficients, generator, livelink, vqvae
 from .blinks import BlinkConfig, BlinkModel
 from .coefficients import N_CORE, Coefficients, Range
 
-VERSION = 1
+VERSION = 2  # 2: the default generator samples the VQ-VAE's codes (generator.py)
 FOLDER = "expressions"
 SOURCE_CAPTURED, SOURCE_GENERATED = "captured", "generated"
 GENERATORS = ("default", "emotalk")
@@ -113,6 +116,16 @@ class Models:
     info: dict[str, Any]
 
 
+def fit(values: np.ndarray, feats: np.ndarray, names: list[str], fps: float, s: Settings, feature: str,
+        reporter: Reporter | None = None) -> tuple[vqvae.VQVAE, dict[str, Any], generator.Generator]:
+    """Train the VQ-VAE, the blink model and the default generator on (N, K) ``values`` of consecutive
+    training frames and their (N, D) audio ``feats`` -> (VQ-VAE, its training figures, generator)."""
+    vq, vq_info = vqvae.train(values, s.vqvae, reporter)
+    blinks = BlinkModel.fit(np.asarray(values)[:, list(BLINK_COLUMNS)], fps, s.blinks)
+    gen = generator.train(feats, values, names, feature, vq, s.generator, blinks, reporter)
+    return vq, vq_info, gen
+
+
 def train_models(subject: Subject, reporter: Reporter | None = None) -> Models:
     """Train the VQ-VAE and the default generator on the subject's training frames and save them."""
     import torch
@@ -126,12 +139,10 @@ def train_models(subject: Subject, reporter: Reporter | None = None) -> Models:
     feats = lip_features.for_subject(subject, feature)
     train_values = coeffs.values[coeffs.train]
     t0 = time.monotonic()
-    vq, vq_info = vqvae.train(train_values, s.vqvae, reporter)
+    vq, vq_info, gen = fit(train_values, feats[coeffs.train], coeffs.names, coeffs.fps, s, feature, reporter)
     if coeffs.holdout.size:
         vq_info["heldout"] = vqvae.reconstruction_error(vq, coeffs.values[coeffs.holdout])
-    blinks = BlinkModel.fit(coeffs.core[coeffs.train][:, list(BLINK_COLUMNS)], coeffs.fps, s.blinks)
-    gen = generator.train(feats[coeffs.train], train_values, coeffs.names, feature, coeffs.fps, s.generator,
-                          blinks, reporter)
+    blinks = gen.blinks
     rng = Range.of(train_values)
     info = {"version": VERSION, "inputs": _inputs_digest(subject, coeffs, s, feature), "names": coeffs.names,
             "train_frames": [int(coeffs.train[0]), int(coeffs.train[-1]) + 1],
@@ -169,9 +180,16 @@ def through_vqvae(models: Models, values: np.ndarray) -> np.ndarray:
     return models.range.clamp(models.vq.project(values))
 
 
+def from_features(models: Models, feats: np.ndarray, fps: float, seed: int = 1) -> np.ndarray:
+    """The default generator on (T, D) audio features at ``fps`` -> (T, K) coefficients within the subject's
+    min..max: codes drawn by ``seed`` and decoded by its VQ-VAE (Eq. 26: already the VQ-VAE's output, so not
+    passed through it again), with blinks drawn from its captured ones (see :mod:`.generator`)."""
+    return models.range.clamp(models.gen.generate(feats, fps, models.vq, seed))
+
+
 def generate(subject: Subject, audio: np.ndarray, n_frames: int, seed: int = 1,
              reporter: Reporter | None = None, models: Models | None = None) -> np.ndarray:
-    """Coefficients for new 16 kHz mono ``audio``: (n_frames, K) in the subject's space, through its VQ-VAE."""
+    """Coefficients for new 16 kHz mono ``audio``: (n_frames, K) in the subject's space and range."""
     models = models or load_models(subject, reporter)
     fps = float(subject.source()["fps"])
     if settings(subject).express.audio_model == "emotalk":
@@ -179,10 +197,9 @@ def generate(subject: Subject, audio: np.ndarray, n_frames: int, seed: int = 1,
 
         names, raw = emotalk.generate(audio, fps, n_frames)
         values, _ = coefficients.map_named(names, raw, models.names, models.range.rest)
-    else:
-        feats = lip_features.for_audio(subject, models.gen.feature, audio, fps, n_frames)
-        values = models.gen.generate(feats, fps, seed)
-    return through_vqvae(models, values)
+        return through_vqvae(models, values)
+    feats = lip_features.for_audio(subject, models.gen.feature, audio, fps, n_frames)
+    return from_features(models, feats, fps, seed)
 
 
 def import_livelink(subject: Subject, path: str | Path, n_frames: int | None = None, capture_fps: float | None = None,
