@@ -443,8 +443,8 @@ def sample_express(prepared_sample, tmp_path_factory):
     torch.set_num_threads(1)
     res = tasks.run("express", {"subject": str(s.root), "audio": str(SAMPLE / "dub.wav"),
                                 "out": str(tmp / "dub.json")}, _silent())
-    preset = write_preset(tmp / "tiny.toml", resolution=48, coarse_iters=30, fine_iters=6, rays=256,
-                          heldout_eval_frames=2, threads=1)
+    # the tiny schedule of the synthetic subject's renders (240 iterations), at 48 px
+    preset = write_preset(tmp / "tiny.toml", resolution=48, heldout_eval_frames=2, threads=1)
     tasks.run("train", {"subject": str(s.root), "preset": str(preset)}, _silent())
     audio = media.read_audio(SAMPLE / "dub.wav")[: media.AUDIO_RATE]  # one second of the dub: 25 frames
     media.write_wav(tmp / "dub1s.wav", audio)
@@ -463,10 +463,13 @@ def test_sample_expression_models(sample_express):
     c = read_curves(tmp / "dub.json", res["frame_count"])
     rg = Range.from_json(info["range"])
     assert np.all(c.expression >= rg.lo[:7] - 1e-5) and np.all(c.expression <= rg.hi[:7] + 1e-5)
-    # the brows move (the first version's regression sat at rest on new audio): the dub's generated brow
-    # activity is of the order of the captured one (0.8-1.0 of it in docs/benchmarks.md)
-    captured = coeffs.core[coeffs.train][:, :5].std(0).mean()
-    assert c.expression[:, :5].std(0).mean() > 0.4 * captured
+    # the brows move on the dub (another voice, 4 s): the sampled codes do not collapse onto the rest; the
+    # activity of so short a stretch is compared with the subject's own stretches of the same length
+    n, brows = len(c.expression), coeffs.core[coeffs.train][:, :5]
+    stretches = [brows[i:i + n].std(0).mean() for i in range(0, len(brows) - n + 1, n)]
+    got = c.expression[:, :5].std(0).mean()
+    print(f"dub brow activity {got:.3f}; captured {n}-frame stretches {np.round(stretches, 3).tolist()}")
+    assert got > 0.8 * min(stretches)
 
 
 @pytest.mark.slow
@@ -524,5 +527,5 @@ def test_sample_dub_with_generated_expressions(sample_express, monkeypatch):
     print("eyeBlinkLeft edit on generated curves: eye region", eyes[5:15].mean().round(3), "mouth",
           mouth[5:15].mean().round(4), "grey levels")
     assert np.all(diff[:5] == 0) and np.all(diff[15:] == 0)
-    assert eyes[5:15].mean() > 0.02, eyes
+    assert eyes[5:15].mean() > 0.3, eyes  # grey levels (0.97 in docs/benchmarks.md)
     assert mouth[5:15].mean() < 0.2 * eyes[5:15].mean(), (eyes, mouth)

@@ -3,9 +3,9 @@
 SyncTalk++ drives its expressions with EmoTalk (:mod:`.emotalk`, loaded when a user supplies its weights)
 and relies on the VQ-VAE's discrete codebook to "mitigate mapping ambiguity" (Sec. III-E). The default,
 which needs no download, is trained per subject and takes that literally: instead of regressing the
-coefficients (an L2 objective answers the conditional mean, and what the audio does not determine, such as
-when a brow goes up, comes out as the subject's rest: the generated brows of the first version moved at
-under half the captured activity on held-out audio), it learns a distribution over the subject's own
+coefficients (an L2 objective answers the conditional mean: what the audio does not determine, such as
+when a brow goes up, is averaged away, and the first version needed its output rescaled to move at all),
+it learns a distribution over the subject's own
 code words given the audio, as the VQ-VAE paper's prior over its latents (van den Oord et al., SyncTalk++
 ref. [83]), and samples it:
 
