@@ -345,7 +345,7 @@ def test_service_express_job_over_http(subject, tmp_path):
         # a write outside the workspace is refused before anything runs
         r = svc.client.post("/api/v1/jobs", json={"kind": "express", "subject": "astro",
                                                   "params": {"audio": "shot.wav", "out": str(tmp_path / "x.json")}})
-        assert r.status_code == 400 and not (tmp_path / "x.json").exists()
+        assert r.status_code == 422 and "out" in r.text and not (tmp_path / "x.json").exists()
     finally:
         svc.stop()
 
@@ -468,7 +468,7 @@ def test_sample_expression_models(sample_express):
     n, brows = len(c.expression), coeffs.core[coeffs.train][:, :5]
     stretches = [brows[i:i + n].std(0).mean() for i in range(0, len(brows) - n + 1, n)]
     got = c.expression[:, :5].std(0).mean()
-    print(f"dub brow activity {got:.3f}; captured {n}-frame stretches {np.round(stretches, 3).tolist()}")
+    print(f"dub brow activity {got:.3f}; captured {n}-frame stretches {[round(float(x), 3) for x in stretches]}")
     assert got > 0.8 * min(stretches)
 
 
