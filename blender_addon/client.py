@@ -298,6 +298,14 @@ class Client:
             raise ServerError(f"the service returned no curves for subject {subject!r}", "see the service's log")
         return ans
 
+    def subject(self, name: str) -> dict[str, Any]:
+        """The service's record of one subject: runs (renderer, weak expressions), warnings, torso (unvalidated:
+        :func:`subjects.subject_fields` keeps what it expects)."""
+        ans = self.request("GET", f"/subjects/{urllib.parse.quote(str(name), safe='')}")
+        if not isinstance(ans, dict):
+            raise ServerError(f"the service returned no record of subject {name!r}", "see the service's log")
+        return ans
+
     def subjects(self) -> list[dict[str, Any]]:
         ans = self.request("GET", "/subjects")
         if isinstance(ans, dict) and isinstance(ans.get("subjects"), list):

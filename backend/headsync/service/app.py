@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, tasks
 from . import jobspec
+from ..post.torso.config import MODES as TORSO_MODES
 from ..renderers.registry import renderer_names
 from ..subject.info import subject_info
 from .jobspec import ApiError
@@ -143,6 +144,7 @@ class HealthOut(BaseModel):
     running: int
     max_jobs: int
     renderers: list[str]  # the registered renderers, for a train job's "renderer" (built-in first)
+    torso_modes: list[str]  # the torso paths, for a torso job's "mode" and a render's "torso"
 
 
 class RunOut(BaseModel):
@@ -331,7 +333,8 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         dev = service.device or {"device": "cpu", "gpu": None}
         return ApiJSON({"version": __version__, "device": dev["device"], "gpu": dev["gpu"],
                         "workspace": str(ws), "running": scheduler.running_count(),
-                        "max_jobs": scheduler.max_jobs, "renderers": renderer_names()})
+                        "max_jobs": scheduler.max_jobs, "renderers": renderer_names(),
+                        "torso_modes": list(TORSO_MODES)})
 
     request_schema, request_components = jobspec.json_schema_for_requests()
 
