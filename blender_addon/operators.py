@@ -710,7 +710,7 @@ class HEADSYNC_OT_train_subject(_Op, bpy.types.Operator):
 
     def invoke(self, context, event):
         st = props.hs(_scene(context))
-        self.preset, self.renderer = st.train_preset, st.train_renderer
+        self.preset, self.renderer = st.train_preset, st.train_renderer or subjectlib.PRESET
         return context.window_manager.invoke_props_dialog(self)
 
     def draw(self, context):

@@ -137,7 +137,9 @@ class HEADSYNC_PT_subjects(_Base, bpy.types.Panel):
         row = layout.row(align=True)
         for text, icon, resume in (("Train", 'PLAY', False), ("Resume", 'LOOP_FORWARDS', True)):
             op = row.operator("headsync.train_subject", text=text, icon=icon)
-            op.subject, op.preset, op.renderer, op.resume = subj.name, st.train_preset, st.train_renderer, resume
+            # a stored choice the service no longer lists reads as "": the preset's renderer then
+            op.subject, op.preset, op.resume = subj.name, st.train_preset, resume
+            op.renderer = st.train_renderer or subjectlib.PRESET
         row = layout.row(align=True)
         op = row.operator("headsync.prepare_subject", text="Prepare Again", icon='FILE_REFRESH')
         op.subject = subj.name
