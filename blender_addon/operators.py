@@ -681,11 +681,48 @@ class HEADSYNC_OT_prepare_subject(_Op, bpy.types.Operator):
         return {'FINISHED'}
 
 
-class HEADSYNC_OT_train_subject(_Op, bpy.types.Operator):
+def _prepared_subject_poll(cls, context, job_field: str, busy: str) -> bool:
+    """The current subject is prepared and its job ``job_field`` is not running (``busy``: why, '{}' its name)."""
+    subj = _scene_subject(context, "") if _has_settings(context) else None
+    if subj is None:
+        return _poll_fail(cls, "import a subject first")
+    if subj.stage in ("new", "failed") and not subj.prepare_job:
+        return _poll_fail(cls, f"subject {subj.name} is not prepared yet: prepare it first")
+    job = props.get_job(_scene(context), getattr(subj, job_field))
+    if job is not None and job.state in shotlib.ACTIVE_STATES:
+        return _poll_fail(cls, busy.format(subj.name))
+    return True
+
+
+class _SubjectJobOp(_Op):
+    """A dialog submitting a job of a subject with a preset (a name or a .toml); ``submit`` returns the report."""
+
+    FIELDS: tuple = ()  # the dialog's fields after the subject
+
+    def draw(self, context):
+        col = self.layout.column()
+        col.prop_search(self, "subject", props.hs(_scene(context)), "subjects")
+        for name in self.FIELDS:
+            col.prop(self, name)
+
+    def execute(self, context):
+        subj = _scene_subject(context, self.subject)
+        if subj is None:
+            return self.fail(HeadSyncError(f"no subject {self.subject!r} in this scene" if self.subject
+                                           else "no subject chosen", "import a subject first"))
+        try:
+            self.report({'INFO'}, self.submit(context, subj, _preset_choice(self)))
+        except EXPECTED as e:
+            return self.fail(e)
+        return {'FINISHED'}
+
+
+class HEADSYNC_OT_train_subject(_SubjectJobOp, bpy.types.Operator):
     bl_idname = "headsync.train_subject"
     bl_label = "Train Subject"
     bl_description = "Submit the 'train' job of a prepared subject (resume continues from the last checkpoint)"
     bl_options = {'REGISTER', 'UNDO'}
+    FIELDS = ("preset", "preset_file", "renderer", "run", "resume")
 
     subject: StringProperty(name="Subject")
     preset: EnumProperty(name="Preset", items=props.PRESETS, default="preview")
@@ -698,51 +735,26 @@ class HEADSYNC_OT_train_subject(_Op, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        subj = _scene_subject(context, "") if _has_settings(context) else None
-        if subj is None:
-            return _poll_fail(cls, "import a subject first")
-        if subj.stage in ("new", "failed") and not subj.prepare_job:
-            return _poll_fail(cls, f"subject {subj.name} is not prepared yet: prepare it first")
-        job = props.get_job(_scene(context), subj.train_job)
-        if job is not None and job.state in shotlib.ACTIVE_STATES:
-            return _poll_fail(cls, f"subject {subj.name} is training already")
-        return True
+        return _prepared_subject_poll(cls, context, "train_job", "subject {} is training already")
 
     def invoke(self, context, event):
         st = props.hs(_scene(context))
         self.preset, self.renderer = st.train_preset, st.train_renderer or subjectlib.PRESET
         return context.window_manager.invoke_props_dialog(self)
 
-    def draw(self, context):
-        col = self.layout.column()
-        col.prop_search(self, "subject", props.hs(_scene(context)), "subjects")
-        col.prop(self, "preset")
-        col.prop(self, "preset_file")
-        col.prop(self, "renderer")
-        col.prop(self, "run")
-        col.prop(self, "resume")
-
-    def execute(self, context):
-        subj = _scene_subject(context, self.subject)
-        if subj is None:
-            return self.fail(HeadSyncError(f"no subject {self.subject!r} in this scene" if self.subject
-                                           else "no subject chosen", "import a subject first"))
-        try:
-            preset = _preset_choice(self)
-            job = submit_train(_scene(context), subj, preset, self.resume, self.run, self.renderer)
-        except EXPECTED as e:
-            return self.fail(e)
+    def submit(self, context, subj, preset: str) -> str:
+        job = submit_train(_scene(context), subj, preset, self.resume, self.run, self.renderer)
         what = os.path.basename(preset) + (f", {self.renderer}" if self.renderer != subjectlib.PRESET else "")
-        self.report({'INFO'}, f"train job {job} submitted for {subj.name!r} ({what})")
-        return {'FINISHED'}
+        return f"train job {job} submitted for {subj.name!r} ({what})"
 
 
-class HEADSYNC_OT_train_torso(_Op, bpy.types.Operator):
+class HEADSYNC_OT_train_torso(_SubjectJobOp, bpy.types.Operator):
     bl_idname = "headsync.train_torso"
     bl_label = "Train Torso"
     bl_description = ("Submit the 'torso' job of a prepared subject: the parts of the torso path its renders use "
                       "(restorer, torso field or both; the modes the service lists)")
     bl_options = {'REGISTER', 'UNDO'}
+    FIELDS = ("preset", "preset_file", "mode")
 
     subject: StringProperty(name="Subject")
     preset: EnumProperty(name="Preset", items=props.PRESETS, default="preview",
@@ -755,15 +767,7 @@ class HEADSYNC_OT_train_torso(_Op, bpy.types.Operator):
 
     @classmethod
     def poll(cls, context):
-        subj = _scene_subject(context, "") if _has_settings(context) else None
-        if subj is None:
-            return _poll_fail(cls, "import a subject first")
-        if subj.stage in ("new", "failed") and not subj.prepare_job:
-            return _poll_fail(cls, f"subject {subj.name} is not prepared yet: prepare it first")
-        job = props.get_job(_scene(context), subj.torso_job)
-        if job is not None and job.state in shotlib.ACTIVE_STATES:
-            return _poll_fail(cls, f"the torso of subject {subj.name} is training already")
-        return True
+        return _prepared_subject_poll(cls, context, "torso_job", "the torso of subject {} is training already")
 
     def invoke(self, context, event):
         subj = _scene_subject(context, self.subject)
@@ -771,25 +775,10 @@ class HEADSYNC_OT_train_torso(_Op, bpy.types.Operator):
             self.preset = subj.preset
         return context.window_manager.invoke_props_dialog(self)
 
-    def draw(self, context):
-        col = self.layout.column()
-        col.prop_search(self, "subject", props.hs(_scene(context)), "subjects")
-        col.prop(self, "preset")
-        col.prop(self, "preset_file")
-        col.prop(self, "mode")
-
-    def execute(self, context):
-        subj = _scene_subject(context, self.subject)
-        if subj is None:
-            return self.fail(HeadSyncError("no subject chosen", "import a subject first"))
-        try:
-            preset = _preset_choice(self)
-            job = submit_torso(_scene(context), subj, preset, self.mode)
-        except EXPECTED as e:
-            return self.fail(e)
-        self.report({'INFO'}, f"torso job {job} submitted for {subj.name!r} ({os.path.basename(preset)}, "
-                              f"{'preset mode' if self.mode == subjectlib.PRESET else self.mode})")
-        return {'FINISHED'}
+    def submit(self, context, subj, preset: str) -> str:
+        job = submit_torso(_scene(context), subj, preset, self.mode)
+        return (f"torso job {job} submitted for {subj.name!r} ({os.path.basename(preset)}, "
+                f"{'preset mode' if self.mode == subjectlib.PRESET else self.mode})")
 
 
 class HEADSYNC_OT_new_shot(_Op, bpy.types.Operator):
@@ -945,92 +934,72 @@ def _expressions_poll(cls, context, shot) -> bool:
     return True
 
 
-class HEADSYNC_OT_generate_expressions(_Op, bpy.types.Operator):
+class _ShotExpressionsOp(_Op):
+    """An operator that replaces the expression keys of a shot (``run``: returns the report line)."""
+
+    bl_options = {'REGISTER', 'UNDO'}
+
+    shot: StringProperty(name="Shot")
+
+    @classmethod
+    def poll(cls, context):
+        return _expressions_poll(cls, context, _scene_shot(context, "") if _has_settings(context) else None)
+
+    def execute(self, context):
+        shot = _scene_shot(context, self.shot)
+        if shot is None:
+            return self.fail(HeadSyncError("no shot chosen", "create one with New Shot"))
+        try:
+            self.report({'INFO'}, self.run(context, shot))
+        except EXPECTED as e:
+            return self.fail(e)
+        return {'FINISHED'}
+
+
+class HEADSYNC_OT_generate_expressions(_ShotExpressionsOp, bpy.types.Operator):
     bl_idname = "headsync.generate_expressions"
     bl_label = "Generate Expressions"
     bl_description = ("Generate the shot's expressions (blinks, brows) from its dialogue with the subject's "
                       "expression models, kept within what the subject showed (its VQ-VAE), and key them on the "
                       "shot in place of its expression keys (editable; the head pose stays)")
-    bl_options = {'REGISTER', 'UNDO'}
 
-    shot: StringProperty(name="Shot")
-
-    @classmethod
-    def poll(cls, context):
-        return _expressions_poll(cls, context, _scene_shot(context, "") if _has_settings(context) else None)
-
-    def execute(self, context):
-        shot = _scene_shot(context, self.shot)
-        if shot is None:
-            return self.fail(HeadSyncError("no shot chosen", "create one with New Shot"))
-        try:
-            job = submit_expressions(_scene(context), shot)
-        except EXPECTED as e:
-            return self.fail(e)
-        self.report({'INFO'}, f"generating the expressions of shot {shot.name!r}: job {job}")
-        return {'FINISHED'}
+    def run(self, context, shot) -> str:
+        return f"generating the expressions of shot {shot.name!r}: job {submit_expressions(_scene(context), shot)}"
 
 
-class HEADSYNC_OT_import_livelink(_Op, bpy.types.Operator):
+class HEADSYNC_OT_import_livelink(_ShotExpressionsOp, bpy.types.Operator):
     bl_idname = "headsync.import_livelink"
     bl_label = "Import Live Link Face CSV"
     bl_description = ("Key an iPhone Live Link Face take (its CSV export) on the shot's expression curves, "
                       "mapped onto the subject and kept within what it showed (its VQ-VAE); a take shorter than "
                       "the shot holds its last frame")
-    bl_options = {'REGISTER', 'UNDO'}
 
-    shot: StringProperty(name="Shot")
     filepath: StringProperty(name="Take", subtype='FILE_PATH')
     filter_glob: StringProperty(default="*.csv", options={'HIDDEN', 'SKIP_SAVE'})
     capture_fps: FloatProperty(name="Capture Rate", default=0.0, min=0.0, max=240.0,
                                description="The take's frame rate when its timecodes do not tell it (0: inferred)")
 
-    @classmethod
-    def poll(cls, context):
-        return _expressions_poll(cls, context, _scene_shot(context, "") if _has_settings(context) else None)
-
     def invoke(self, context, event):
         context.window_manager.fileselect_add(self)
         return {'RUNNING_MODAL'}
 
-    def execute(self, context):
-        shot = _scene_shot(context, self.shot)
-        if shot is None:
-            return self.fail(HeadSyncError("no shot chosen", "create one with New Shot"))
+    def run(self, context, shot) -> str:
         if not self.filepath:
-            return self.fail(HeadSyncError("no Live Link Face take chosen", "pick the CSV the app exported"))
-        try:
-            job = submit_expressions(_scene(context), shot, self.filepath, self.capture_fps)
-        except EXPECTED as e:
-            return self.fail(e)
-        self.report({'INFO'}, f"importing {os.path.basename(self.filepath)} onto shot {shot.name!r}: job {job}")
-        return {'FINISHED'}
+            raise HeadSyncError("no Live Link Face take chosen", "pick the CSV the app exported")
+        job = submit_expressions(_scene(context), shot, self.filepath, self.capture_fps)
+        return f"importing {os.path.basename(self.filepath)} onto shot {shot.name!r}: job {job}"
 
 
-class HEADSYNC_OT_captured_expressions(_Op, bpy.types.Operator):
+class HEADSYNC_OT_captured_expressions(_ShotExpressionsOp, bpy.types.Operator):
     bl_idname = "headsync.captured_expressions"
     bl_label = "Captured Expressions"
     bl_description = ("Key the subject's captured expressions on the shot again (as New Shot does), in place of "
                       "its expression keys; the head pose stays")
-    bl_options = {'REGISTER', 'UNDO'}
 
-    shot: StringProperty(name="Shot")
-
-    @classmethod
-    def poll(cls, context):
-        return _expressions_poll(cls, context, _scene_shot(context, "") if _has_settings(context) else None)
-
-    def execute(self, context):
-        shot = _scene_shot(context, self.shot)
-        if shot is None:
-            return self.fail(HeadSyncError("no shot chosen", "create one with New Shot"))
-        try:
-            n = key_expressions(shot, captured_curves(shot.subject, shot.frame_count)["values"], "captured")
-        except EXPECTED as e:
-            return self.fail(e)
+    def run(self, context, shot) -> str:
+        n = key_expressions(shot, captured_curves(shot.subject, shot.frame_count)["values"], "captured")
         shot.expression_file, shot.message, shot.hint = "", "", ""
-        self.report({'INFO'}, f"shot {shot.name!r}: {n} keys of the captured expressions")
-        return {'FINISHED'}
+        return f"shot {shot.name!r}: {n} keys of the captured expressions"
 
 
 class HEADSYNC_OT_render_all(_Op, bpy.types.Operator):

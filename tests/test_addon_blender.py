@@ -424,6 +424,16 @@ class Fake:
         self.httpd.server_close()
         self.thread.join(5)
 
+class Rec:
+    """A recording stand-in for a UILayout: each call is logged as (name, text, translate) in ``log``."""
+    def __init__(self, log): object.__setattr__(self, "log", log)
+    def __getattr__(self, name):
+        def call(*a, **k):
+            self.log.append((name, k.get("text"), k.get("translate", True)))
+            return Rec(self.log)
+        return call
+    def __setattr__(self, k, v): pass
+
 def write_frames(folder, n):
     import numpy as np
     os.makedirs(folder, exist_ok=True)
@@ -821,19 +831,13 @@ def test_poll_messages_confirmation_notices_labels_and_token(addon_zip, tmp_path
         RESULT["notices"] = list(polling.NOTICES)
         # user data drawn untranslated, states in words
         calls = []
-        class Rec:
-            def __getattr__(self, name):
-                def call(*a, **k):
-                    calls.append((name, k.get("text"), k.get("translate", True)))
-                    return Rec()
-                return call
         s.message = "a long message from the service " * 6
         panels = mod("panels")
         for cls in (panels.HEADSYNC_PT_subjects, panels.HEADSYNC_PT_main):
-            holder = type("P", (), {})(); holder.layout = Rec()
+            holder = type("P", (), {})(); holder.layout = Rec(calls)
             cls.draw(holder, bpy.context)
         ul = panels.HEADSYNC_UL_subjects.draw_item
-        ul(None, bpy.context, Rec(), st, s, 0, st, "subjects")
+        ul(None, bpy.context, Rec(calls), st, s, 0, st, "subjects")
         RESULT["labels"] = [[t, tr] for name, t, tr in calls if name == "label" and t]
         # the token: not kept in the preferences when server.json has it
         p.service_url = json.load(open(os.path.join(ARGS["ws"], "server.json")))["url"]
@@ -992,18 +996,11 @@ def test_expression_sources_renderer_torso_and_warnings(addon_zip, tmp_path):
                               max(abs(fc("eyeBlinkLeft").evaluate(f) - c) for f, c in zip(frames, captured))]
         # the warnings, beside the subject and beside the curves (the Graph Editor's shot panel), untranslated
         calls = []
-        class Rec:
-            def __getattr__(self, name):
-                def call(*a, **k):
-                    calls.append((name, k.get("text"), k.get("translate", True)))
-                    return Rec()
-                return call
-            def __setattr__(self, k, v): pass
         panels = mod("panels")
         drawn = {}
         for cls in (panels.HEADSYNC_PT_subjects, panels.HEADSYNC_PT_graph_shot):
             calls.clear()
-            holder = type("P", (), {})(); holder.layout = Rec()
+            holder = type("P", (), {})(); holder.layout = Rec(calls)
             cls.draw(holder, bpy.context)
             drawn[cls.__name__] = [[t, tr] for name, t, tr in calls if name == "label" and t]
         RESULT["drawn"] = drawn
