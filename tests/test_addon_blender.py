@@ -898,39 +898,94 @@ def test_start_service_from_blender(addon_zip, tmp_path):
     assert (ws / "blender_service.log").exists()
 
 
+#: A subject as the add-on learns it from the fake service: a renderer chosen for its training, its record
+#: (warnings, weak coefficients, torso path) after the training, a torso training submitted and failed.
+SUBJECT_RECORD = r"""
+import numpy as np
+cio = mod("curves_io"); ops = mod("operators")
+import numpy as np
+cio = mod("curves_io"); ops = mod("operators")
+s.stage, s.prepare_job = "prepared", "p0"
+RESULT["check"] = sorted(bpy.ops.headsync.check_connection())
+RESULT["renderer_items"] = [i[0] for i in mod("props").renderer_items(st, bpy.context)]
+bpy.ops.headsync.train_subject(subject="astro", preset="preview", renderer="gaussian")
+RESULT["train"] = fake.submitted[-1]["params"]
+RESULT["training_renderer"] = s.renderer
+fake.jobs[s.train_job]["state"] = "cancelled"; polling.poll_once()
+bpy.ops.headsync.train_subject(subject="astro", preset="preview")  # the preset's renderer
+RESULT["train_default"] = fake.submitted[-1]["params"]
+blink = "the footage shows no full blink (the eyes never close), so blink edits (eyeBlinkLeft/Right) will be weak"
+fake.records["astro"] = {"name": "astro", "stages": ["tracking"], "runs": ["default"], "prepared": True,
+                         "models": [{"name": "default", "trained": True, "renderer": "gaussian",
+                                     "heldout_psnr": 25.4, "weak_expressions": ["eyeBlinkLeft", "eyeBlinkRight"]}],
+                         "warnings": [blink], "torso": {"mode": "restorer", "trained": ["source", "restorer"]}}
+fake.jobs[s.train_job]["state"] = "succeeded"; polling.poll_once()
+RESULT["subject"] = [s.stage, s.renderer, round(s.heldout_psnr, 2), [x.text for x in s.warnings],
+                     [x.text for x in s.weak_expressions], s.torso_mode, [x.text for x in s.torso_trained]]
+bpy.ops.headsync.train_torso(subject="astro", preset="preview", mode="field")
+RESULT["torso_body"] = fake.submitted[-1]
+fake.jobs[s.torso_job]["state"] = "failed"; fake.jobs[s.torso_job]["error"] = {"message": "no GPU", "hint": "h"}
+polling.poll_once()
+RESULT["torso_failed"] = [s.message, s.stage]
+"""
+
+#: The panels ``PANELS`` names drawn with a recording layout: each one's labels in RESULT["drawn"] (warnings
+#: and weak coefficients beside the subject, and beside the curves in the Graph Editor), and whether the
+#: icons the add-on draws exist in this Blender.
+DRAW_PANELS = r"""
+calls = []
+drawn = {}
+for cls in (getattr(mod("panels"), name) for name in PANELS):
+    calls.clear()
+    holder = type("P", (), {})(); holder.layout = Rec(calls)
+    cls.draw(holder, bpy.context)
+    drawn[cls.__name__] = [[t, tr] for name, t, tr in calls if name == "label" and t]
+RESULT["drawn"] = drawn
+# icons exist in this Blender
+icons = bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys()
+RESULT["bad_icons"] = [i for i in ("SHADING_RENDERED", "MOD_ARMATURE", "SHAPEKEY_DATA", "LOOP_BACK", "SOUND",
+                                   "IMPORT", "FILE") if i not in icons]
+"""
+
+
+def check_subject_record(res: dict) -> None:
+    assert res["check"] == ["FINISHED"] and res["renderer_items"] == ["PRESET", "nerf", "gaussian"]
+    assert res["train"] == {"preset": "preview", "run": "default", "resume": False, "renderer": "gaussian"}
+    assert res["training_renderer"] == "gaussian" and "renderer" not in res["train_default"]
+    blink = res["subject"][3][0]
+    assert "no full blink" in blink
+    assert res["subject"] == ["trained", "gaussian", 25.4, [blink], ["eyeBlinkLeft", "eyeBlinkRight"], "restorer",
+                              ["source", "restorer"]]
+    assert res["torso_body"] == {"kind": "torso", "subject": "astro", "params": {"preset": "preview", "mode": "field"}}
+    assert res["torso_failed"] == ["no GPU", "trained"]
+    for panel, labels in res["drawn"].items():
+        text = " ".join(t for t, _ in labels)
+        assert "no full blink" in text and "eyeBlinkLeft, eyeBlinkRight barely show" in text, panel
+        assert all(tr is False for t, tr in labels if "blink" in t), panel
+    assert res["bad_icons"] == []
+
+
+@needs_bpy
+def test_renderer_torso_and_warnings_of_a_subject(addon_zip, tmp_path):
+    """Issues 12, 15, 11: the renderer a training uses (the service's list), the torso mode of a torso
+    training, and the subject's record (renderer, held-out PSNR, warnings, weak coefficients, torso path)
+    drawn beside it, untranslated."""
+    w = make_workspace(tmp_path, seconds=4.0)
+    res = run_blender(tmp_path, SUBJECT_RECORD + 'PANELS = ("HEADSYNC_PT_subjects",)\n' + DRAW_PANELS,
+                      {"zip": str(addon_zip), "tmp": str(tmp_path), **w}, extra=FAKE_SERVICE + SHOT_SETUP)
+    check_subject_record(res)
+    subj_text = " ".join(t for t, _ in res["drawn"]["HEADSYNC_PT_subjects"])
+    assert "Model run default: gaussian, held-out 25.4 dB" in subj_text and "Torso: restorer" in subj_text
+
+
 @needs_bpy
 @sound
-def test_expression_sources_renderer_torso_and_warnings(addon_zip, tmp_path):
-    """Issues 12, 14, 15, 11 in the add-on: the renderer a training uses (the service's list), the torso mode
-    of a torso training and of a render, a shot's expressions generated or imported from a Live Link Face
-    take (the express job's curves keyed as editable sparse curves, the head pose kept), back to the
-    captured ones, and the subject's warnings and weak coefficients beside the subject and the curves."""
+def test_expression_sources_of_a_shot(addon_zip, tmp_path):
+    """Issue 14 (and 15's torso of a render): a shot's expressions generated or imported from a Live Link
+    Face take (the express job's curves keyed as editable sparse curves, the head pose kept), back to the
+    captured ones; the subject's warnings and weak coefficients beside the curves (the Graph Editor)."""
     w = make_workspace(tmp_path, seconds=4.0)
-    res = run_blender(tmp_path, r"""
-        import numpy as np
-        cio = mod("curves_io"); ops = mod("operators")
-        s.stage, s.prepare_job = "prepared", "p0"
-        RESULT["check"] = sorted(bpy.ops.headsync.check_connection())
-        RESULT["renderer_items"] = [i[0] for i in mod("props").renderer_items(st, bpy.context)]
-        bpy.ops.headsync.train_subject(subject="astro", preset="preview", renderer="gaussian")
-        RESULT["train"] = fake.submitted[-1]["params"]
-        RESULT["training_renderer"] = s.renderer
-        fake.jobs[s.train_job]["state"] = "cancelled"; polling.poll_once()
-        bpy.ops.headsync.train_subject(subject="astro", preset="preview")  # the preset's renderer
-        RESULT["train_default"] = fake.submitted[-1]["params"]
-        blink = "the footage shows no full blink (the eyes never close), so blink edits (eyeBlinkLeft/Right) will be weak"
-        fake.records["astro"] = {"name": "astro", "stages": ["tracking"], "runs": ["default"], "prepared": True,
-                                 "models": [{"name": "default", "trained": True, "renderer": "gaussian",
-                                             "heldout_psnr": 25.4, "weak_expressions": ["eyeBlinkLeft", "eyeBlinkRight"]}],
-                                 "warnings": [blink], "torso": {"mode": "restorer", "trained": ["source", "restorer"]}}
-        fake.jobs[s.train_job]["state"] = "succeeded"; polling.poll_once()
-        RESULT["subject"] = [s.stage, s.renderer, round(s.heldout_psnr, 2), [x.text for x in s.warnings],
-                             [x.text for x in s.weak_expressions], s.torso_mode, [x.text for x in s.torso_trained]]
-        bpy.ops.headsync.train_torso(subject="astro", preset="preview", mode="field")
-        RESULT["torso_body"] = fake.submitted[-1]
-        fake.jobs[s.torso_job]["state"] = "failed"; fake.jobs[s.torso_job]["error"] = {"message": "no GPU", "hint": "h"}
-        polling.poll_once()
-        RESULT["torso_failed"] = [s.message, s.stage]
+    res = run_blender(tmp_path, SUBJECT_RECORD + textwrap.dedent(r"""
         # a shot: captured keys first
         compat.new_sound(scene, "dub", ARGS["wav"], 5, 1)
         bpy.ops.headsync.new_shot(subject="astro", strip="dub")
@@ -994,29 +1049,9 @@ def test_expression_sources_renderer_torso_and_warnings(addon_zip, tmp_path):
         bpy.ops.headsync.captured_expressions(shot="dub")
         RESULT["captured"] = [shot.expression_source,
                               max(abs(fc("eyeBlinkLeft").evaluate(f) - c) for f, c in zip(frames, captured))]
-        # the warnings, beside the subject and beside the curves (the Graph Editor's shot panel), untranslated
-        calls = []
-        panels = mod("panels")
-        drawn = {}
-        for cls in (panels.HEADSYNC_PT_subjects, panels.HEADSYNC_PT_graph_shot):
-            calls.clear()
-            holder = type("P", (), {})(); holder.layout = Rec(calls)
-            cls.draw(holder, bpy.context)
-            drawn[cls.__name__] = [[t, tr] for name, t, tr in calls if name == "label" and t]
-        RESULT["drawn"] = drawn
-        # icons exist in this Blender
-        icons = bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys()
-        RESULT["bad_icons"] = [i for i in ("SHADING_RENDERED", "MOD_ARMATURE", "SHAPEKEY_DATA", "LOOP_BACK", "SOUND",
-                                           "IMPORT", "FILE") if i not in icons]
-    """, {"zip": str(addon_zip), "tmp": str(tmp_path), **w}, extra=FAKE_SERVICE + SHOT_SETUP)
-    assert res["check"] == ["FINISHED"] and res["renderer_items"] == ["PRESET", "nerf", "gaussian"]
-    assert res["train"] == {"preset": "preview", "run": "default", "resume": False, "renderer": "gaussian"}
-    assert res["training_renderer"] == "gaussian" and "renderer" not in res["train_default"]
-    blink = res["subject"][3][0]
-    assert res["subject"] == ["trained", "gaussian", 25.4, [blink], ["eyeBlinkLeft", "eyeBlinkRight"], "restorer",
-                              ["source", "restorer"]]
-    assert res["torso_body"] == {"kind": "torso", "subject": "astro", "params": {"preset": "preview", "mode": "field"}}
-    assert res["torso_failed"] == ["no GPU", "trained"]
+    """) + 'PANELS = ("HEADSYNC_PT_graph_shot",)\n' + DRAW_PANELS,
+                      {"zip": str(addon_zip), "tmp": str(tmp_path), **w}, extra=FAKE_SERVICE + SHOT_SETUP)
+    check_subject_record(res)
     assert res["source0"] == "captured"
     assert res["torso_items"] == ["SUBJECT", "source", "restorer"]
     assert res["render_torso"] == "restorer" and res["render_default_torso"] is False
@@ -1030,11 +1065,4 @@ def test_expression_sources_renderer_torso_and_warnings(addon_zip, tmp_path):
     assert "frame_count is 50 but the audio gives 100 frames" in res["wrong_length"][0] and res["wrong_length"][1] == "livelink"
     assert abs(res["wrong_length"][2] - 0.8) < 1e-6
     assert res["captured"][0] == "captured" and res["captured"][1] <= 0.02 + 1e-5
-    for panel, labels in res["drawn"].items():
-        text = " ".join(t for t, _ in labels)
-        assert "no full blink" in text and "eyeBlinkLeft, eyeBlinkRight barely show" in text, panel
-        assert all(tr is False for t, tr in labels if "blink" in t), panel
-    subj_text = " ".join(t for t, _ in res["drawn"]["HEADSYNC_PT_subjects"])
-    assert "Model run default: gaussian, held-out 25.4 dB" in subj_text and "Torso: restorer" in subj_text
     assert "Expressions: Captured" in " ".join(t for t, _ in res["drawn"]["HEADSYNC_PT_graph_shot"])
-    assert res["bad_icons"] == []
