@@ -38,21 +38,18 @@ def _names(value: Any, allowed: tuple[str, ...] | None = None) -> list[str]:
 def subject_fields(record: Any, run: str = "default") -> dict[str, Any]:
     """The fields the scene keeps from a service subject record, for the model run ``run`` (the one renders
     use; else the newest-named trained run): {"warnings": [str], "renderer": str, "heldout_psnr": float
-    (NaN: unknown), "weak_expressions": [core names], "weak_checked": bool, "torso_mode": str,
-    "torso_trained": [modes]}."""
+    (NaN: unknown), "weak_expressions": [core names], "torso_mode": str, "torso_trained": [modes]}."""
     rec = record if isinstance(record, dict) else {}
     models = [m for m in rec.get("models") or [] if isinstance(m, dict)] if isinstance(rec.get("models"), list) else []
     trained = [m for m in models if m.get("trained")]
     chosen = next((m for m in models if m.get("name") == run), None) or (trained[-1] if trained else {})
     psnr = chosen.get("heldout_psnr")
-    weak = chosen.get("weak_expressions")
     torso = rec.get("torso") if isinstance(rec.get("torso"), dict) else {}
     return {"warnings": [w for w in (_text(x) for x in (rec.get("warnings") or [])
                                      if isinstance(rec.get("warnings"), list)) if w][:MAX_WARNINGS],
             "renderer": _text(chosen.get("renderer"), 64),
             "heldout_psnr": float(psnr) if isinstance(psnr, (int, float)) and math.isfinite(psnr) else math.nan,
-            "weak_expressions": _names(weak, CORE_NAMES),
-            "weak_checked": isinstance(weak, list),
+            "weak_expressions": _names(chosen.get("weak_expressions"), CORE_NAMES),
             "torso_mode": _text(torso.get("mode"), 64),
             "torso_trained": _names(torso.get("trained"))}
 

@@ -332,9 +332,9 @@ def test_subject_fields_keep_what_they_expect():
     assert f["warnings"][0] == "the footage shows no full blink" and len(f["warnings"]) == 2
     assert len(f["warnings"][1]) == subjects.MAX_CHARS
     assert f["renderer"] == "gaussian" and f["heldout_psnr"] == 25.43
-    assert f["weak_expressions"] == ["eyeBlinkLeft", "eyeBlinkRight"] and f["weak_checked"]
+    assert f["weak_expressions"] == ["eyeBlinkLeft", "eyeBlinkRight"]
     assert f["torso_mode"] == "restorer" and f["torso_trained"] == ["source", "restorer"]
-    assert subjects.subject_fields(rec, "old")["weak_checked"] is False
+    assert subjects.subject_fields(rec, "old")["weak_expressions"] == []  # not checked
     assert subjects.subject_fields(rec, "missing")["renderer"] == "gaussian"  # the last trained run
     empty = subjects.subject_fields("not a record")
     assert empty["warnings"] == [] and empty["renderer"] == "" and math.isnan(empty["heldout_psnr"])

@@ -449,9 +449,7 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         coefficients, the warnings of ``prepare``, the torso path)."""
         rec = subject_record(jobspec.check_name(name, "subject"))
         if rec is None or not (ws / "subjects" / name / "subject.json").is_file():
-            known = sorted(p.name for p in (ws / "subjects").glob("*") if (p / "subject.json").is_file())
-            raise ApiError(404, f"unknown subject {name!r}",
-                           ("known subjects: " + ", ".join(known[:20])) if known else "prepare it first")
+            raise jobspec.unknown_subject(ws, name)
         return ApiJSON(rec)
 
     @app.get(API + "/subjects/{name}/curves", responses=_responses(401, 404, 422))
