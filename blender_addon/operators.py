@@ -302,9 +302,9 @@ def apply_expressions(shot, artifacts: dict) -> int:
     if not isinstance(path, str) or not path:
         raise HeadSyncError("the expressions job names no curves file", "open the job's log")
     doc = curves_io.validate(curves_io.read(path), shot.frame_count)
-    source = "livelink" if artifacts.get("input") == "livelink" else "generated"
+    source = "imported" if artifacts.get("input") == "livelink" else "generated"
     n = key_expressions(shot, doc["expression"]["values"], source)
-    shot.message, shot.hint = f"{n} expression keys {'imported' if source == 'livelink' else 'generated'}", ""
+    shot.message, shot.hint = f"{n} expression keys {source}", ""
     return n
 
 

@@ -186,7 +186,7 @@ def draw_shots(layout, context):
         row.operator("headsync.captured_expressions", text="Captured", icon='LOOP_BACK').shot = shot.name
         row.operator("headsync.generate_expressions", text="Generate", icon='SOUND').shot = shot.name
         row.operator("headsync.import_livelink", text="Live Link CSV", icon='IMPORT').shot = shot.name
-        if shot.expression_source == "livelink" and shot.expression_file:
+        if shot.expression_source == "imported" and shot.expression_file:
             box.label(text=os.path.basename(shot.expression_file), icon='FILE', translate=False)
         row = box.row(align=True)
         row.prop(shot, "use_head_pose")

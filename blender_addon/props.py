@@ -22,7 +22,7 @@ PRESETS = [
 EXPRESSION_SOURCES = [
     ("captured", "Captured", "The subject's captured performance, looped over the shot (New Shot)"),
     ("generated", "Generated", "Generated from the shot's dialogue by the subject's expression models"),
-    ("livelink", "Live Link Face", "Imported from an iPhone Live Link Face take (CSV)"),
+    ("imported", "Live Link Face", "Imported from an iPhone Live Link Face take (CSV)"),
 ]
 
 # Enum items of choices the service lists, kept alive per list (Blender does not copy the strings).

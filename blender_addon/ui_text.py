@@ -38,7 +38,7 @@ KIND_WORDS = {"prepare": "Preparing", "train": "Training", "render": "Rendering"
               "express": "Expressions", "torso": "Torso"}
 #: A shot's expression source (``props.EXPRESSION_SOURCES``), as the sidebar says it.
 EXPRESSION_WORDS = {"captured": "Captured", "generated": "Generated from the dialogue",
-                    "livelink": "Live Link Face take"}
+                    "imported": "Live Link Face take"}
 
 #: Average width of one character of the interface font, in pixels at a UI scale of 1.
 CHAR_PX = 7.0

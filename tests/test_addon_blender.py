@@ -1061,8 +1061,8 @@ def test_expression_sources_of_a_shot(addon_zip, tmp_path):
     assert source == "generated" and err <= 0.02 + 1e-5 and n_keys < 100 and "keys generated" in message
     assert res["pose_kept"] == 0.0 and res["edited"] == 1.0
     assert res["livelink_body"] == ["express", True, 60.0, True]
-    assert res["imported"][:2] == ["livelink", "take.csv"] and res["imported"][2] < 1e-6
-    assert "frame_count is 50 but the audio gives 100 frames" in res["wrong_length"][0] and res["wrong_length"][1] == "livelink"
+    assert res["imported"][:2] == ["imported", "take.csv"] and res["imported"][2] < 1e-6
+    assert "frame_count is 50 but the audio gives 100 frames" in res["wrong_length"][0] and res["wrong_length"][1] == "imported"
     assert abs(res["wrong_length"][2] - 0.8) < 1e-6
     assert res["captured"][0] == "captured" and res["captured"][1] <= 0.02 + 1e-5
     assert "Expressions: Captured" in " ".join(t for t, _ in res["drawn"]["HEADSYNC_PT_graph_shot"])

@@ -451,7 +451,7 @@ def test_live_link_face_take_imports_onto_a_shot(service, tmp_path):
     print(f"\nLive Link import onto a 100-frame shot: {res['seconds']} s (express job: models trained on first "
           f"use), {res['n_keys']} keys of eyeBlinkLeft")
     assert res["job"][0] == "succeeded", res["job"]
-    assert res["shot"][:3] == ["livelink", 100, "take.csv"] and "imported" in res["shot"][3]
+    assert res["shot"][:3] == ["imported", 100, "take.csv"] and "imported" in res["shot"][3]
     keyed = np.asarray(res["keyed"])
     sent = json.loads(Path(res["curves"]).read_text())
     assert sent["frame_count"] == 100 and sent["source"] == "generated"  # mapped by the subject's models
