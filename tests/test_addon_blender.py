@@ -1049,6 +1049,19 @@ def test_expression_sources_of_a_shot(addon_zip, tmp_path):
         bpy.ops.headsync.captured_expressions(shot="dub")
         RESULT["captured"] = [shot.expression_source,
                               max(abs(fc("eyeBlinkLeft").evaluate(f) - c) for f, c in zip(frames, captured))]
+        # an undo while the expressions are made: the shot re-attaches to the job and its result lands
+        bpy.ops.ed.undo_push(message="Captured Expressions")
+        bpy.ops.headsync.generate_expressions(shot="dub")
+        bpy.ops.ed.undo_push(message="Generate Expressions")
+        jid = shot.expression_job; out = fake.submitted[-1]["params"]["out"]
+        bpy.ops.ed.undo()
+        shot = bpy.context.scene.headsync.shots["dub"]
+        RESULT["undone"] = shot.expression_job != jid
+        polling._reattach_timer()  # what the undo_post handler's timer runs (no event loop here)
+        cio.write(out, cio.make(gen, 25.0, 1, source="generated"))
+        fake.jobs[jid].update(state="succeeded", artifacts={"curves": out, "input": "audio"})
+        polling.poll_once()
+        RESULT["reattached"] = [shot.expression_job == jid, shot.expression_source]
     """) + 'PANELS = ("HEADSYNC_PT_graph_shot",)\n' + DRAW_PANELS,
                       {"zip": str(addon_zip), "tmp": str(tmp_path), **w}, extra=FAKE_SERVICE + SHOT_SETUP)
     check_subject_record(res)
@@ -1065,4 +1078,5 @@ def test_expression_sources_of_a_shot(addon_zip, tmp_path):
     assert "frame_count is 50 but the audio gives 100 frames" in res["wrong_length"][0] and res["wrong_length"][1] == "imported"
     assert abs(res["wrong_length"][2] - 0.8) < 1e-6
     assert res["captured"][0] == "captured" and res["captured"][1] <= 0.02 + 1e-5
-    assert "Expressions: Captured" in " ".join(t for t, _ in res["drawn"]["HEADSYNC_PT_graph_shot"])
+    assert res["undone"] and res["reattached"] == [True, "generated"]
+    assert "Expressions: Generated from the dialogue" in " ".join(t for t, _ in res["drawn"]["HEADSYNC_PT_graph_shot"])
