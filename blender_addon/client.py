@@ -298,6 +298,12 @@ class Client:
             raise ServerError(f"the service returned no curves for subject {subject!r}", "see the service's log")
         return ans
 
+    def subjects(self) -> list[dict[str, Any]]:
+        ans = self.request("GET", "/subjects")
+        if isinstance(ans, dict) and isinstance(ans.get("subjects"), list):
+            return ans["subjects"]
+        return ans if isinstance(ans, list) else []
+
     def subject(self, name: str) -> dict[str, Any]:
         """The service's record of one subject: runs (renderer, weak expressions), warnings, torso (unvalidated:
         :func:`subjects.subject_fields` keeps what it expects)."""
@@ -305,12 +311,6 @@ class Client:
         if not isinstance(ans, dict):
             raise ServerError(f"the service returned no record of subject {name!r}", "see the service's log")
         return ans
-
-    def subjects(self) -> list[dict[str, Any]]:
-        ans = self.request("GET", "/subjects")
-        if isinstance(ans, dict) and isinstance(ans.get("subjects"), list):
-            return ans["subjects"]
-        return ans if isinstance(ans, list) else []
 
 
 # ---- starting the service ---------------------------------------------------------------------
