@@ -249,6 +249,14 @@ def _stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
 
 
+def _shot_subject(scene, shot):
+    subj = props.hs(scene).subjects.get(shot.subject)
+    if subj is None:
+        raise HeadSyncError(f"shot {shot.name!r}: subject {shot.subject!r} is not in this scene",
+                            "import the subject again")
+    return subj
+
+
 def _shot_audio(shot) -> str:
     audio = bpy.path.abspath(shot.audio)
     if not os.path.isfile(audio):
@@ -260,11 +268,7 @@ def submit_expressions(scene, shot, livelink: str = "", livelink_fps: float = 0.
     """Submit the ``express`` job of a shot: expressions generated from its dialogue, or (``livelink``) a Live
     Link Face take mapped onto the subject, both through the subject's VQ-VAE and as long as the shot; the
     result is keyed on the shot when it lands (:func:`apply_expressions`)."""
-    st = props.hs(scene)
-    subj = st.subjects.get(shot.subject)
-    if subj is None:
-        raise HeadSyncError(f"shot {shot.name!r}: subject {shot.subject!r} is not in this scene",
-                            "import the subject again")
+    subj = _shot_subject(scene, shot)
     params = {"audio": _shot_audio(shot)}
     if livelink:
         csv = os.path.abspath(bpy.path.abspath(livelink))
@@ -342,10 +346,7 @@ def sample_shot(shot) -> dict:
 def submit_render(scene, shot, batch: str = "", frame: int | None = None) -> str:
     """Sample the shot into curves.json and submit its render (``frame``: only that frame, Preview Frame)."""
     st = props.hs(scene)
-    subj = st.subjects.get(shot.subject)
-    if subj is None:
-        raise HeadSyncError(f"shot {shot.name!r}: subject {shot.subject!r} is not in this scene",
-                            "import the subject again")
+    subj = _shot_subject(scene, shot)
     audio = _shot_audio(shot)
     ws = _require_workspace()
     if frame is not None and not shot.frame_start <= frame < shot.frame_start + shot.frame_count:
