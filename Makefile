@@ -34,8 +34,9 @@ demo: venv
 	$(VENV)/bin/headsync demo
 
 test: venv bpy-venvs
-	$(PY) -m pytest -q -m "not blender"
+	$(PY) -m pytest -q -m "not blender" --ignore=$(RAY_TESTS)
 	$(MAKE) --no-print-directory test-blender
+	$(MAKE) --no-print-directory test-ray
 
 bpy-venvs: $(BPY_VENVS)
 
@@ -64,7 +65,7 @@ RAY_SITE := .venv-ray
 RAY_TESTS := tests/test_ray_executor.py
 RAY_PIN = $(shell $(PY) -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['optional-dependencies']['ray'])")
 
-$(RAY_SITE)/.installed: pyproject.toml constraints.txt
+$(RAY_SITE)/.installed: pyproject.toml constraints.txt $(wildcard $(VENV)/pyvenv.cfg)
 	@test -x $(PY) || { echo "run 'make venv' first: Ray is layered on $(PY)"; exit 1; }
 	rm -rf $(RAY_SITE) && mkdir $(RAY_SITE)
 	# what .venv has, pinned as it is there: a package in both is the same version on either path
