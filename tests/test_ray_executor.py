@@ -101,6 +101,8 @@ def worker_at_work(s: ServiceProc, job_id: str, previous: int | None = None) -> 
     ``previous``: a retry's)."""
     def ready():
         job = s.job(job_id)
+        if job["state"] == "queued":
+            return None
         assert job["state"] == "running", (job, s.log(job_id)[-3000:])
         pid = row(s.workspace, job_id).get("pid")
         return pid if pid and pid != previous and (job["progress"].get("fraction") or 0) > 0 else None
