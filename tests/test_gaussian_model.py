@@ -109,6 +109,26 @@ def test_pixels_subset_and_deform_starts_at_canonical(synthetic):
     assert torch.allclose(deformed["rgb"], full["rgb"], atol=1e-6)
 
 
+def test_lips_term_weights_the_region_around_the_lips_in_stage_two_only(synthetic):
+    from headsync.training.samplers import Batch
+
+    data, ft = synthetic
+    model = build(data)
+    target, bg, mask = frame(data, ft, 2)
+    out = model.render(camera(data, ft, 2), cond_of(model, data, ft, 2), bg, train=True)
+    batch = Batch(None, [SIZE], lips=(20, 30, 28, 36))
+    assert "lips" not in model.losses(out, target, mask, batch)  # stage 1: the canonical head has no mouth motion
+    model.set_stage(STAGE_DEFORM)
+    terms = model.losses(out, target, mask, batch)
+    region = (out["rgb"] - target)[30:36, 20:28].abs().mean()
+    assert torch.isclose(terms["lips"], model.cfg.lips_weight * region)
+    assert "lips" not in model.losses(out, target, mask, Batch(None, [SIZE]))  # a frame without lips
+    grad, = torch.autograd.grad(terms["lips"], out["rgb"], retain_graph=True)
+    inside = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    inside[30:36, 20:28] = True
+    assert (grad[~inside] == 0).all() and (grad[inside] != 0).any()
+
+
 def test_two_stage_training_reaches_psnr(synthetic):
     data, ft = synthetic
     model = build(data)
