@@ -16,6 +16,7 @@ from headsync.renderers.gaussian.model import STAGE_DEFORM, GaussianConfig, Gaus
 from headsync.renderers.gaussian.strategy import DensifyConfig, DensifyStrategy
 from headsync.subject.data import load_subject_data
 from headsync.subject.folder import Subject
+from headsync.training.samplers import Batch, around_lips
 from headsync.training.trainer import FrameTensors, TrainConfig, frame_camera, subject_meta
 
 from synthetic_head import make_subject
@@ -58,6 +59,12 @@ def build(data, **kw):
     return GaussianHead(cfg, subject_meta(data, TrainConfig(resolution=SIZE, audio_feature="mel")))
 
 
+def lips_batch(ft, f):
+    """The trainer's whole-image batch of frame ``f``: its lips region for the stage-2 lips term."""
+    box = ft.frames.lips_box(f)
+    return Batch(None, [SIZE], lips=around_lips(box, SIZE) if box[0] >= 0 else None)
+
+
 def train(model, data, ft, iters, strategy=None, deform_from=None, seed=0):
     opt = torch.optim.Adam(model.param_groups(), eps=1e-15)
     state = strategy.initialize_state() if strategy else None
@@ -69,7 +76,7 @@ def train(model, data, ft, iters, strategy=None, deform_from=None, seed=0):
         f = int(rng.choice(data.train))
         target, bg, mask = frame(data, ft, f)
         out = model.render(camera(data, ft, f), cond_of(model, data, ft, f), bg, train=True)
-        loss = sum(model.losses(out, target, mask).values())
+        loss = sum(model.losses(out, target, mask, lips_batch(ft, f)).values())
         opt.zero_grad()
         if strategy:
             strategy.step_pre_backward(out["meta"])
@@ -110,8 +117,6 @@ def test_pixels_subset_and_deform_starts_at_canonical(synthetic):
 
 
 def test_lips_term_weights_the_region_around_the_lips_in_stage_two_only(synthetic):
-    from headsync.training.samplers import Batch
-
     data, ft = synthetic
     model = build(data)
     target, bg, mask = frame(data, ft, 2)
