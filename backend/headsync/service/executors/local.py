@@ -31,6 +31,11 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
         pass
 
 
+def died_reason(rc: int) -> str:
+    """Why a worker that recorded no outcome ended, from its exit code (negative: the signal)."""
+    return f"worker died: killed by signal {-rc} ({signal_name(-rc)})" if rc < 0 else f"worker died: exit code {rc}"
+
+
 def worker_env(base: dict[str, str] | None) -> dict[str, str]:
     """The environment of a worker: ``base`` (default: the service's) with this package first on the path."""
     env = dict(base if base is not None else os.environ)
@@ -65,7 +70,7 @@ class LocalRun:
         kill_group(self.proc.pid)
 
     def died(self, rc: int) -> str:
-        return f"worker died: killed by signal {-rc} ({signal_name(-rc)})" if rc < 0 else f"worker died: exit code {rc}"
+        return died_reason(rc)
 
     def close(self) -> None:
         try:
@@ -76,12 +81,23 @@ class LocalRun:
 
 
 class LocalExecutor:
+    """Jobs in subprocesses of this machine: each in its own, except those whose kind runs warm (a Preview
+    Frame), which go to the warm worker (:mod:`.warm`) when it is free (``$HEADSYNC_WARM_IDLE_S`` 0: never)."""
+
     name = "local"
 
     def __init__(self, env: dict[str, str] | None = None):
+        from .warm import WarmWorker, idle_seconds
+
         self.env = env
+        idle_s = idle_seconds(env)
+        self.warm = WarmWorker(env, idle_s) if idle_s > 0 else None
 
     def launch(self, job: dict, workspace: Path, log_path: Path) -> LocalRun:
+        if self.warm is not None and runs_warm(job):
+            run = self.warm.launch(job, workspace)
+            if run is not None:
+                return run
         logf = open(log_path, "ab")
         try:
             proc = subprocess.Popen(
@@ -98,4 +114,13 @@ class LocalExecutor:
         return None
 
     def close(self) -> None:
-        pass
+        if self.warm is not None:
+            self.warm.close()
+
+
+def runs_warm(job: dict) -> bool:
+    """The job's kind says it runs in the warm worker (tasks.Task.warm)."""
+    from ... import tasks
+
+    task = tasks.TASKS.get(job.get("kind"))
+    return task is not None and task.runs_warm(job.get("params") or {})
