@@ -227,8 +227,23 @@ def test_warm_jobs_share_one_process_and_behave_like_the_others(svc):
 
 
 def test_the_warm_worker_leaves_when_idle_and_with_the_service(tmp_path):
+    """New Shot of a trained subject (its captured curves asked for) starts the warm worker ahead of the
+    Preview Frame; it leaves when idle (even before it finished loading), a job starts it again, and it
+    leaves with the service."""
+    from synthetic_head import make_subject
+
     ws = tmp_path / "ws"
+    make_subject(ws / "subjects" / "trained", n_frames=12)
+    (ws / "subjects" / "trained" / "models" / "run").mkdir(parents=True)
+    (ws / "subjects" / "trained" / "models" / "run" / "checkpoint.pt").write_bytes(b"")
+    make_subject(ws / "subjects" / "untrained", n_frames=12)
     s = ServiceProc(ws, extra_env={"HEADSYNC_WARM_IDLE_S": "1"})
+    assert s.client.get("/api/v1/subjects/untrained/curves").status_code == 200
+    time.sleep(0.5)
+    assert not warm_worker_pids(ws)
+    assert s.client.get("/api/v1/subjects/trained/curves").status_code == 200
+    early = wait_for(lambda: warm_worker_pids(ws), what="the warm worker started for the shot")[0]
+    wait_for(lambda: not pid_alive(early), timeout=60, what="the idle warm worker to exit")
     a = s.submit(subject="w", seconds=0.1, steps=1, warm=True)
     assert s.wait(a, timeout=120)["state"] == "succeeded"
     first = _worker_pid_in_log(s, a)

@@ -448,7 +448,8 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         over ``frames`` frames as a render without curves loops it (default: the subject's own frames).
         Blender keys a new shot from it, so the add-on never reads the subject's arrays itself. The answer
         has an ``ETag`` (the capture's files and ``frames``): asked with ``If-None-Match`` and that tag, the
-        service answers ``304`` with no body while the capture has not changed."""
+        service answers ``304`` with no body while the capture has not changed. For a trained subject it
+        also starts the warm worker (a Preview Frame of the new shot comes next)."""
         from ..curves import captured_curves
         from ..core.errors import UserError
         from ..subject.folder import Subject
@@ -459,6 +460,8 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         if not all(f.is_file() for f in files):
             raise ApiError(404, f"subject {name!r} has no captured performance yet",
                            "prepare it first (its 'prepare' job writes expression.npy and pose.npz)")
+        if any((subject.root / "models").glob("*/checkpoint.pt")):
+            scheduler.prewarm("render")  # a shot is being made of a trained subject: a Preview Frame follows
         etag = capture_etag(files, frames)
         if request.headers.get("if-none-match") == etag:
             return Response(status_code=304, headers={"ETag": etag})

@@ -55,6 +55,9 @@ class Executor(Protocol):
     def close(self) -> None:
         """Disconnect (the scheduler has stopped every run)."""
 
+    # optional: ``prewarm(workspace, kind)`` gets ready for a job of ``kind`` expected soon (the local
+    # executor starts its warm worker; see Scheduler.prewarm)
+
 
 def make_executor(name: str = "local", address: str | None = None, env: dict[str, str] | None = None) -> Executor:
     """The executor called ``name`` (``local`` or ``ray``; ``address``: the Ray cluster's, e.g. ``HOST:6379``).

@@ -113,6 +113,11 @@ class LocalExecutor:
     def capacity(self) -> int | None:
         return None
 
+    def prewarm(self, workspace: Path, kind: str) -> None:
+        """Get the warm worker ready for a job of ``kind`` expected soon (none when it is turned off)."""
+        if self.warm is not None:
+            self.warm.prewarm(workspace, kind)
+
     def close(self) -> None:
         if self.warm is not None:
             self.warm.close()

@@ -98,6 +98,20 @@ class WarmWorker:
                 return run
         return None
 
+    def prewarm(self, workspace: Path, kind: str) -> None:
+        """Start the warm worker for jobs of ``kind`` now, unless one runs: the job expected soon (a Preview
+        Frame after New Shot) finds torch imported. It is closed after ``idle_s`` if none comes."""
+        with self._lock:
+            if self._run is not None and self._run.rc is None:
+                return
+            if self._proc is not None and self._proc.poll() is None and self._workspace == Path(workspace):
+                return
+            self._close_locked()
+            self._spawn(Path(workspace), kind)
+            if self._idle is not None:
+                self._idle.cancel()
+            self._arm_idle()
+
     def _spawn(self, workspace: Path, kind: str) -> None:
         logs = workspace / "logs"
         logs.mkdir(parents=True, exist_ok=True)
