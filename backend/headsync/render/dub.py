@@ -76,9 +76,11 @@ class SourceFrames:
 
     def __init__(self, path: str | Path, fps: float, count: int, size: tuple[int, int] | None,
                  keep: set[int] | None = None):
-        # ``keep``: the only indices a frame-range render needs (the others are decoded, never stored)
+        # ``keep``: the only indices a frame-range render needs (ffmpeg passes on only their span)
         self._jpeg: dict[int, bytes] = {}
-        for i, frame in enumerate(media.iter_frames(path, fps)):
+        first = min(keep) if keep else 0
+        span = (first, max(keep)) if keep else None
+        for i, frame in enumerate(media.iter_frames(path, fps, only=span), start=first):
             if i >= count:
                 break
             if keep is not None and i not in keep:
