@@ -56,6 +56,7 @@ assert bpy.ops.headsync.new_shot(subject="astronaut", strip="dub") == {'FINISHED
 shot = st.shots["dub"]
 frame = shot.frame_start + A["frame"]
 scene.frame_current = frame
+time.sleep(A["settle"])  # the user scrubbing to the frame: New Shot has started the service's warm worker
 
 def preview():
     t0 = time.monotonic()
@@ -137,6 +138,8 @@ def main() -> None:
     ap.add_argument("--blender-python", default=str(REPO / ".venv-bpy-5.0.1" / "bin" / "python"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--frame", type=int, default=40, help="the previewed frame, counted from the shot's start")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds between New Shot and the first preview (0: at once, the coldest case)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     import build_addon
@@ -164,7 +167,7 @@ def main() -> None:
         script.write_text(textwrap.dedent(BLENDER))
         env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp / "profile"))
         a = {"zip": str(zip_path), "ws": str(ws), "run": args.run, "dub": str(SAMPLE / "dub.wav"),
-             "long": str(long_wav), "repeat": args.repeat, "frame": args.frame}
+             "long": str(long_wav), "repeat": args.repeat, "frame": args.frame, "settle": args.settle}
         p = subprocess.run([args.blender_python, str(script), json.dumps(a)], capture_output=True, text=True,
                            env=env, timeout=1800)
         lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -181,6 +184,10 @@ def main() -> None:
     a, b = (cv2.imread(f).astype(np.float32) for f in res["files"])
     d = np.abs(a - b).mean(-1)
     print(f"load average (1 min) at the start, after the previews, at the end: {res['load']}")
+    for line in (ws / "logs" / "warm-worker.log").read_text().splitlines():
+        if "ready in" in line:
+            print(f"  warm worker: {line.split('] ', 1)[-1]} (started by New Shot; first preview {args.settle:g} s "
+                  f"after New Shot)")
     print(f"Preview Frame (operator -> image strip): cold {res['preview_s'][0]} s, warm {res['preview_s'][1:]} s; "
           f"after closing the eye: {res['preview_after_edit_s']} s")
     print(f"  the picture changed: mean |diff| {d.mean():.3f} grey levels, largest {d.max():.0f}, "
