@@ -44,7 +44,8 @@ class FakeService:
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     return self._send(401, {"message": "missing or wrong token", "hint": "read server.json"})
                 path = self.path.split("?")[0]
-                status, payload, delay, *etag = outer.routes.get((self.command, path), (404, {"message": "no route"}, 0))
+                route = outer.routes.get((self.command, path), (404, {"message": "no route"}, 0))
+                status, payload, delay, *etag = route
                 if delay:
                     time.sleep(delay)
                 if etag and self.headers.get("If-None-Match") == etag[0]:

@@ -238,8 +238,9 @@ def render(subject: Subject, audio_path: Path, run: str = "default", curves_path
         raise UserError(f"the audio {audio_path} is shorter than one frame", "pass a longer dialogue clip")
     curves = load_curves(subject, curves_path, n_out, expressions, audio, reporter)
     first, last = frame_rows(frames, curves)
-    feats = keep.kept("audio_features", (keep.file_key(audio_path), keep.file_key(subject.path("subject.json")),
-                                         keep.file_key(subject.path("audio_features/ave_encoder.pt")), kind, fps, n_out),
+    made_of = [keep.file_key(p) for p in (audio_path, subject.path("subject.json"),
+                                          subject.path("audio_features/ave_encoder.pt"))]
+    feats = keep.kept("audio_features", (*made_of, kind, fps, n_out),
                       lambda: features_for_audio(subject, kind, audio, fps, n_out))
     out = out or subject.path(f"{RENDERS}/{render_id(audio_path, curves_path, run)}")
     shot = shot or str(Path(audio_path).resolve())

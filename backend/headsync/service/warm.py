@@ -2,13 +2,13 @@
 one after the other, ``python -m headsync.service.warm WORKSPACE KIND``.
 
 A per-job worker (:mod:`.worker`) imports torch, OpenCV and MediaPipe and loads the model for every job,
-which is most of a one-frame render. This process does it once: it imports what jobs of KIND (the kind of the job
-it was started for) need (:func:`headsync.tasks.preload_warm`), then reads job ids from its stdin, one a line, and runs each
-with :func:`.worker.run_job`, the very code of a per-job worker, so the job's row, progress, outcome and
-log (its stdout and stderr point at ``logs/ID.log`` while it runs) are written the same way. Between jobs
-:mod:`headsync.core.keep` holds the latest model, audio features and hand detector; they are loaded again
-when their files change (a new checkpoint after more training). It answers ``ID EXIT_CODE`` on its reply
-pipe (its original stdout) after each job.
+which is most of a one-frame render. This process does it once: it imports what jobs of KIND (the kind
+of the job it was started for) need (:func:`headsync.tasks.preload_warm`), then reads job ids from its
+stdin, one a line, and runs each with :func:`.worker.run_job`, the very code of a per-job worker, so the
+job's row, progress, outcome and log (its stdout and stderr point at ``logs/ID.log`` while it runs) are
+written the same way. Between jobs :mod:`headsync.core.keep` holds the latest model, audio features and
+hand detector; they are loaded again when their files change (a new checkpoint after more training). It
+answers ``ID EXIT_CODE`` on its reply pipe (its original stdout) after each job.
 
 Only the service talks to it, through those two pipes: it listens on no socket, and it runs only the jobs
 the service put in its job store (validated on arrival like every job; ids are checked here too).

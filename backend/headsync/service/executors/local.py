@@ -1,4 +1,5 @@
-"""The ``local`` executor: each job in its own subprocess ``python -m headsync.service.worker JOB WS``.
+"""The ``local`` executor: each job in its own subprocess ``python -m headsync.service.worker JOB WS``
+(a job whose kind runs warm, Preview Frame, in the warm worker of :mod:`.warm` when it is free).
 
 The worker runs in a new session (its own process group), so a stop or kill reaches anything it started
 (ffmpeg, ...); it dies with the service (its parent-death signal).
@@ -11,7 +12,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .warm import WarmRun
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])  # the folder holding the headsync package
 
@@ -93,7 +97,7 @@ class LocalExecutor:
         idle_s = idle_seconds(env)
         self.warm = WarmWorker(env, idle_s) if idle_s > 0 else None
 
-    def launch(self, job: dict, workspace: Path, log_path: Path) -> LocalRun:
+    def launch(self, job: dict, workspace: Path, log_path: Path) -> "LocalRun | WarmRun":
         if self.warm is not None and runs_warm(job):
             run = self.warm.launch(job, workspace)
             if run is not None:
