@@ -1,10 +1,13 @@
 """The Ray executor: throughput of a batch of renders with one vs two Ray worker nodes, and the overhead of
 one job on Ray against the local executor.
 
-    PYTHONPATH=backend:RAY .venv/bin/python benchmarks/bench_ray.py [--shots 4] [--workspace DIR]
+    make .venv-ray/.installed    # Ray, as for the tests (make test-ray)
+    PYTHONPATH=$PWD/.venv-ray:$PWD/backend unshare -rn sh -c \
+        'ip link set lo up; .venv/bin/python benchmarks/bench_ray.py [--shots 4] [--workspace DIR]'
 
-It prepares and trains the bundled sample once with the tiny test preset (``--workspace`` keeps it for a
-rerun), then, on a real Ray cluster on 127.0.0.1 (a head without CPUs and N one-CPU worker nodes, stopped
+It runs only in a network namespace whose sole interface is loopback (as the tests: Ray would listen on
+the machine's network address otherwise). It prepares and trains the bundled sample once with the tiny
+test preset (``--workspace`` keeps it for a rerun), then, on a real Ray cluster on 127.0.0.1 (a head without CPUs and N one-CPU worker nodes, stopped
 at the end whatever happens):
 - batch: ``--shots`` renders submitted at once, wall time from the first submission to the last finish,
   with 1 and with 2 worker nodes (``max_jobs`` = the nodes);
@@ -26,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
-from ray_cluster import RayCluster  # noqa: E402
+from ray_cluster import RayCluster, loopback_only_problem  # noqa: E402
 from service_harness import ServiceProc, service_env  # noqa: E402
 from test_service_slow import tiny_preset  # noqa: E402
 from headsync.core.package_data import sample_dir  # noqa: E402
@@ -80,6 +83,9 @@ def main() -> None:
     ap.add_argument("--shots", type=int, default=4)
     ap.add_argument("--workspace")
     args = ap.parse_args()
+    problem = loopback_only_problem()
+    if problem:
+        sys.exit(f"bench_ray: {problem}")
     root = Path(args.workspace or tempfile.mkdtemp(prefix="bench-ray-"))
     root.mkdir(parents=True, exist_ok=True)
     ws = root / "ws"

@@ -3,7 +3,8 @@
 Two layers, as in Blender's glTF add-on:
 
 * pure logic, importable without bpy (tested with plain pytest): ``client`` (the local service's HTTP
-  API), ``curves_io`` (curves.json), ``shots`` (names, curve resampling, placement, job records);
+  API), ``curves_io`` (curves.json), ``shots`` (names, curve resampling, placement, job records),
+  ``subjects`` (the service's subject record: warnings, renderer, torso), ``keys``, ``ui_text``;
 * Blender-facing: ``props`` (scene data that survives save/reload), ``prefs``, ``operators``, ``panels``,
   ``polling`` (``bpy.app.timers`` and the ``load_post`` re-attach), ``compat`` (4.2 vs 4.4+/5.x).
 

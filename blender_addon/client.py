@@ -336,6 +336,14 @@ class Client:
             return ans["subjects"]
         return ans if isinstance(ans, list) else []
 
+    def subject(self, name: str) -> dict[str, Any]:
+        """The service's record of one subject: runs (renderer, weak expressions), warnings, torso (unvalidated:
+        :func:`subjects.subject_fields` keeps what it expects)."""
+        ans = self.request("GET", f"/subjects/{urllib.parse.quote(str(name), safe='')}")
+        if not isinstance(ans, dict):
+            raise ServerError(f"the service returned no record of subject {name!r}", "see the service's log")
+        return ans
+
 
 # ---- starting the service ---------------------------------------------------------------------
 SERVE_CODE = "import sys; from headsync.cli import main; sys.exit(main(sys.argv[1:]))"

@@ -14,6 +14,7 @@ import bpy
 from bpy.props import BoolProperty, EnumProperty, FloatProperty, IntProperty, StringProperty
 
 from . import compat, curves_io, keys, polling, prefs, props
+from . import subjects as subjectlib
 from .client import ServiceError
 from .curves_io import CORE_NAMES, CurvesError
 from .shots import ShotError
@@ -79,15 +80,36 @@ def submit_prepare(scene, subj, preset: str = "") -> str:
     return job_id
 
 
-def submit_train(scene, subj, preset: str, resume: bool, run: str = "default") -> str:
+def _require_prepared(subj) -> None:
     if subj.stage in ("new", "failed") and not subj.prepare_job:
         raise HeadSyncError(f"subject {subj.name!r} is not prepared", "prepare it first (Import Subject)")
+
+
+def submit_train(scene, subj, preset: str, resume: bool, run: str = "default", renderer: str = "") -> str:
+    """Submit ``train``; ``renderer`` one the service lists (empty or ``subjects.PRESET``: the preset's)."""
+    _require_prepared(subj)
     params = {"preset": preset, "run": run or "default", "resume": bool(resume)}
+    if renderer and renderer != subjectlib.PRESET:
+        params["renderer"] = renderer
     job_id = _client().submit("train", subj.name, params)
     props.add_job(scene, job_id, "train", subj.name)
     subj.train_job, subj.run, subj.message, subj.hint = job_id, run or "default", "", ""
+    subj.renderer = params.get("renderer", "")  # the run's own, from the service, once it is trained
     if subj.stage != "preparing":
         subj.stage = "training"
+    polling.ensure_timer()
+    return job_id
+
+
+def submit_torso(scene, subj, preset: str, mode: str = "") -> str:
+    """Submit ``torso`` (the torso path's parts); ``mode`` one the service lists (empty or PRESET: the preset's)."""
+    _require_prepared(subj)
+    params = {"preset": preset}
+    if mode and mode != subjectlib.PRESET:
+        params["mode"] = mode
+    job_id = _client().submit("torso", subj.name, params)
+    props.add_job(scene, job_id, "torso", subj.name)
+    subj.torso_job, subj.message, subj.hint = job_id, "", ""
     polling.ensure_timer()
     return job_id
 
@@ -224,6 +246,74 @@ def create_shot(scene, subject: str, strip_name: str = "", name: str = "", dense
     return shot, n_keys
 
 
+def _stamp() -> str:
+    """A file name stem that sorts by time (milliseconds: two clicks in one second get two files)."""
+    return time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
+
+
+def _shot_subject(scene, shot):
+    subj = props.hs(scene).subjects.get(shot.subject)
+    if subj is None:
+        raise HeadSyncError(f"shot {shot.name!r}: subject {shot.subject!r} is not in this scene",
+                            "import the subject again")
+    return subj
+
+
+def _shot_audio(shot) -> str:
+    audio = bpy.path.abspath(shot.audio)
+    if not os.path.isfile(audio):
+        raise HeadSyncError(f"shot {shot.name!r}: its sound {audio} is missing", "was it moved? relink the sound strip")
+    return os.path.abspath(audio)
+
+
+def submit_expressions(scene, shot, livelink: str = "", livelink_fps: float = 0.0) -> str:
+    """Submit the ``express`` job of a shot: expressions generated from its dialogue, or (``livelink``) a Live
+    Link Face take mapped onto the subject, both through the subject's VQ-VAE and as long as the shot; the
+    result is keyed on the shot when it lands (:func:`apply_expressions`)."""
+    subj = _shot_subject(scene, shot)
+    params = {"audio": _shot_audio(shot)}
+    if livelink:
+        csv = os.path.abspath(bpy.path.abspath(livelink))
+        if not os.path.isfile(csv):
+            raise HeadSyncError(f"no such Live Link Face take: {csv}", "pick the CSV the app exported")
+        params["livelink"] = csv
+        if livelink_fps > 0:
+            params["livelink_fps"] = float(livelink_fps)
+    if not shot.uid:
+        shot.uid = shotlib.new_uid()
+    params["out"] = str(shotlib.curves_path(_require_workspace(), _blend_stem(), shot.uid, _stamp(), "expressions"))
+    job_id = _client().submit("express", subj.name, params)
+    props.add_job(scene, job_id, "express", subj.name, shot.name)
+    shot.expression_job, shot.expression_file = job_id, params.get("livelink", "")
+    shot.message, shot.hint = "", ""
+    polling.ensure_timer()
+    return job_id
+
+
+def key_expressions(shot, rows, source: str) -> int:
+    """Replace the shot's seven expression curves by ``rows`` (one per shot frame; sparse keys within the
+    default tolerance, editable like captured ones); the head pose keys stay. Returns the number of keys."""
+    obj = shot.controls
+    if obj is None:
+        raise HeadSyncError(f"the controls of shot {shot.name!r} are gone",
+                            f"the Empty {shotlib.empty_name(shot.name)} was deleted; create the shot again")
+    n = key_shot(obj, shot.frame_start, rows)
+    shot.expression_source = source
+    return sum(n.values())
+
+
+def apply_expressions(shot, artifacts: dict) -> int:
+    """Key the curves a finished ``express`` job wrote (its ``curves`` artifact) on the shot."""
+    path = artifacts.get("curves") if isinstance(artifacts, dict) else None
+    if not isinstance(path, str) or not path:
+        raise HeadSyncError("the expressions job names no curves file", "open the job's log")
+    doc = curves_io.validate(curves_io.read(path), shot.frame_count)
+    source = "imported" if artifacts.get("input") == "livelink" else "generated"
+    n = key_expressions(shot, doc["expression"]["values"], source)
+    shot.message, shot.hint = f"{n} expression keys {source}", ""
+    return n
+
+
 def sample_shot(shot) -> dict:
     """The shot's curves.json document, sampled from its F-curves at every frame (hand edits count)."""
     obj = shot.controls
@@ -258,13 +348,8 @@ def sample_shot(shot) -> dict:
 def submit_render(scene, shot, batch: str = "", frame: int | None = None) -> str:
     """Sample the shot into curves.json and submit its render (``frame``: only that frame, Preview Frame)."""
     st = props.hs(scene)
-    subj = st.subjects.get(shot.subject)
-    if subj is None:
-        raise HeadSyncError(f"shot {shot.name!r}: subject {shot.subject!r} is not in this scene",
-                            "import the subject again")
-    audio = bpy.path.abspath(shot.audio)
-    if not os.path.isfile(audio):
-        raise HeadSyncError(f"shot {shot.name!r}: its sound {audio} is missing", "was it moved? relink the sound strip")
+    subj = _shot_subject(scene, shot)
+    audio = _shot_audio(shot)
     ws = _require_workspace()
     if frame is not None and not shot.frame_start <= frame < shot.frame_start + shot.frame_count:
         raise HeadSyncError(f"frame {frame} is outside shot {shot.name!r} (frames {shot.frame_start}-"
@@ -272,13 +357,14 @@ def submit_render(scene, shot, batch: str = "", frame: int | None = None) -> str
     doc = sample_shot(shot)
     if not shot.uid:  # a shot from an older version of the add-on
         shot.uid = shotlib.new_uid()
-    stamp = time.strftime("%Y%m%d-%H%M%S") + f"-{int(time.time() * 1000) % 1000:03d}"
-    path = str(shotlib.curves_path(ws, _blend_stem(), shot.uid, stamp + ("-preview" if frame is not None else "")))
+    path = str(shotlib.curves_path(ws, _blend_stem(), shot.uid, _stamp() + ("-preview" if frame is not None else "")))
     try:
         curves_io.write(path, doc)
     except OSError as e:
         raise HeadSyncError(f"cannot write {path} ({e.strerror or e})", "check the workspace folder") from None
-    params = {"audio": os.path.abspath(audio), "curves": path, "run": subj.run or st.render_run or "default"}
+    params = {"audio": audio, "curves": path, "run": subj.run or st.render_run or "default"}
+    if shot.torso and shot.torso != subjectlib.SUBJECT:
+        params["torso"] = shot.torso
     if frame is not None:
         params["frames"] = f"{frame}-{frame}"
     job_id = _client().submit("render", subj.name, params)
@@ -324,7 +410,7 @@ def delete_shot(scene, shot, remove_render: bool = False, cancel: bool = True) -
     its running jobs are cancelled on the service when ``cancel``. Returns what could not be cancelled."""
     st = props.hs(scene)
     problems = []
-    for jid in (shot.render_job, shot.preview_job):
+    for jid in (shot.render_job, shot.preview_job, shot.expression_job):
         job = props.get_job(scene, jid)
         if cancel and job is not None and job.state in shotlib.ACTIVE_STATES:
             try:
@@ -598,42 +684,29 @@ class HEADSYNC_OT_prepare_subject(_Op, bpy.types.Operator):
         return {'FINISHED'}
 
 
-class HEADSYNC_OT_train_subject(_Op, bpy.types.Operator):
-    bl_idname = "headsync.train_subject"
-    bl_label = "Train Subject"
-    bl_description = "Submit the 'train' job of a prepared subject (resume continues from the last checkpoint)"
-    bl_options = {'REGISTER', 'UNDO'}
+def _prepared_subject_poll(cls, context, job_field: str, busy: str) -> bool:
+    """The current subject is prepared and its job ``job_field`` is not running (``busy``: why, '{}' its name)."""
+    subj = _scene_subject(context, "") if _has_settings(context) else None
+    if subj is None:
+        return _poll_fail(cls, "import a subject first")
+    if subj.stage in ("new", "failed") and not subj.prepare_job:
+        return _poll_fail(cls, f"subject {subj.name} is not prepared yet: prepare it first")
+    job = props.get_job(_scene(context), getattr(subj, job_field))
+    if job is not None and job.state in shotlib.ACTIVE_STATES:
+        return _poll_fail(cls, busy.format(subj.name))
+    return True
 
-    subject: StringProperty(name="Subject")
-    preset: EnumProperty(name="Preset", items=props.PRESETS, default="preview")
-    preset_file: StringProperty(name="Custom Preset", subtype='FILE_PATH',
-                                description="A preset .toml file; overrides Preset when set")
-    run: StringProperty(name="Run", default="default")
-    resume: BoolProperty(name="Resume", default=False, description="Continue from the run's last checkpoint")
 
-    @classmethod
-    def poll(cls, context):
-        subj = _scene_subject(context, "") if _has_settings(context) else None
-        if subj is None:
-            return _poll_fail(cls, "import a subject first")
-        if subj.stage in ("new", "failed") and not subj.prepare_job:
-            return _poll_fail(cls, f"subject {subj.name} is not prepared yet: prepare it first")
-        job = props.get_job(_scene(context), subj.train_job)
-        if job is not None and job.state in shotlib.ACTIVE_STATES:
-            return _poll_fail(cls, f"subject {subj.name} is training already")
-        return True
+class _SubjectJobOp(_Op):
+    """A dialog submitting a job of a subject with a preset (a name or a .toml); ``submit`` returns the report."""
 
-    def invoke(self, context, event):
-        self.preset = props.hs(_scene(context)).train_preset
-        return context.window_manager.invoke_props_dialog(self)
+    FIELDS: tuple = ()  # the dialog's fields after the subject
 
     def draw(self, context):
         col = self.layout.column()
         col.prop_search(self, "subject", props.hs(_scene(context)), "subjects")
-        col.prop(self, "preset")
-        col.prop(self, "preset_file")
-        col.prop(self, "run")
-        col.prop(self, "resume")
+        for name in self.FIELDS:
+            col.prop(self, name)
 
     def execute(self, context):
         subj = _scene_subject(context, self.subject)
@@ -641,12 +714,74 @@ class HEADSYNC_OT_train_subject(_Op, bpy.types.Operator):
             return self.fail(HeadSyncError(f"no subject {self.subject!r} in this scene" if self.subject
                                            else "no subject chosen", "import a subject first"))
         try:
-            preset = _preset_choice(self)
-            job = submit_train(_scene(context), subj, preset, self.resume, self.run)
+            self.report({'INFO'}, self.submit(context, subj, _preset_choice(self)))
         except EXPECTED as e:
             return self.fail(e)
-        self.report({'INFO'}, f"train job {job} submitted for {subj.name!r} ({os.path.basename(preset)})")
         return {'FINISHED'}
+
+
+class HEADSYNC_OT_train_subject(_SubjectJobOp, bpy.types.Operator):
+    bl_idname = "headsync.train_subject"
+    bl_label = "Train Subject"
+    bl_description = "Submit the 'train' job of a prepared subject (resume continues from the last checkpoint)"
+    bl_options = {'REGISTER', 'UNDO'}
+    FIELDS = ("preset", "preset_file", "renderer", "run", "resume")
+
+    subject: StringProperty(name="Subject")
+    preset: EnumProperty(name="Preset", items=props.PRESETS, default="preview")
+    preset_file: StringProperty(name="Custom Preset", subtype='FILE_PATH',
+                                description="A preset .toml file; overrides Preset when set")
+    renderer: EnumProperty(name="Renderer", items=props.renderer_items,
+                           description="The renderer to train: those the service lists (NeRF, Gaussian, ...)")
+    run: StringProperty(name="Run", default="default")
+    resume: BoolProperty(name="Resume", default=False, description="Continue from the run's last checkpoint")
+
+    @classmethod
+    def poll(cls, context):
+        return _prepared_subject_poll(cls, context, "train_job", "subject {} is training already")
+
+    def invoke(self, context, event):
+        st = props.hs(_scene(context))
+        self.preset, self.renderer = st.train_preset, st.train_renderer or subjectlib.PRESET
+        return context.window_manager.invoke_props_dialog(self)
+
+    def submit(self, context, subj, preset: str) -> str:
+        job = submit_train(_scene(context), subj, preset, self.resume, self.run, self.renderer)
+        what = os.path.basename(preset) + (f", {self.renderer}" if self.renderer != subjectlib.PRESET else "")
+        return f"train job {job} submitted for {subj.name!r} ({what})"
+
+
+class HEADSYNC_OT_train_torso(_SubjectJobOp, bpy.types.Operator):
+    bl_idname = "headsync.train_torso"
+    bl_label = "Train Torso"
+    bl_description = ("Submit the 'torso' job of a prepared subject: the parts of the torso path its renders use "
+                      "(restorer, torso field or both; the modes the service lists)")
+    bl_options = {'REGISTER', 'UNDO'}
+    FIELDS = ("preset", "preset_file", "mode")
+
+    subject: StringProperty(name="Subject")
+    preset: EnumProperty(name="Preset", items=props.PRESETS, default="preview",
+                         description="Default: the preset the subject was imported with")
+    preset_file: StringProperty(name="Custom Preset", subtype='FILE_PATH',
+                                description="A preset .toml file; overrides Preset when set")
+    mode: EnumProperty(name="Torso Mode", items=props.torso_train_items,
+                       description="source: the footage's torso; restorer: gaps inpainted; field: a torso that "
+                                   "follows the head pose; field+restorer: both")
+
+    @classmethod
+    def poll(cls, context):
+        return _prepared_subject_poll(cls, context, "torso_job", "the torso of subject {} is training already")
+
+    def invoke(self, context, event):
+        subj = _scene_subject(context, self.subject)
+        if subj is not None and subj.preset in [p[0] for p in props.PRESETS]:
+            self.preset = subj.preset
+        return context.window_manager.invoke_props_dialog(self)
+
+    def submit(self, context, subj, preset: str) -> str:
+        job = submit_torso(_scene(context), subj, preset, self.mode)
+        return (f"torso job {job} submitted for {subj.name!r} ({os.path.basename(preset)}, "
+                f"{'preset mode' if self.mode == subjectlib.PRESET else self.mode})")
 
 
 class HEADSYNC_OT_new_shot(_Op, bpy.types.Operator):
@@ -786,6 +921,88 @@ class HEADSYNC_OT_preview_frame(_Op, bpy.types.Operator):
             return self.fail(e)
         self.report({'INFO'}, f"preview of frame {frame} of shot {shot.name!r}: job {job}")
         return {'FINISHED'}
+
+
+def _expressions_poll(cls, context, shot) -> bool:
+    if shot is None:
+        return _poll_fail(cls, "create a shot first (New Shot)")
+    subj = props.hs(_scene(context)).subjects.get(shot.subject)
+    if subj is None:
+        return _poll_fail(cls, f"the subject {shot.subject} of this shot is not in the scene")
+    if subj.stage not in ("prepared", "training", "trained"):
+        return _poll_fail(cls, f"subject {subj.name} is not prepared yet")
+    job = props.get_job(_scene(context), shot.expression_job)
+    if job is not None and job.state in shotlib.ACTIVE_STATES:
+        return _poll_fail(cls, f"the expressions of shot {shot.name} are being made already")
+    return True
+
+
+class _ShotExpressionsOp(_Op):
+    """An operator that replaces the expression keys of a shot (``run``: returns the report line)."""
+
+    bl_options = {'REGISTER', 'UNDO'}
+
+    shot: StringProperty(name="Shot")
+
+    @classmethod
+    def poll(cls, context):
+        return _expressions_poll(cls, context, _scene_shot(context, "") if _has_settings(context) else None)
+
+    def execute(self, context):
+        shot = _scene_shot(context, self.shot)
+        if shot is None:
+            return self.fail(HeadSyncError("no shot chosen", "create one with New Shot"))
+        try:
+            self.report({'INFO'}, self.run(context, shot))
+        except EXPECTED as e:
+            return self.fail(e)
+        return {'FINISHED'}
+
+
+class HEADSYNC_OT_generate_expressions(_ShotExpressionsOp, bpy.types.Operator):
+    bl_idname = "headsync.generate_expressions"
+    bl_label = "Generate Expressions"
+    bl_description = ("Generate the shot's expressions (blinks, brows) from its dialogue with the subject's "
+                      "expression models, kept within what the subject showed (its VQ-VAE), and key them on the "
+                      "shot in place of its expression keys (editable; the head pose stays)")
+
+    def run(self, context, shot) -> str:
+        return f"generating the expressions of shot {shot.name!r}: job {submit_expressions(_scene(context), shot)}"
+
+
+class HEADSYNC_OT_import_livelink(_ShotExpressionsOp, bpy.types.Operator):
+    bl_idname = "headsync.import_livelink"
+    bl_label = "Import Live Link Face CSV"
+    bl_description = ("Key an iPhone Live Link Face take (its CSV export) on the shot's expression curves, "
+                      "mapped onto the subject and kept within what it showed (its VQ-VAE); a take shorter than "
+                      "the shot holds its last frame")
+
+    filepath: StringProperty(name="Take", subtype='FILE_PATH')
+    filter_glob: StringProperty(default="*.csv", options={'HIDDEN', 'SKIP_SAVE'})
+    capture_fps: FloatProperty(name="Capture Rate", default=0.0, min=0.0, max=240.0,
+                               description="The take's frame rate when its timecodes do not tell it (0: inferred)")
+
+    def invoke(self, context, event):
+        context.window_manager.fileselect_add(self)
+        return {'RUNNING_MODAL'}
+
+    def run(self, context, shot) -> str:
+        if not self.filepath:
+            raise HeadSyncError("no Live Link Face take chosen", "pick the CSV the app exported")
+        job = submit_expressions(_scene(context), shot, self.filepath, self.capture_fps)
+        return f"importing {os.path.basename(self.filepath)} onto shot {shot.name!r}: job {job}"
+
+
+class HEADSYNC_OT_captured_expressions(_ShotExpressionsOp, bpy.types.Operator):
+    bl_idname = "headsync.captured_expressions"
+    bl_label = "Captured Expressions"
+    bl_description = ("Key the subject's captured expressions on the shot again (as New Shot does), in place of "
+                      "its expression keys; the head pose stays")
+
+    def run(self, context, shot) -> str:
+        n = key_expressions(shot, captured_curves(shot.subject, shot.frame_count)["values"], "captured")
+        shot.expression_file, shot.message, shot.hint = "", "", ""
+        return f"shot {shot.name!r}: {n} keys of the captured expressions"
 
 
 class HEADSYNC_OT_render_all(_Op, bpy.types.Operator):
@@ -928,8 +1145,10 @@ class HEADSYNC_OT_select_shot(_Op, bpy.types.Operator):
 
 CLASSES = (
     HEADSYNC_OT_check_connection, HEADSYNC_OT_start_service, HEADSYNC_OT_refresh, HEADSYNC_OT_notify,
-    HEADSYNC_OT_import_subject, HEADSYNC_OT_prepare_subject, HEADSYNC_OT_train_subject, HEADSYNC_OT_new_shot,
-    HEADSYNC_OT_render_shot, HEADSYNC_OT_preview_frame, HEADSYNC_OT_render_all, HEADSYNC_OT_delete_shot,
+    HEADSYNC_OT_import_subject, HEADSYNC_OT_prepare_subject, HEADSYNC_OT_train_subject, HEADSYNC_OT_train_torso,
+    HEADSYNC_OT_new_shot, HEADSYNC_OT_generate_expressions, HEADSYNC_OT_import_livelink,
+    HEADSYNC_OT_captured_expressions, HEADSYNC_OT_render_shot, HEADSYNC_OT_preview_frame, HEADSYNC_OT_render_all,
+    HEADSYNC_OT_delete_shot,
     HEADSYNC_OT_cancel_job, HEADSYNC_OT_open_log, HEADSYNC_OT_select_shot,
 )
 

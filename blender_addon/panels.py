@@ -7,10 +7,13 @@ or the service (names, paths, messages) untranslated (``translate=False``).
 
 from __future__ import annotations
 
+import os
+
 import bpy
 
 from . import compat, polling, prefs, props, ui_text
 from . import shots as shotlib
+from . import subjects as subjectlib
 
 STAGE_ICONS = {"new": 'FILE', "preparing": 'SORTTIME', "prepared": 'CHECKBOX_HLT', "training": 'SORTTIME',
                "trained": 'CHECKMARK', "failed": 'ERROR'}
@@ -48,6 +51,28 @@ def _message(layout, context, msg: str, hint: str, icon: str = 'ERROR'):
         _wrapped(layout, context, msg, icon)
         if hint:
             _wrapped(layout, context, hint, 'INFO')
+
+
+def _subject_notes(layout, context, subj, warnings: bool = True):
+    """What the data cannot give (prepare's warnings) and the coefficients training found weak, wrapped."""
+    if warnings:
+        for w in subj.warnings:
+            _wrapped(layout, context, w.text, 'ERROR')
+    weak = subjectlib.weak_line([w.text for w in subj.weak_expressions])
+    if weak:
+        _wrapped(layout, context, weak, 'INFO')
+
+
+def draw_subject_info(layout, context, subj):
+    """The subject's model run (renderer, held-out PSNR), torso path and warnings."""
+    box = layout.box()
+    if subj.stage == "trained" or subj.renderer:
+        _wrapped(box, context, subjectlib.model_line(subj.renderer, subj.run, subj.heldout_psnr), 'SHADING_RENDERED')
+    row = box.row(align=True)
+    row.label(text=subjectlib.torso_line(subj.torso_mode, [t.text for t in subj.torso_trained]),
+              icon='MOD_ARMATURE', translate=False)
+    row.operator("headsync.train_torso", text="", icon='PLAY').subject = subj.name
+    _subject_notes(box, context, subj)
 
 
 class HEADSYNC_UL_subjects(bpy.types.UIList):
@@ -108,20 +133,24 @@ class HEADSYNC_PT_subjects(_Base, bpy.types.Panel):
         subj = st.subjects[st.subject_index]
         row = layout.row(align=True)
         row.prop(st, "train_preset", text="")
-        op = row.operator("headsync.train_subject", text="Train", icon='PLAY')
-        op.subject, op.preset, op.resume = subj.name, st.train_preset, False
-        op = row.operator("headsync.train_subject", text="Resume", icon='LOOP_FORWARDS')
-        op.subject, op.preset, op.resume = subj.name, st.train_preset, True
+        row.prop(st, "train_renderer", text="")
+        row = layout.row(align=True)
+        for text, icon, resume in (("Train", 'PLAY', False), ("Resume", 'LOOP_FORWARDS', True)):
+            op = row.operator("headsync.train_subject", text=text, icon=icon)
+            # a stored choice the service no longer lists reads as "": the preset's renderer then
+            op.subject, op.preset, op.resume = subj.name, st.train_preset, resume
+            op.renderer = st.train_renderer or subjectlib.PRESET
         row = layout.row(align=True)
         op = row.operator("headsync.prepare_subject", text="Prepare Again", icon='FILE_REFRESH')
         op.subject = subj.name
         op = row.operator("headsync.new_shot", text="New Shot", icon='ADD')
         op.subject = subj.name
-        for jid in (subj.prepare_job, subj.train_job):
+        for jid in (subj.prepare_job, subj.train_job, subj.torso_job):
             job = props.get_job(_scene(context), jid)
             if job is not None and job.state in shotlib.ACTIVE_STATES:
                 _progress(layout, job)
         _message(layout, context, subj.message, subj.hint)
+        draw_subject_info(layout, context, subj)
 
 
 class HEADSYNC_PT_shots(_Base, bpy.types.Panel):
@@ -150,8 +179,23 @@ def draw_shots(layout, context):
         row.operator("headsync.preview_frame", icon='IMAGE_DATA').shot = shot.name
         row.operator("headsync.render_shot", icon='RENDER_STILL').shot = shot.name
         row.operator("headsync.delete_shot", text="", icon='TRASH').shot = shot.name
-        box.prop(shot, "use_head_pose")
-        for jid, label in ((shot.render_job, f"Rendering {shot.name}"), (shot.preview_job, "Preview")):
+        row = box.row(align=True)
+        row.label(text="Expressions: " + ui_text.words(ui_text.EXPRESSION_WORDS, shot.expression_source),
+                  icon='SHAPEKEY_DATA')
+        row = box.row(align=True)
+        row.operator("headsync.captured_expressions", text="Captured", icon='LOOP_BACK').shot = shot.name
+        row.operator("headsync.generate_expressions", text="Generate", icon='SOUND').shot = shot.name
+        row.operator("headsync.import_livelink", text="Live Link CSV", icon='IMPORT').shot = shot.name
+        if shot.expression_source == "imported" and shot.expression_file:
+            box.label(text=os.path.basename(shot.expression_file), icon='FILE', translate=False)
+        row = box.row(align=True)
+        row.prop(shot, "use_head_pose")
+        row.prop(shot, "torso", text="Torso")
+        subj = st.subjects.get(shot.subject)
+        if subj is not None:  # beside the curves: what edits of them cannot do on this subject
+            _subject_notes(box, context, subj)
+        for jid, label in ((shot.render_job, f"Rendering {shot.name}"), (shot.preview_job, "Preview"),
+                           (shot.expression_job, "Expressions")):
             job = props.get_job(scene, jid)
             if job is not None and job.state in shotlib.ACTIVE_STATES:
                 _progress(box, job, label)

@@ -77,6 +77,8 @@ def sync_subjects(scene, listing: list) -> int:
     n = 0
     for subj in props.hs(scene).subjects:
         rec = by_name.get(subj.name)
+        if rec is not None:
+            props.apply_subject_record(subj, rec)  # warnings, renderer, torso: whatever its stage
         if rec is None or subj.stage in ("preparing", "training"):
             continue
         if rec.get("runs"):
@@ -104,10 +106,26 @@ def _apply(scene, job, rec: dict) -> None:
                                                                 f["message"], f["eta"])
     job.error, job.hint = f["error"], f["hint"]
     st = props.hs(scene)
-    if job.kind in ("prepare", "train"):
+    if job.kind in ("prepare", "train", "torso"):
         subj = st.subjects.get(job.subject)
         if subj is not None:
             _apply_subject(subj, job)
+            if job.state == "succeeded" and not job.handled:
+                refresh_subject(subj)
+        job.handled = job.state in shotlib.FINAL_STATES
+    elif job.kind == "express":
+        shot = st.shots.get(job.shot)
+        if shot is not None and shot.expression_job == job.name and job.state == "succeeded" and not job.handled:
+            from .operators import EXPECTED, apply_expressions  # the keying lives with New Shot's
+
+            try:
+                apply_expressions(shot, f["artifacts"])
+            except EXPECTED as e:
+                job.error, job.hint = getattr(e, "message", str(e)), getattr(e, "hint", "")
+                shot.message, shot.hint = job.error, job.hint
+        elif shot is not None and shot.expression_job == job.name and job.state in ("failed", "cancelled"):
+            shot.message = job.error or f"expressions {job.state}"
+            shot.hint = job.hint or ("open the job's log" if job.state == "failed" else "")
         job.handled = job.state in shotlib.FINAL_STATES
     elif job.kind == "render" and job.preview:
         shot = st.shots.get(job.shot)
@@ -146,6 +164,14 @@ def _apply(scene, job, rec: dict) -> None:
     else:
         job.handled = job.state in shotlib.FINAL_STATES
     _announce(job)
+
+
+def refresh_subject(subj) -> None:
+    """Ask the service what it now knows of ``subj`` (warnings, renderer, torso). Never raises."""
+    try:
+        props.apply_subject_record(subj, prefs.make_client(bpy.context, POLL_TIMEOUT).subject(subj.name))
+    except client.ServiceError:
+        pass  # the next Refresh (or job) brings it
 
 
 def _announce(job) -> None:
@@ -196,6 +222,12 @@ def _apply_subject(subj, job) -> None:
         elif job.state in ("failed", "cancelled"):
             subj.stage = "failed" if job.state == "failed" else "new"
             subj.message = job.error or f"prepare {job.state}"
+            subj.hint = job.hint or ("open the job's log" if job.state == "failed" else "")
+    elif job.kind == "torso" and subj.torso_job == job.name:
+        if job.state == "succeeded":
+            subj.message, subj.hint = "", ""
+        elif job.state in ("failed", "cancelled"):
+            subj.message = job.error or f"torso training {job.state}"
             subj.hint = job.hint or ("open the job's log" if job.state == "failed" else "")
     elif job.kind == "train" and subj.train_job == job.name:
         if job.state in ("queued", "running"):
@@ -281,8 +313,8 @@ def reattach(context=None) -> int:
         if not hasattr(scene, "headsync"):
             continue
         st = props.hs(scene)
-        plan = shotlib.reattach_shots([(s.name, s.uid, s.render_job, s.preview_job) for s in st.shots if s.uid],
-                                      listing)
+        plan = shotlib.reattach_shots([(s.name, s.uid, s.render_job, s.preview_job, s.expression_job)
+                                       for s in st.shots if s.uid], listing)
         for name, changes in plan.items():
             shot = st.shots[name]
             for field, rec in changes:
@@ -290,17 +322,18 @@ def reattach(context=None) -> int:
                 old = props.get_job(scene, jid)
                 preview = field == "preview_job"
                 frame = _preview_frame(rec, shot) if preview else 0
-                job = props.add_job(scene, jid, "render", shot.subject, shot.name, preview=preview, frame=frame,
-                                    state=old.state if old is not None else "queued")
+                job = props.add_job(scene, jid, str(rec.get("kind") or "render"), shot.subject, shot.name,
+                                    preview=preview, frame=frame, state=old.state if old is not None else "queued")
                 # its result is applied again (placing replaces the shot's strip); its end is not announced twice
                 job.handled = False
                 job.notified = old.notified if old is not None else rec.get("state") in shotlib.FINAL_STATES
                 setattr(shot, field, jid)
-                if not preview:
+                if field == "render_job":
                     shot.curves_path = str((rec.get("params") or {}).get("curves") or shot.curves_path)
                 _apply(scene, job, rec)
                 n += 1
-        splan = shotlib.reattach_subjects([(s.name, s.prepare_job, s.train_job) for s in st.subjects], listing)
+        splan = shotlib.reattach_subjects([(s.name, *(getattr(s, f) for f, _k in shotlib.SUBJECT_JOBS))
+                                           for s in st.subjects], listing)
         for name, changes in splan.items():
             subj = st.subjects[name]
             for field, rec in changes:

@@ -12,9 +12,10 @@ from . import client
 
 PACKAGE = __package__
 
-#: What the last health check saw (session state, not saved): connected, device, gpu, message, hint.
+#: What the last health check saw (session state, not saved): connected, device, gpu, message, hint, and the
+#: choices the service offers (``renderers``, ``torso_modes``: kept from the last answer that had them).
 STATUS: dict = {"connected": False, "device": "", "gpu": "", "version": "", "message": "not checked yet",
-                "hint": ""}
+                "hint": "", "renderers": [], "torso_modes": []}
 
 
 class HEADSYNC_AP_preferences(bpy.types.AddonPreferences):
@@ -109,6 +110,9 @@ def check(context=None, timeout: float = 1.5) -> bool:
         return False
     STATUS.update(connected=True, device=str(h.get("device") or ""), gpu=str(h.get("gpu") or ""),
                   version=str(h.get("version") or ""), message="", hint="")
+    for key in ("renderers", "torso_modes"):
+        if isinstance(h.get(key), list):
+            STATUS[key] = [str(n) for n in h[key] if isinstance(n, str)]
     return True
 
 

@@ -8,11 +8,59 @@ import bpy
 from bpy.props import (BoolProperty, CollectionProperty, EnumProperty, FloatProperty, IntProperty,
                        PointerProperty, StringProperty)
 
+from . import prefs
+from . import subjects as subjectlib
+
 PRESETS = [
     ("preview", "Preview", "CPU-sized: minutes, for a first look"),
     ("standard", "Standard", "One GPU"),
     ("paper", "Paper", "The papers' settings (long)"),
 ]
+
+
+#: The shot's expression source: where its expression keys came from (the keys are what a render uses).
+EXPRESSION_SOURCES = [
+    ("captured", "Captured", "The subject's captured performance, looped over the shot (New Shot)"),
+    ("generated", "Generated", "Generated from the shot's dialogue by the subject's expression models"),
+    ("imported", "Live Link Face", "Imported from an iPhone Live Link Face take (CSV)"),
+]
+
+# Enum items of choices the service lists, kept alive per list (Blender does not copy the strings).
+_ITEMS: dict[tuple, list] = {}
+
+
+def _cached(key: tuple, make) -> list:
+    if key not in _ITEMS:
+        _ITEMS[key] = make()
+    return _ITEMS[key]
+
+
+def renderer_items(self, context):
+    """The renderers the service's health answer lists, after "the preset's"."""
+    names = tuple(prefs.STATUS.get("renderers") or ())
+    return _cached(("renderer",) + names, lambda: subjectlib.choice_items(
+        list(names), "Preset's", "The renderer the preset names ([renderer] default)"))
+
+
+def torso_train_items(self, context):
+    """The torso modes the service lists, after "the preset's" (a torso training's mode)."""
+    names = tuple(prefs.STATUS.get("torso_modes") or ())
+    return _cached(("torso",) + names, lambda: subjectlib.choice_items(
+        list(names), "Preset's", "The mode the preset names ([torso] mode)"))
+
+
+def torso_render_items(self, context):
+    """A shot's torso: the subject's (its last torso training's mode) or another trained one."""
+    st = getattr(self.id_data, "headsync", None)  # the scene that holds the shot
+    subj = st.subjects.get(self.subject) if st is not None else None
+    names = tuple(t.text for t in subj.torso_trained) if subj is not None else ()
+    return _cached(("shot",) + names, lambda: subjectlib.choice_items(
+        list(names), "Subject's", "The torso path of the subject's torso training", subjectlib.SUBJECT))
+
+
+class HEADSYNC_PG_text(bpy.types.PropertyGroup):
+    # not ``name``: Blender cuts a property group's name to 63 bytes, and warnings are sentences
+    text: StringProperty(name="Text")
 
 
 class HEADSYNC_PG_job(bpy.types.PropertyGroup):
@@ -46,8 +94,18 @@ class HEADSYNC_PG_subject(bpy.types.PropertyGroup):
     run: StringProperty(name="Run", default="default")
     prepare_job: StringProperty(name="Prepare Job")
     train_job: StringProperty(name="Train Job")
+    torso_job: StringProperty(name="Torso Job")
     message: StringProperty(name="Message")
     hint: StringProperty(name="Hint")
+    # what the service's subject record says (subjects.subject_fields), refreshed when a job of it ends
+    renderer: StringProperty(name="Renderer", description="The renderer of its model run (or the one chosen "
+                                                          "for the training under way)")
+    heldout_psnr: FloatProperty(name="Held-out PSNR", default=float("nan"), description="dB; NaN: not known")
+    warnings: CollectionProperty(type=HEADSYNC_PG_text, description="What the footage cannot give (prepare)")
+    weak_expressions: CollectionProperty(type=HEADSYNC_PG_text,
+                                         description="Expression coefficients whose edits barely show")
+    torso_mode: StringProperty(name="Torso", default="source", description="The torso path its renders use")
+    torso_trained: CollectionProperty(type=HEADSYNC_PG_text, description="The torso modes a render may pick")
 
 
 class HEADSYNC_PG_shot(bpy.types.PropertyGroup):
@@ -70,6 +128,12 @@ class HEADSYNC_PG_shot(bpy.types.PropertyGroup):
     curves_path: StringProperty(name="Curves", subtype='FILE_PATH')
     frames_dir: StringProperty(name="Frames", subtype='DIR_PATH')
     result_strip: StringProperty(name="Result Strip")
+    expression_source: EnumProperty(name="Expressions", items=EXPRESSION_SOURCES, default="captured",
+                                    description="Where the shot's expression keys came from")
+    expression_file: StringProperty(name="Live Link Take", subtype='FILE_PATH')
+    expression_job: StringProperty(name="Expressions Job", description="Generating or importing expressions")
+    torso: EnumProperty(name="Torso", items=torso_render_items,
+                        description="The torso path of this shot's renders (one the subject's torso training made)")
     message: StringProperty(name="Message")
     hint: StringProperty(name="Hint")
 
@@ -82,12 +146,14 @@ class HEADSYNC_PG_scene(bpy.types.PropertyGroup):
     shot_index: IntProperty(name="Shot", default=0)
     job_index: IntProperty(default=0)
     train_preset: EnumProperty(name="Preset", items=PRESETS, default="preview")
+    train_renderer: EnumProperty(name="Renderer", items=renderer_items,
+                                 description="The renderer to train (those the service lists)")
     render_run: StringProperty(name="Run", default="default", description="Model run used by renders")
     batch: StringProperty(name="Batch", description="The last Render All batch")
     batch_report: StringProperty(name="Batch Report")
 
 
-CLASSES = (HEADSYNC_PG_job, HEADSYNC_PG_subject, HEADSYNC_PG_shot, HEADSYNC_PG_scene)
+CLASSES = (HEADSYNC_PG_text, HEADSYNC_PG_job, HEADSYNC_PG_subject, HEADSYNC_PG_shot, HEADSYNC_PG_scene)
 
 
 def register():
@@ -118,3 +184,21 @@ def add_job(scene, job_id: str, kind: str, subject: str, shot: str = "", batch: 
 
 def get_job(scene, job_id: str):
     return hs(scene).jobs.get(job_id) if job_id else None
+
+
+def _set_texts(coll, texts) -> None:
+    coll.clear()
+    for t in texts:
+        coll.add().text = t
+
+
+def apply_subject_record(subj, record) -> None:
+    """Keep what the service's subject record says of ``subj`` (its renders' run: ``subj.run``)."""
+    f = subjectlib.subject_fields(record, subj.run or "default")
+    _set_texts(subj.warnings, f["warnings"])
+    _set_texts(subj.weak_expressions, f["weak_expressions"])
+    _set_texts(subj.torso_trained, f["torso_trained"])
+    if f["renderer"]:
+        subj.renderer = f["renderer"]
+    subj.heldout_psnr = f["heldout_psnr"]
+    subj.torso_mode = f["torso_mode"] or "source"

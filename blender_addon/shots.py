@@ -183,18 +183,23 @@ def new_uid() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def curves_path(workspace: str | os.PathLike, blend_stem: str, uid: str, stamp: str) -> Path:
-    """Where a render of shot ``uid`` puts the curves it sends: WORKSPACE/blender/STEM/shots/UID/STAMP.curves.json."""
-    return Path(workspace) / "blender" / blend_stem / "shots" / uid / f"{stamp}.curves.json"
+def curves_path(workspace: str | os.PathLike, blend_stem: str, uid: str, stamp: str, what: str = "curves") -> Path:
+    """Where a job of shot ``uid`` reads or writes its curves: WORKSPACE/blender/STEM/shots/UID/STAMP.WHAT.json
+    (``curves``: those a render is sent; ``expressions``: those an ``express`` job writes for the shot)."""
+    return Path(workspace) / "blender" / blend_stem / "shots" / uid / f"{stamp}.{what}.json"
+
+
+#: The parameter naming a shot's curves file, per job kind a shot submits (its folder is the shot's id).
+SHOT_FILE_PARAM = {"render": "curves", "express": "out"}
 
 
 def uid_of_job(job: dict[str, Any]) -> str:
-    """The shot id a render job belongs to ('' for jobs not submitted by a shot)."""
+    """The shot id a render or express job belongs to ('' for jobs not submitted by a shot)."""
     params = job.get("params") if isinstance(job.get("params"), dict) else {}
-    curves = params.get("curves")
-    if job.get("kind") != "render" or not isinstance(curves, str):
+    path = params.get(SHOT_FILE_PARAM.get(str(job.get("kind")), ""))
+    if not isinstance(path, str):
         return ""
-    p = Path(curves)
+    p = Path(path)
     return p.parent.name if p.parent.parent.name == "shots" and UID_RE.match(p.parent.name) else ""
 
 
@@ -213,33 +218,45 @@ def _newest(jobs: Iterable[dict[str, Any]]) -> dict[str, Any] | None:
     return best
 
 
-def reattach_shots(shots: Iterable[tuple[str, str, str, str]], service_jobs: list[dict[str, Any]]
+def _shot_job_field(job: dict[str, Any]) -> str:
+    if job.get("kind") == "express":
+        return "expression_job"
+    return "preview_job" if is_preview(job) else "render_job"
+
+
+def reattach_shots(shots: Iterable[tuple[str, str, str, str, str]], service_jobs: list[dict[str, Any]]
                    ) -> dict[str, list[tuple[str, dict[str, Any]]]]:
     """Which job each shot should follow after undo/redo/load.
 
-    ``shots``: (name, uid, render_job, preview_job) of each shot in the scene. Returns {shot name: [(field,
-    job record)]} with field ``render_job`` or ``preview_job``, for every shot whose newest job on the
-    service is not the one it points at (the service's job is the truth: jobs are not undoable)."""
-    by_uid: dict[tuple[str, bool], list[dict[str, Any]]] = {}
+    ``shots``: (name, uid, render_job, preview_job, expression_job) of each shot in the scene. Returns {shot
+    name: [(field, job record)]} with field ``render_job``, ``preview_job`` or ``expression_job``, for every
+    shot whose newest job on the service is not the one it points at (the service's job is the truth: jobs
+    are not undoable)."""
+    by_uid: dict[tuple[str, str], list[dict[str, Any]]] = {}
     for j in service_jobs:
         uid = uid_of_job(j)
         if uid:
-            by_uid.setdefault((uid, is_preview(j)), []).append(j)
+            by_uid.setdefault((uid, _shot_job_field(j)), []).append(j)
     plan: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for name, uid, render_job, preview_job in shots:
-        for field, current, preview in (("render_job", render_job, False), ("preview_job", preview_job, True)):
-            newest = _newest(by_uid.get((uid, preview), []))
+    for name, uid, *current_jobs in shots:
+        for field, current in zip(("render_job", "preview_job", "expression_job"), current_jobs):
+            newest = _newest(by_uid.get((uid, field), []))
             if newest is not None and str(newest.get("id")) != current:
                 plan.setdefault(name, []).append((field, newest))
     return plan
 
 
-def reattach_subjects(subjects: Iterable[tuple[str, str, str]], service_jobs: list[dict[str, Any]]
+#: The job fields of a subject and the kinds they hold.
+SUBJECT_JOBS = (("prepare_job", "prepare"), ("train_job", "train"), ("torso_job", "torso"))
+
+
+def reattach_subjects(subjects: Iterable[tuple[str, ...]], service_jobs: list[dict[str, Any]]
                       ) -> dict[str, list[tuple[str, dict[str, Any]]]]:
-    """Like :func:`reattach_shots` for subjects: (name, prepare_job, train_job) -> {name: [(field, job)]}."""
+    """Like :func:`reattach_shots` for subjects: (name, prepare_job, train_job, torso_job) -> {name: [(field,
+    job)]}."""
     plan: dict[str, list[tuple[str, dict[str, Any]]]] = {}
-    for name, prepare_job, train_job in subjects:
-        for field, kind, current in (("prepare_job", "prepare", prepare_job), ("train_job", "train", train_job)):
+    for name, *current_jobs in subjects:
+        for (field, kind), current in zip(SUBJECT_JOBS, current_jobs):
             newest = _newest(j for j in service_jobs if j.get("kind") == kind and j.get("subject") == name)
             if newest is not None and str(newest.get("id")) != current:
                 plan.setdefault(name, []).append((field, newest))

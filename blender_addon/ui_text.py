@@ -34,7 +34,11 @@ JOB_WORDS = {
     "failed": "Failed",
     "cancelled": "Cancelled",
 }
-KIND_WORDS = {"prepare": "Preparing", "train": "Training", "render": "Rendering", "eval": "Evaluating"}
+KIND_WORDS = {"prepare": "Preparing", "train": "Training", "render": "Rendering", "eval": "Evaluating",
+              "express": "Expressions", "torso": "Torso"}
+#: A shot's expression source (``props.EXPRESSION_SOURCES``), as the sidebar says it.
+EXPRESSION_WORDS = {"captured": "Captured", "generated": "Generated from the dialogue",
+                    "imported": "Live Link Face take"}
 
 #: Average width of one character of the interface font, in pixels at a UI scale of 1.
 CHAR_PX = 7.0
@@ -58,6 +62,7 @@ def notice(kind: str, subject: str, shot: str, state: str, error: str = "", hint
     """(report level, text) announcing that a job ended: 'INFO' when it succeeded, 'WARNING' when it was
     cancelled, 'ERROR' when it failed (with the service's message and hint)."""
     what = {"prepare": f"Preparing {subject}", "train": f"Training {subject}", "eval": f"Evaluating {subject}",
+            "torso": f"Torso training of {subject}", "express": f"Expressions of shot {shot or subject}",
             "render": (f"Preview of shot {shot}" if preview else f"Render of shot {shot}") if shot
             else f"Render of {subject}"}.get(kind, f"{kind} {subject}")
     if state == "succeeded":

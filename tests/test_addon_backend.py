@@ -104,3 +104,56 @@ def test_frame_rows_name_the_curves_frames():
     assert part.frame_start == 103 and part.frame_count == 2 and np.array_equal(part.expression, c.expression[2:4])
     with pytest.raises(UserError, match="outside the shot's frames 101-110"):
         frame_rows("1-2", c)
+
+
+def test_subject_record_warnings_runs_and_torso(api):
+    """``GET /subjects/NAME`` (and the listing): what the add-on shows beside a subject, read from its
+    folder as untrusted data (issue 11's warnings, issue 12's renderer, issue 15's torso mode)."""
+    import json
+
+    c, ws = api
+    sd = ws / "subjects" / "synth"
+    man = json.loads((sd / "subject.json").read_text())
+    blink = "the footage shows no full blink (the eyes never close), so blink edits will be weak"
+    man["warnings"] = [blink, "x" * 5000, 42, "bell\x07 and\nnewline"]
+    (sd / "subject.json").write_text(json.dumps(man))
+    r = c.get("/api/v1/subjects/synth")
+    assert r.status_code == 200, r.text
+    rec = r.json()
+    assert rec["name"] == "synth" and rec["prepared"] and rec["runs"] == [] and rec["models"] == []
+    assert rec["warnings"][0] == blink and rec["warnings"][2] == "bell and newline"  # text only, one paragraph
+    assert len(rec["warnings"]) == 3 and len(rec["warnings"][1]) == 1000
+    assert rec["torso"] == {"mode": "source", "trained": ["source"]}
+    # a trained run (the trainer's metrics.json) and a torso job's record with the restorer trained
+    (sd / "models" / "default").mkdir(parents=True)
+    (sd / "models" / "default" / "metrics.json").write_text(json.dumps(
+        {"renderer": "gaussian", "heldout_psnr": 25.4, "weak_expressions": ["eyeBlinkLeft", "../etc", 3],
+         "checkpoint": str(sd / "models" / "default" / "checkpoint.pt")}))
+    (sd / "models" / "half").mkdir()
+    (sd / "torso").mkdir()
+    (sd / "torso" / "torso.json").write_text(json.dumps({"mode": "restorer", "config": {}}))
+    (sd / "torso" / "restorer.pt").write_bytes(b"weights")
+    rec = c.get("/api/v1/subjects/synth").json()
+    assert rec["runs"] == ["default", "half"]
+    assert rec["models"] == [
+        {"name": "default", "trained": True, "renderer": "gaussian", "heldout_psnr": 25.4,
+         "weak_expressions": ["eyeBlinkLeft"]},
+        {"name": "half", "trained": False, "renderer": None, "heldout_psnr": None, "weak_expressions": None}]
+    assert rec["torso"] == {"mode": "restorer", "trained": ["source", "restorer"]}
+    assert str(ws) not in r.text and str(ws) not in json.dumps(rec)  # no path of the folder is passed on
+    assert c.get("/api/v1/subjects").json() == [rec]
+    for path, status in (("/api/v1/subjects/nobody", 404), ("/api/v1/subjects/..%2Fx", 404),
+                         ("/api/v1/subjects/bad%20name", 422)):
+        r = c.get(path)
+        assert r.status_code == status, (path, r.text)
+    assert "known subjects: synth" in c.get("/api/v1/subjects/nobody").json()["hint"]
+
+
+def test_render_takes_a_torso_mode():
+    from headsync import tasks
+    from headsync.core.errors import UserError
+
+    assert tasks.validate("render", {"subject": "s", "audio": "a.wav", "torso": "field+restorer"})["torso"] == \
+        "field+restorer"
+    with pytest.raises(UserError, match="torso"):
+        tasks.validate("render", {"subject": "s", "audio": "a.wav", "torso": "statue"})

@@ -349,9 +349,10 @@ def ping_pong(n, count):
 
 class Fake:
     """A stand-in HeadSync service: accepts jobs (the test sets their records), lists them, serves the
-    captured curves of WS/subjects/NAME/captured.curves.json looped as the real one loops them."""
+    captured curves of WS/subjects/NAME/captured.curves.json looped as the real one loops them, and the
+    subject records the test puts in ``records``."""
     def __init__(self, ws):
-        self.ws, self.jobs, self.submitted, self.n = ws, {}, [], 0
+        self.ws, self.jobs, self.submitted, self.n, self.records = ws, {}, [], 0, {}
         outer = self
         class H(BaseHTTPRequestHandler):
             def log_message(self, *a): pass
@@ -364,11 +365,16 @@ class Fake:
                     return self._send(401, {"message": "bad token"})
                 u = urlsplit(self.path); p = u.path; q = parse_qs(u.query)
                 if p == "/api/v1/health":
-                    return self._send(200, {"version": "0.1.0", "device": "cpu", "gpu": None})
+                    return self._send(200, {"version": "0.1.0", "device": "cpu", "gpu": None,
+                                            "renderers": ["nerf", "gaussian"],
+                                            "torso_modes": ["source", "restorer", "field", "field+restorer"]})
                 if p == "/api/v1/jobs":
                     return self._send(200, list(outer.jobs.values()))
                 if p == "/api/v1/subjects":
-                    return self._send(200, [])
+                    return self._send(200, list(outer.records.values()))
+                if p.startswith("/api/v1/subjects/") and p.count("/") == 4:
+                    rec = outer.records.get(p.split("/")[4])
+                    return self._send(200, rec) if rec else self._send(404, {"message": "unknown subject"})
                 if p.startswith("/api/v1/subjects/") and p.endswith("/curves"):
                     f = os.path.join(outer.ws, "subjects", p.split("/")[4], "captured.curves.json")
                     if not os.path.isfile(f):
@@ -417,6 +423,16 @@ class Fake:
         self.httpd.shutdown()
         self.httpd.server_close()
         self.thread.join(5)
+
+class Rec:
+    """A recording stand-in for a UILayout: each call is logged as (name, text, translate) in ``log``."""
+    def __init__(self, log): object.__setattr__(self, "log", log)
+    def __getattr__(self, name):
+        def call(*a, **k):
+            self.log.append((name, k.get("text"), k.get("translate", True)))
+            return Rec(self.log)
+        return call
+    def __setattr__(self, k, v): pass
 
 def write_frames(folder, n):
     import numpy as np
@@ -815,19 +831,13 @@ def test_poll_messages_confirmation_notices_labels_and_token(addon_zip, tmp_path
         RESULT["notices"] = list(polling.NOTICES)
         # user data drawn untranslated, states in words
         calls = []
-        class Rec:
-            def __getattr__(self, name):
-                def call(*a, **k):
-                    calls.append((name, k.get("text"), k.get("translate", True)))
-                    return Rec()
-                return call
         s.message = "a long message from the service " * 6
         panels = mod("panels")
         for cls in (panels.HEADSYNC_PT_subjects, panels.HEADSYNC_PT_main):
-            holder = type("P", (), {})(); holder.layout = Rec()
+            holder = type("P", (), {})(); holder.layout = Rec(calls)
             cls.draw(holder, bpy.context)
         ul = panels.HEADSYNC_UL_subjects.draw_item
-        ul(None, bpy.context, Rec(), st, s, 0, st, "subjects")
+        ul(None, bpy.context, Rec(calls), st, s, 0, st, "subjects")
         RESULT["labels"] = [[t, tr] for name, t, tr in calls if name == "label" and t]
         # the token: not kept in the preferences when server.json has it
         p.service_url = json.load(open(os.path.join(ARGS["ws"], "server.json")))["url"]
@@ -886,3 +896,187 @@ def test_start_service_from_blender(addon_zip, tmp_path):
     assert res["status"]["device"] in ("cpu", "cuda")
     assert res["subjects"] == []
     assert (ws / "blender_service.log").exists()
+
+
+#: A subject as the add-on learns it from the fake service: a renderer chosen for its training, its record
+#: (warnings, weak coefficients, torso path) after the training, a torso training submitted and failed.
+SUBJECT_RECORD = r"""
+import numpy as np
+cio = mod("curves_io"); ops = mod("operators")
+import numpy as np
+cio = mod("curves_io"); ops = mod("operators")
+s.stage, s.prepare_job = "prepared", "p0"
+RESULT["check"] = sorted(bpy.ops.headsync.check_connection())
+RESULT["renderer_items"] = [i[0] for i in mod("props").renderer_items(st, bpy.context)]
+bpy.ops.headsync.train_subject(subject="astro", preset="preview", renderer="gaussian")
+RESULT["train"] = fake.submitted[-1]["params"]
+RESULT["training_renderer"] = s.renderer
+fake.jobs[s.train_job]["state"] = "cancelled"; polling.poll_once()
+bpy.ops.headsync.train_subject(subject="astro", preset="preview")  # the preset's renderer
+RESULT["train_default"] = fake.submitted[-1]["params"]
+blink = "the footage shows no full blink (the eyes never close), so blink edits (eyeBlinkLeft/Right) will be weak"
+fake.records["astro"] = {"name": "astro", "stages": ["tracking"], "runs": ["default"], "prepared": True,
+                         "models": [{"name": "default", "trained": True, "renderer": "gaussian",
+                                     "heldout_psnr": 25.4, "weak_expressions": ["eyeBlinkLeft", "eyeBlinkRight"]}],
+                         "warnings": [blink], "torso": {"mode": "restorer", "trained": ["source", "restorer"]}}
+fake.jobs[s.train_job]["state"] = "succeeded"; polling.poll_once()
+RESULT["subject"] = [s.stage, s.renderer, round(s.heldout_psnr, 2), [x.text for x in s.warnings],
+                     [x.text for x in s.weak_expressions], s.torso_mode, [x.text for x in s.torso_trained]]
+bpy.ops.headsync.train_torso(subject="astro", preset="preview", mode="field")
+RESULT["torso_body"] = fake.submitted[-1]
+fake.jobs[s.torso_job]["state"] = "failed"; fake.jobs[s.torso_job]["error"] = {"message": "no GPU", "hint": "h"}
+polling.poll_once()
+RESULT["torso_failed"] = [s.message, s.stage]
+"""
+
+#: The panels ``PANELS`` names drawn with a recording layout: each one's labels in RESULT["drawn"] (warnings
+#: and weak coefficients beside the subject, and beside the curves in the Graph Editor), and whether the
+#: icons the add-on draws exist in this Blender.
+DRAW_PANELS = r"""
+calls = []
+drawn = {}
+for cls in (getattr(mod("panels"), name) for name in PANELS):
+    calls.clear()
+    holder = type("P", (), {})(); holder.layout = Rec(calls)
+    cls.draw(holder, bpy.context)
+    drawn[cls.__name__] = [[t, tr] for name, t, tr in calls if name == "label" and t]
+RESULT["drawn"] = drawn
+# icons exist in this Blender
+icons = bpy.types.UILayout.bl_rna.functions["label"].parameters["icon"].enum_items.keys()
+RESULT["bad_icons"] = [i for i in ("SHADING_RENDERED", "MOD_ARMATURE", "SHAPEKEY_DATA", "LOOP_BACK", "SOUND",
+                                   "IMPORT", "FILE") if i not in icons]
+"""
+
+
+def check_subject_record(res: dict) -> None:
+    assert res["check"] == ["FINISHED"] and res["renderer_items"] == ["PRESET", "nerf", "gaussian"]
+    assert res["train"] == {"preset": "preview", "run": "default", "resume": False, "renderer": "gaussian"}
+    assert res["training_renderer"] == "gaussian" and "renderer" not in res["train_default"]
+    blink = res["subject"][3][0]
+    assert "no full blink" in blink
+    assert res["subject"] == ["trained", "gaussian", 25.4, [blink], ["eyeBlinkLeft", "eyeBlinkRight"], "restorer",
+                              ["source", "restorer"]]
+    assert res["torso_body"] == {"kind": "torso", "subject": "astro", "params": {"preset": "preview", "mode": "field"}}
+    assert res["torso_failed"] == ["no GPU", "trained"]
+    for panel, labels in res["drawn"].items():
+        text = " ".join(t for t, _ in labels)
+        assert "no full blink" in text and "eyeBlinkLeft, eyeBlinkRight barely show" in text, panel
+        assert all(tr is False for t, tr in labels if "blink" in t), panel
+    assert res["bad_icons"] == []
+
+
+@needs_bpy
+def test_renderer_torso_and_warnings_of_a_subject(addon_zip, tmp_path):
+    """Issues 12, 15, 11: the renderer a training uses (the service's list), the torso mode of a torso
+    training, and the subject's record (renderer, held-out PSNR, warnings, weak coefficients, torso path)
+    drawn beside it, untranslated."""
+    w = make_workspace(tmp_path, seconds=4.0)
+    res = run_blender(tmp_path, SUBJECT_RECORD + 'PANELS = ("HEADSYNC_PT_subjects",)\n' + DRAW_PANELS,
+                      {"zip": str(addon_zip), "tmp": str(tmp_path), **w}, extra=FAKE_SERVICE + SHOT_SETUP)
+    check_subject_record(res)
+    subj_text = " ".join(t for t, _ in res["drawn"]["HEADSYNC_PT_subjects"])
+    assert "Model run default: gaussian, held-out 25.4 dB" in subj_text and "Torso: restorer" in subj_text
+
+
+@needs_bpy
+@sound
+def test_expression_sources_of_a_shot(addon_zip, tmp_path):
+    """Issue 14 (and 15's torso of a render): a shot's expressions generated or imported from a Live Link
+    Face take (the express job's curves keyed as editable sparse curves, the head pose kept), back to the
+    captured ones; the subject's warnings and weak coefficients beside the curves (the Graph Editor)."""
+    w = make_workspace(tmp_path, seconds=4.0)
+    res = run_blender(tmp_path, SUBJECT_RECORD + textwrap.dedent(r"""
+        # a shot: captured keys first
+        compat.new_sound(scene, "dub", ARGS["wav"], 5, 1)
+        bpy.ops.headsync.new_shot(subject="astro", strip="dub")
+        shot = st.shots["dub"]; obj = shot.controls
+        fc = lambda name: compat.find_fcurve(obj, '["%s"]' % name)
+        frames = range(shot.frame_start, shot.frame_start + shot.frame_count)
+        pose_before = [[compat.find_fcurve(obj, "rotation_euler", i).evaluate(f) for f in frames] for i in range(3)]
+        captured = [fc("eyeBlinkLeft").evaluate(f) for f in frames]
+        RESULT["source0"] = shot.expression_source
+        # the torso of a render: the subject's (no parameter), or another trained mode
+        RESULT["torso_items"] = [i[0] for i in mod("props").torso_render_items(shot, bpy.context)]
+        shot.torso = "restorer"
+        bpy.ops.headsync.render_shot(shot="dub")
+        RESULT["render_torso"] = fake.submitted[-1]["params"].get("torso")
+        fake.jobs[shot.render_job]["state"] = "cancelled"; polling.poll_once()
+        shot.torso = "SUBJECT"
+        bpy.ops.headsync.render_shot(shot="dub")
+        RESULT["render_default_torso"] = "torso" in fake.submitted[-1]["params"]
+        fake.jobs[shot.render_job]["state"] = "cancelled"; polling.poll_once()
+        # Generate Expressions: the express job for the shot's dialogue; its curves keyed on the shot
+        bpy.ops.headsync.generate_expressions(shot="dub")
+        body = fake.submitted[-1]; jid = shot.expression_job
+        RESULT["express_body"] = [body["kind"], sorted(body["params"]),
+                                  os.path.realpath(body["params"]["out"]).startswith(os.path.realpath(ARGS["ws"])),
+                                  shot.uid in body["params"]["out"], body["params"]["audio"] == os.path.abspath(ARGS["wav"])]
+        RESULT["busy_poll"] = bpy.ops.headsync.generate_expressions.poll()
+        n = shot.frame_count
+        gen = np.zeros((n, 7)); gen[:, 2] = np.linspace(0.1, 0.7, n); gen[40:50, 5:7] = 0.9  # what the backend wrote
+        cio.write(body["params"]["out"], cio.make(gen, 25.0, 1, source="generated"))
+        fake.jobs[jid].update(state="succeeded", artifacts={"curves": body["params"]["out"], "input": "audio"})
+        polling.poll_once()
+        keyed = np.array([[fc(nm).evaluate(f) for nm in cio.CORE_NAMES] for f in frames])
+        RESULT["generated"] = [shot.expression_source, float(np.abs(keyed - gen).max()), len(fc("browInnerUp").keyframe_points),
+                               shot.message]
+        RESULT["pose_kept"] = float(np.abs(np.array([[compat.find_fcurve(obj, "rotation_euler", i).evaluate(f)
+                                                      for f in frames] for i in range(3)]) - np.array(pose_before)).max())
+        # an edit of a generated key is sampled like any other
+        fc("eyeBlinkLeft").keyframe_points.insert(shot.frame_start + 60, 1.0); fc("eyeBlinkLeft").update()
+        RESULT["edited"] = ops.sample_shot(shot)["expression"]["values"][60][5]
+        # Import Live Link Face CSV: the take goes to the express job with the shot's dialogue (its length)
+        csv = os.path.join(ARGS["tmp"], "take.csv")
+        open(csv, "w").write("Timecode,BlendShapeCount,EyeBlinkLeft\n14:03:59:50.000,61,0.5\n")
+        bpy.ops.headsync.import_livelink(shot="dub", filepath=csv, capture_fps=60.0)
+        body = fake.submitted[-1]
+        RESULT["livelink_body"] = [body["kind"], body["params"]["livelink"] == csv, body["params"]["livelink_fps"],
+                                   "audio" in body["params"]]
+        imp = np.full((n, 7), 0.2); imp[:, 5] = 0.8
+        cio.write(body["params"]["out"], cio.make(imp, 25.0, 1, source="generated"))
+        fake.jobs[shot.expression_job].update(state="succeeded", artifacts={"curves": body["params"]["out"], "input": "livelink"})
+        polling.poll_once()
+        RESULT["imported"] = [shot.expression_source, os.path.basename(shot.expression_file),
+                              max(abs(fc("eyeBlinkLeft").evaluate(f) - 0.8) for f in frames)]
+        # a result of the wrong length is refused with a message, the keys stay
+        bpy.ops.headsync.generate_expressions(shot="dub")
+        body = fake.submitted[-1]
+        cio.write(body["params"]["out"], cio.make(gen[:50], 25.0, 1, source="generated"))
+        fake.jobs[shot.expression_job].update(state="succeeded", artifacts={"curves": body["params"]["out"]})
+        polling.poll_once()
+        RESULT["wrong_length"] = [shot.message, shot.expression_source, fc("eyeBlinkLeft").evaluate(shot.frame_start)]
+        # back to the captured expressions
+        bpy.ops.headsync.captured_expressions(shot="dub")
+        RESULT["captured"] = [shot.expression_source,
+                              max(abs(fc("eyeBlinkLeft").evaluate(f) - c) for f, c in zip(frames, captured))]
+        # an undo while the expressions are made: the shot re-attaches to the job and its result lands
+        bpy.ops.ed.undo_push(message="Captured Expressions")
+        bpy.ops.headsync.generate_expressions(shot="dub")
+        bpy.ops.ed.undo_push(message="Generate Expressions")
+        jid = shot.expression_job; out = fake.submitted[-1]["params"]["out"]
+        bpy.ops.ed.undo()
+        shot = bpy.context.scene.headsync.shots["dub"]
+        RESULT["undone"] = shot.expression_job != jid
+        polling._reattach_timer()  # what the undo_post handler's timer runs (no event loop here)
+        cio.write(out, cio.make(gen, 25.0, 1, source="generated"))
+        fake.jobs[jid].update(state="succeeded", artifacts={"curves": out, "input": "audio"})
+        polling.poll_once()
+        RESULT["reattached"] = [shot.expression_job == jid, shot.expression_source]
+    """) + 'PANELS = ("HEADSYNC_PT_graph_shot",)\n' + DRAW_PANELS,
+                      {"zip": str(addon_zip), "tmp": str(tmp_path), **w}, extra=FAKE_SERVICE + SHOT_SETUP)
+    check_subject_record(res)
+    assert res["source0"] == "captured"
+    assert res["torso_items"] == ["SUBJECT", "source", "restorer"]
+    assert res["render_torso"] == "restorer" and res["render_default_torso"] is False
+    assert res["express_body"] == ["express", ["audio", "out"], True, True, True]
+    assert res["busy_poll"] is False
+    source, err, n_keys, message = res["generated"]
+    assert source == "generated" and err <= 0.02 + 1e-5 and n_keys < 100 and "keys generated" in message
+    assert res["pose_kept"] == 0.0 and res["edited"] == 1.0
+    assert res["livelink_body"] == ["express", True, 60.0, True]
+    assert res["imported"][:2] == ["imported", "take.csv"] and res["imported"][2] < 1e-6
+    assert "frame_count is 50 but the audio gives 100 frames" in res["wrong_length"][0] and res["wrong_length"][1] == "imported"
+    assert abs(res["wrong_length"][2] - 0.8) < 1e-6
+    assert res["captured"][0] == "captured" and res["captured"][1] <= 0.02 + 1e-5
+    assert res["undone"] and res["reattached"] == [True, "generated"]
+    assert "Expressions: Generated from the dialogue" in " ".join(t for t, _ in res["drawn"]["HEADSYNC_PT_graph_shot"])

@@ -281,3 +281,16 @@ def test_subject_curves_request(fake):
     with pytest.raises(client.NotFound) as e:
         c.subject_curves("astro")
     assert e.value.hint == "prepare it first"
+
+
+def test_subject_record_request(fake):
+    rec = {"name": "astro", "warnings": ["no full blink"], "models": [], "torso": {"mode": "source"}}
+    fake.routes[("GET", "/api/v1/subjects/astro")] = (200, rec, 0)
+    c = client.Client(fake.url, TOKEN, timeout=1.0)
+    assert c.subject("astro") == rec and fake.requests[-1]["path"] == "/api/v1/subjects/astro"
+    fake.routes[("GET", "/api/v1/subjects/astro")] = (200, ["not", "a", "record"], 0)
+    with pytest.raises(client.ServerError):
+        c.subject("astro")
+    fake.routes[("GET", "/api/v1/subjects/nobody")] = (404, {"message": "unknown subject 'nobody'"}, 0)
+    with pytest.raises(client.NotFound):
+        c.subject("nobody")

@@ -316,3 +316,46 @@ def test_long_messages_wrap_to_the_region():
     assert " ".join(lines).split() == msg.split() or "".join(lines).replace(" ", "") == msg.replace(" ", "")
     assert len(ui_text.wrap(msg, 300, ui_scale=2.0)) > len(lines)  # a larger interface: fewer characters a line
     assert ui_text.wrap("", 300) == [""] and ui_text.wrap("short", 50) == ["short"]
+
+
+# ---- a subject's record from the service (blender_addon/subjects.py) -------------------------------------
+def test_subject_fields_keep_what_they_expect():
+    from blender_addon import subjects
+
+    rec = {"name": "astro", "warnings": ["the footage shows no full blink\x07", 3, "x" * 5000, ""],
+           "models": [{"name": "old", "trained": True, "renderer": "nerf", "heldout_psnr": 21.0,
+                       "weak_expressions": None},
+                      {"name": "default", "trained": True, "renderer": "gaussian", "heldout_psnr": 25.43,
+                       "weak_expressions": ["eyeBlinkLeft", "rm -rf", "eyeBlinkRight"]}],
+           "torso": {"mode": "restorer", "trained": ["source", "restorer", 7]}}
+    f = subjects.subject_fields(rec, "default")
+    assert f["warnings"][0] == "the footage shows no full blink" and len(f["warnings"]) == 2
+    assert len(f["warnings"][1]) == subjects.MAX_CHARS
+    assert f["renderer"] == "gaussian" and f["heldout_psnr"] == 25.43
+    assert f["weak_expressions"] == ["eyeBlinkLeft", "eyeBlinkRight"]
+    assert f["torso_mode"] == "restorer" and f["torso_trained"] == ["source", "restorer"]
+    assert subjects.subject_fields(rec, "old")["weak_expressions"] == []  # not checked
+    assert subjects.subject_fields(rec, "missing")["renderer"] == "gaussian"  # the last trained run
+    empty = subjects.subject_fields("not a record")
+    assert empty["warnings"] == [] and empty["renderer"] == "" and math.isnan(empty["heldout_psnr"])
+    assert subjects.choice_items(["nerf", "gaussian", 5], "Preset's", "d")[0][0] == subjects.PRESET
+    assert [i[0] for i in subjects.choice_items(["nerf", "gaussian"], "Preset's", "d")] == \
+        [subjects.PRESET, "nerf", "gaussian"]
+    assert subjects.model_line("gaussian", "default", 25.43) == "Model run default: gaussian, held-out 25.4 dB"
+    assert subjects.torso_line("restorer", ["source", "restorer"]) == "Torso: restorer (a render may also use: source)"
+    assert "eyeBlinkLeft" in subjects.weak_line(["eyeBlinkLeft"]) and subjects.weak_line([]) == ""
+
+
+def test_express_jobs_belong_to_their_shot():
+    uid = "0123456789ab"
+    out = str(shots.curves_path("/ws", "film", uid, "20260101-000000-000", "expressions"))
+    assert out.endswith(f"/shots/{uid}/20260101-000000-000.expressions.json")
+    jobs = [{"id": "e1", "kind": "express", "params": {"out": out}, "created": "2026-01-01T00:00:01Z"},
+            {"id": "e2", "kind": "express", "params": {"out": out}, "created": "2026-01-01T00:00:02Z"},
+            {"id": "r1", "kind": "render", "params": {"curves": out.replace("expressions", "curves")},
+             "created": "2026-01-01T00:00:03Z"},
+            {"id": "t1", "kind": "torso", "subject": "astro", "params": {}, "created": "2026-01-01T00:00:04Z"}]
+    assert [shots.uid_of_job(j) for j in jobs] == [uid, uid, uid, ""]
+    plan = shots.reattach_shots([("s", uid, "r1", "", "e1")], jobs)
+    assert plan == {"s": [("expression_job", jobs[1])]}
+    assert shots.reattach_subjects([("astro", "", "", "")], jobs) == {"astro": [("torso_job", jobs[3])]}

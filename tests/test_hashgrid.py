@@ -104,7 +104,8 @@ def test_agrees_with_tiny_cuda_nn():
 
 def test_lean_backward_gives_autograd_gradient():
     """The lookup's own backward (recomputing corners) equals autograd through the plain lookup."""
-    cfg = HashGridConfig(levels=6, features=2, base_resolution=4, finest_resolution=64, log2_table_size=8)
+    cfg = HashGridConfig(levels=6, features=2, base_resolution=4, finest_resolution=64, log2_table_size=8,
+                         keep_corners_mb=0.0)  # every batch takes the lean path
     grid = HashGrid2D(cfg, planes=3)
     with torch.no_grad():
         grid.table.uniform_(-1, 1)
@@ -118,3 +119,24 @@ def test_lean_backward_gives_autograd_gradient():
     (plain * g_out).sum().backward()
     assert torch.equal(lean, plain)
     assert torch.allclose(lean_grad, grid.table.grad, atol=1e-5)
+
+
+def test_small_batches_keep_their_corners_big_ones_recompute(monkeypatch):
+    """Under ``keep_corners_mb`` autograd keeps the corners (no recompute: faster); above it the lean lookup."""
+    from headsync.renderers.common import hashgrid
+
+    calls = []
+    monkeypatch.setattr(hashgrid._Lookup, "apply", lambda *a: calls.append(a[0].shape[0]) or hashgrid.HashGrid2D.interpolate(a[2], a[1], *a[2].corners(a[0])))
+    cfg = HashGridConfig(levels=4, features=1, base_resolution=4, finest_resolution=32, log2_table_size=8,
+                         keep_corners_mb=1.0)
+    grid = HashGrid2D(cfg, planes=3)
+    per_point = grid.corner_bytes(1)
+    assert per_point == 3 * 4 * 4 * 8
+    small, big = 2 ** 20 // per_point, 2 ** 20 // per_point + 1
+    grid(torch.rand(small, 3, 2)).sum().backward()
+    assert calls == []
+    grid(torch.rand(big, 3, 2)).sum().backward()
+    assert calls == [big]
+    with torch.no_grad():
+        grid(torch.rand(big, 3, 2))  # no gradient: never the lean path
+    assert calls == [big]

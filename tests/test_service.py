@@ -63,6 +63,7 @@ def test_health_and_openapi(svc):
     h = svc.client.get("/api/v1/health").json()
     assert h["version"] and h["device"] in ("cpu", "cuda") and "gpu" in h
     assert h["renderers"][:2] == ["nerf", "gaussian"]  # what a train job's "renderer" takes
+    assert h["torso_modes"] == ["source", "restorer", "field", "field+restorer"]  # a torso job's "mode"
     doc = svc.client.get("/api/v1/openapi.json").json()
     assert doc["openapi"].startswith("3.")
     for p in ["/api/v1/health", "/api/v1/jobs", "/api/v1/jobs/{job_id}", "/api/v1/jobs/{job_id}/cancel",

@@ -248,6 +248,9 @@ class RenderParams(JobParams):
                                 "(the command line also takes a FILE here: expressions_file)")
     expressions_file: Annotated[InputFile, Cli(hidden=True)] | None = Field(
         None, description="expressions from a curves.json or a Live Link Face CSV, mapped through the subject's VQ-VAE")
+    torso: Literal[TORSO_MODES] | None = Field(
+        None, description="torso path of this render, one the subject's torso job trained the parts of "
+                          "(default: that job's mode, or source)")
     frames: Annotated[str, Field(pattern=r"^[0-9]{1,7}(-[0-9]{1,7})?$")] | None = Field(
         None, description="A-B: render only these frames (curves' numbering, 1-based without curves), e.g. "
                           "Blender's Preview Frame; no render.mp4 then")

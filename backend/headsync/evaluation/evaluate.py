@@ -39,6 +39,7 @@ from .measures import mouth_opening
 from ..render.dub import RenderConfig, features_for_audio, render_frames, run_render_config
 from ..core.atomic import write_json_atomic
 from ..subject.folder import Subject
+from ..subject.info import METRICS_FILE
 from ..training.checkpoints import load_renderer, run_dir
 
 
@@ -232,7 +233,7 @@ def eval_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
                         "run `headsync prepare` and `headsync train` first")
     run = params.get("run") or "default"
     metrics = evaluate(subject, run, reporter)
-    path = run_dir(subject, run) / "metrics.json"
+    path = run_dir(subject, run) / METRICS_FILE
     try:
         saved = json.loads(path.read_text()) if path.exists() else {}
     except json.JSONDecodeError:

@@ -208,7 +208,7 @@ def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curve
 def render(subject: Subject, audio_path: Path, run: str = "default", curves_path: Path | None = None,
            out: Path | None = None, portrait: bool = True, rcfg: RenderConfig | None = None,
            reporter: Reporter | None = None, expressions: str = "captured", shot: str | None = None,
-           frames: str | None = None) -> dict[str, Any]:
+           frames: str | None = None, torso_mode: str | None = None) -> dict[str, Any]:
     """Render ``audio_path`` with run ``run``; returns the artifacts (paths, frame count, timing).
 
     ``rcfg`` defaults to the ``[render]`` table of the preset the run was trained with; ``expressions`` is
@@ -217,7 +217,8 @@ def render(subject: Subject, audio_path: Path, run: str = "default", curves_path
     folder gets a ``render.json`` naming the subject and the shot. ``frames`` ("A-B",
     in the curves' frame numbers: ``frame_start`` ..., 1-based without ``curves``) renders only those
     frames, exactly as the whole render would draw them (Blender's Preview Frame): their PNGs keep their
-    place in the numbering (``frames/{row:06d}.png``) and no ``render.mp4`` is written.
+    place in the numbering (``frames/{row:06d}.png``) and no ``render.mp4`` is written. ``torso_mode``
+    picks another of the torso paths the subject's ``torso`` job trained (default: that job's mode).
     """
     from ..core.progress import silent
 
@@ -251,7 +252,7 @@ def render(subject: Subject, audio_path: Path, run: str = "default", curves_path
         write_json_atomic(tmp / RENDER_MANIFEST, render_manifest(subject.root, shot, run=run, audio=str(audio_path),
                                                                  curves=str(curves_path) if curves_path else None))
         (tmp / "frames").mkdir()
-        torso = TorsoPath.for_subject(subject, device)
+        torso = TorsoPath.for_subject(subject, device, torso_mode)
         drawn = render_frames(subject, renderer, feats, curves_rows(curves, rows), portrait, rcfg, device, reporter,
                               src_idx=ping_pong(subject.frame_count(), n_out)[rows], feat_rows=rows, torso=torso)
         for t, frame in zip(rows, drawn):
@@ -304,7 +305,8 @@ def run_render_config(rdir: Path) -> RenderConfig:
 
 def render_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     """Entry of the ``render`` job: ``subject``, ``audio``, ``run``, ``curves``, ``out``, ``portrait``,
-    ``expressions`` (captured | generated), ``expressions_file`` (a curves.json or Live Link CSV), ``frames``."""
+    ``expressions`` (captured | generated), ``expressions_file`` (a curves.json or Live Link CSV), ``frames``,
+    ``torso`` (a torso mode)."""
     subject = Subject(Path(params["subject"]).expanduser().resolve())
     if not subject.exists():
         raise UserError(f"subject {subject.root} is not prepared (no subject.json)",
@@ -320,4 +322,4 @@ def render_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
         expressions = str(Path(params["expressions_file"]).expanduser().resolve())
     return render(subject, audio, params.get("run") or "default", curves, out,
                   bool(params.get("portrait", True)), None, reporter, expressions, shot=shot_of(params),
-                  frames=params.get("frames"))
+                  frames=params.get("frames"), torso_mode=params.get("torso"))

@@ -33,7 +33,9 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, tasks
 from . import jobspec
+from ..post.torso.config import MODES as TORSO_MODES
 from ..renderers.registry import renderer_names
+from ..subject.info import subject_info
 from .jobspec import ApiError
 from .scheduler import Scheduler
 from .server import is_loopback
@@ -158,6 +160,21 @@ class HealthOut(BaseModel):
     running: int
     max_jobs: int
     renderers: list[str]  # the registered renderers, for a train job's "renderer" (built-in first)
+    torso_modes: list[str]  # the torso paths, for a torso job's "mode" and a render's "torso"
+
+
+class RunOut(BaseModel):
+    name: str
+    trained: bool = Field(description="the run finished training (it has its metrics.json)")
+    renderer: str | None = Field(description="the renderer it trained (nerf, gaussian, ...)")
+    heldout_psnr: float | None = Field(description="dB on the held-out frames")
+    weak_expressions: list[str] | None = Field(
+        description="core expression coefficients whose edits barely act on the render (checked after training)")
+
+
+class TorsoOut(BaseModel):
+    mode: str = Field(description="the torso path renders use: the last torso job's mode, else source")
+    trained: list[str] = Field(description="the modes a render may pick with the parts trained")
 
 
 class SubjectOut(BaseModel):
@@ -165,6 +182,9 @@ class SubjectOut(BaseModel):
     stages: list[str] = Field(description="finished stages (subject.json)")
     runs: list[str] = Field(description="model runs under models/")
     prepared: bool
+    models: list[RunOut] = Field(description="each run's record")
+    warnings: list[str] = Field(description="what the footage cannot give (prepare's checks), as text")
+    torso: TorsoOut
 
 
 def _responses(*codes: int) -> dict[int | str, dict[str, Any]]:
@@ -329,7 +349,8 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         dev = service.device or {"device": "cpu", "gpu": None}
         return ApiJSON({"version": __version__, "device": dev["device"], "gpu": dev["gpu"],
                         "workspace": str(ws), "running": scheduler.running_count(),
-                        "max_jobs": scheduler.max_jobs, "renderers": renderer_names()})
+                        "max_jobs": scheduler.max_jobs, "renderers": renderer_names(),
+                        "torso_modes": list(TORSO_MODES)})
 
     request_schema, request_components = jobspec.json_schema_for_requests()
 
@@ -423,23 +444,29 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         return Response(data, media_type="text/plain; charset=utf-8",
                         headers={"X-Log-Size": str(size), "X-Next-Offset": str(nxt)})
 
+    def subject_record(name: str) -> dict[str, Any] | None:
+        """:func:`subject_info` of subject ``name`` when its folder stays inside the workspace, else None."""
+        try:
+            d = jobspec.check_subject_dir(ws, name)
+        except ApiError:  # a folder (or a link in it) leading out of the workspace is not read
+            return None
+        return subject_info(d) | {"name": name}
+
     @app.get(f"{API}/subjects", response_model=list[SubjectOut], responses=_responses(401))
     def subjects():
-        """Subjects in the workspace: finished stages (subject.json) and model runs (models/*)."""
-        out = []
+        """Subjects in the workspace: finished stages (subject.json), model runs (models/*), warnings, torso."""
         root = ws / "subjects"
-        for d in sorted(root.iterdir()) if root.is_dir() else []:
-            if not d.is_dir() or not tasks.is_name(d.name):
-                continue
-            try:
-                m = json.loads((d / "subject.json").read_text())
-                stages = sorted(k for k, v in (m.get("stages") or {}).items() if isinstance(v, dict) and v.get("done"))
-                prepared = bool((m.get("source") or {}).get("frame_count"))
-            except (OSError, ValueError, AttributeError):
-                stages, prepared = [], False
-            runs = sorted(r.name for r in (d / "models").glob("*") if r.is_dir() and not r.name.startswith("."))
-            out.append({"name": d.name, "stages": stages, "runs": runs, "prepared": prepared})
-        return ApiJSON(out)
+        names = [d.name for d in (sorted(root.iterdir()) if root.is_dir() else []) if d.is_dir() and tasks.is_name(d.name)]
+        return ApiJSON([r for r in map(subject_record, names) if r is not None])
+
+    @app.get(API + "/subjects/{name}", response_model=SubjectOut, responses=_responses(401, 404, 422))
+    def subject(name: str):
+        """One subject: what the add-on shows beside it (its runs' renderers and weak expression
+        coefficients, the warnings of ``prepare``, the torso path)."""
+        rec = subject_record(jobspec.check_name(name, "subject"))
+        if rec is None or not (ws / "subjects" / name / "subject.json").is_file():
+            raise jobspec.unknown_subject(ws, name)
+        return ApiJSON(rec)
 
     @app.get(API + "/subjects/{name}/curves", responses={
         **_responses(401, 404, 422), 304: {"description": "not modified: If-None-Match names the current ETag"}})

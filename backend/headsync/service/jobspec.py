@@ -246,6 +246,15 @@ def check_writes(workspace: Path, kind: str, params: dict[str, Any]) -> None:
             confine(workspace, name, Path(params[name]), subject_dir=real)
 
 
+def unknown_subject(workspace: Path, subject: str) -> ApiError:
+    """The 404 for a subject the workspace has not prepared, naming those it has."""
+    known = sorted(p.name for p in subjects_dir(workspace).glob("*") if (p / "subject.json").is_file())
+    return ApiError(404, f"unknown subject {subject!r}",
+                    ("known subjects: " + ", ".join(known[:20])) if known else
+                    "prepare it first: POST /api/v1/jobs {\"kind\": \"prepare\", \"subject\": NAME, "
+                    "\"params\": {\"video\": PATH}}")
+
+
 def build(workspace: Path, body: Any, job_id: str, active_subjects: set[str] | None = None) -> JobSpec:
     """Check a request body and translate it; raises :class:`ApiError`."""
     workspace = Path(workspace).resolve()
@@ -293,11 +302,7 @@ def build(workspace: Path, body: Any, job_id: str, active_subjects: set[str] | N
 
     if not task.creates_subject and not (sdir / "subject.json").is_file() \
             and subject not in (active_subjects or set()):
-        known = sorted(p.name for p in subjects_dir(workspace).glob("*") if (p / "subject.json").is_file())
-        raise ApiError(404, f"unknown subject {subject!r}",
-                       ("known subjects: " + ", ".join(known[:20])) if known else
-                       "prepare it first: POST /api/v1/jobs {\"kind\": \"prepare\", \"subject\": NAME, "
-                       "\"params\": {\"video\": PATH}}")
+        raise unknown_subject(workspace, subject)
     return JobSpec(kind=kind, subject=subject, params=validated, owned=owned)
 
 

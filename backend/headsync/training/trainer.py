@@ -39,6 +39,7 @@ from ..renderers.common.losses import mse, perceptual_loss, psnr_from_mse
 from ..renderers.registry import preset_renderer, renderer_class
 from ..subject.data import SubjectData, load_subject_data
 from ..subject.folder import CORE_EXPRESSIONS, Subject
+from ..subject.info import METRICS_FILE
 from ..evaluation.expression_response import box_mask, coefficient_response, weak_coefficients
 from .checkpoints import load_checkpoint, run_dir, save_checkpoint
 from .expression_sampling import add_eye_samples, eye_boxes, frame_weights
@@ -344,7 +345,7 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
                "weak_expressions": weak_coefficients(response) if response else None}
     checkpoint(total, metrics)
     reporter.begin_step(0, 0)
-    write_json_atomic(out / "metrics.json", metrics)
+    write_json_atomic(out / METRICS_FILE, metrics)
     log.write(json.dumps({"final": metrics}) + "\n")
     log.close()
     return metrics

@@ -10,6 +10,13 @@ from ...core.errors import UserError
 #: ``restorer``: the source torso, gaps inpainted by the Torso-Inpainting Restorer; ``field``: the torso
 #: rendered by the torso field from the head pose (follows an edited pose); ``field+restorer``: both.
 MODES = ("source", "restorer", "field", "field+restorer")
+#: The torso job's files in the subject folder (the service reads them without loading torch).
+RESTORER_FILE, FIELD_FILE, RECORD_FILE = "torso/restorer.pt", "torso/field.pt", "torso/torso.json"
+
+
+def trained_modes(has_restorer: bool, has_field: bool) -> list[str]:
+    """The modes a render can pick given the parts trained (``source`` needs none), in :data:`MODES` order."""
+    return [m for m in MODES if ("restorer" not in m or has_restorer) and ("field" not in m or has_field)]
 
 
 @dataclass(frozen=True)

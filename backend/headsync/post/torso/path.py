@@ -33,9 +33,7 @@ from .. import portrait
 from . import bands
 from . import field as torso_field
 from . import restorer as torso_restorer
-from .config import TorsoConfig
-
-RESTORER_FILE, FIELD_FILE, RECORD_FILE = "torso/restorer.pt", "torso/field.pt", "torso/torso.json"
+from .config import FIELD_FILE, RECORD_FILE, RESTORER_FILE, TorsoConfig  # noqa: F401 (re-exported)
 
 
 @dataclass

@@ -37,6 +37,10 @@ class HashGridConfig:
     base_resolution: int = 64
     finest_resolution: int = 512
     log2_table_size: int = 14
+    # Autograd keeps each lookup's corner indices and weights (8 bytes a corner) up to this many MB; a
+    # bigger batch (the ``standard`` table's 32k rays: about 2 GB) recomputes them in the backward pass
+    # instead, trading about a fifth of a step's time for the memory (docs/benchmarks.md, issue 10).
+    keep_corners_mb: float = 512.0
 
     @property
     def per_level_scale(self) -> float:
@@ -116,10 +120,15 @@ class HashGrid2D(nn.Module):
 
     def forward(self, coords: torch.Tensor) -> torch.Tensor:
         """Encode (B, planes, 2) coordinates in [0, 1] -> (B, planes * L * F) features."""
-        if torch.is_grad_enabled() and self.table.requires_grad and not torch.compiler.is_compiling():
+        if (torch.is_grad_enabled() and self.table.requires_grad and not torch.compiler.is_compiling()
+                and self.corner_bytes(coords.shape[0]) > self.cfg.keep_corners_mb * 2 ** 20):
             return _Lookup.apply(coords, self.table, self)
         idx, w = self.corners(coords)
         return self.interpolate(self.table, idx, w)
+
+    def corner_bytes(self, points: int) -> int:
+        """Bytes of the corner indices (int32) and weights (float32) of ``points`` lookups."""
+        return points * self.planes * self.cfg.levels * 4 * 8
 
     def corners(self, coords: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Flat table indices (B, P, L, 4) of the four corners of each point's cell at each level, corners
