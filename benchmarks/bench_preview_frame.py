@@ -4,12 +4,17 @@
         [--blender-python .venv-bpy-5.0.1/bin/python] [--repeat 3]
 
 ``--subject`` is a trained subject folder (``headsync demo`` leaves one in out/demo/subject, trained as run
-``preview``). A fresh workspace links it as ``subjects/astronaut``; ``headsync serve`` runs on it with this
-Python; Blender (the bpy wheel of ``--blender-python``) installs the built add-on, creates a shot from the
-sample's dub.wav, and times Preview Frame from the click to the image strip in the sequencer (polling
-every 0.1 s, the add-on's timer polls every 0.25 s while a preview runs), then closes the left eye on that
-frame and previews again: the eye region must change. It also keys a 10,000-frame shot (400 s of silence)
-and reports New Shot's time and the keys per curve with their largest deviation from the captured curve.
+``preview``). A fresh workspace gets a copy of it as ``subjects/astronaut`` (a link out of the workspace
+would be refused); ``headsync serve`` runs on it with this Python; Blender (the bpy wheel of
+``--blender-python``) installs the built add-on, creates a shot from the sample's dub.wav, and times
+Preview Frame from the operator's call to the image strip in the sequencer, polling as the add-on's timer
+does while a preview runs (every ``polling.PREVIEW_INTERVAL`` s). The first preview is cold (the service
+starts its warm worker for it), the next ones warm; then it closes the left eye on that frame and previews
+again: the eye region must change. It also keys a 10,000-frame shot (400 s of silence) and reports New
+Shot's time, before (the looped 10,000-frame curves fetched and validated every time, as the add-on did
+until issue 13's second round) and after (the subject's own frames fetched once per subject with their
+ETag and looped in Blender), side by side in one run, and the keys per curve with their largest deviation
+from the captured curve.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -39,17 +45,18 @@ assert bpy.ops.extensions.package_install_files(filepath=A["zip"], repo="user_de
 mod = lambda n: sys.modules[PKG + "." + n]
 p = bpy.context.preferences.addons[PKG].preferences
 p.workspace = A["ws"]
-polling, compat, cio = mod("polling"), mod("compat"), mod("curves_io")
+polling, compat, cio, ops, shotlib = mod("polling"), mod("compat"), mod("curves_io"), mod("operators"), mod("shots")
 scene = bpy.context.scene
 st = scene.headsync
 scene.render.fps, scene.render.fps_base = 25, 1.0
 s = st.subjects.add(); s.name = "astronaut"; s.stage = "trained"; s.run = A["run"]
-out = {"preview_s": []}
+out = {"preview_s": [], "load": [os.getloadavg()[0]]}
 snd = compat.new_sound(scene, "dub", A["dub"], 3, 1)
 assert bpy.ops.headsync.new_shot(subject="astronaut", strip="dub") == {'FINISHED'}
 shot = st.shots["dub"]
 frame = shot.frame_start + A["frame"]
 scene.frame_current = frame
+time.sleep(A["settle"])  # the user scrubbing to the frame: New Shot has started the service's warm worker
 
 def preview():
     t0 = time.monotonic()
@@ -62,7 +69,7 @@ def preview():
             raise SystemExit(f"preview {j.state}: {j.error} {j.hint}")
         if j.handled and compat.get_strip(scene, shot.preview_strip) is not None:
             break
-        time.sleep(0.1)
+        time.sleep(polling.PREVIEW_INTERVAL)
     strip = compat.get_strip(scene, shot.preview_strip)
     return time.monotonic() - t0, os.path.join(strip.directory, strip.elements[0].filename)
 
@@ -76,14 +83,38 @@ fc.update()
 dt, after = preview()
 out["preview_after_edit_s"] = round(dt, 2)
 out["files"] = [before, after]
-# New Shot of 10,000 frames: keys per curve and their deviation from the captured curve
+out["load"].append(os.getloadavg()[0])
+# New Shot of 10,000 frames: before (the looped curves fetched and validated every time) and after (the
+# subject's own frames fetched once per subject with their ETag, looped in Blender), side by side
 compat.new_sound(scene, "long", A["long"], 5, 1)
-t0 = time.perf_counter()
-assert bpy.ops.headsync.new_shot(subject="astronaut", strip="long") == {'FINISHED'}
-out["new_shot_10000_s"] = round(time.perf_counter() - t0, 3)
-t0 = time.perf_counter()
-assert bpy.ops.headsync.new_shot(subject="astronaut", strip="long", dense=True, name="dense") == {'FINISHED'}
-out["new_shot_10000_dense_s"] = round(time.perf_counter() - t0, 3)
+def before(subject, frames):
+    doc = ops._client(timeout=10.0).subject_curves(subject, frames)
+    return shotlib.captured_rows(cio.validate(doc, frames))
+after = ops.captured_curves
+def new_shot(name, **kw):
+    t0 = time.perf_counter()
+    assert bpy.ops.headsync.new_shot(subject="astronaut", strip="long", name=name, **kw) == {'FINISHED'}
+    return round(time.perf_counter() - t0, 3)
+mod("client")._CAPTURED.clear()
+out["new_shot"] = {"before": [], "after_first": [], "after": []}
+for i in range(A["repeat"]):
+    ops.captured_curves = before
+    out["new_shot"]["before"].append(new_shot(f"before{i}"))
+    ops.captured_curves = after
+    mod("client")._CAPTURED.clear()
+    out["new_shot"]["after_first"].append(new_shot(f"first{i}"))
+    out["new_shot"]["after"].append(new_shot("long" if i == 0 else f"after{i}"))
+out["new_shot_10000_dense_s"] = new_shot("dense", dense=True)
+c = ops._client(timeout=10.0)
+t0 = time.perf_counter(); big = c.subject_curves("astronaut", 10000); t1 = time.perf_counter()
+cio.validate(big, 10000); t2 = time.perf_counter()
+mod("client")._CAPTURED.clear()
+own = c.captured("astronaut"); t3 = time.perf_counter()
+c.captured("astronaut"); t4 = time.perf_counter()
+cio.looped(cio.validate(own), 10000); t5 = time.perf_counter()
+out["parts"] = {"fetch_10000": t1 - t0, "validate_10000": t2 - t1, "fetch_own": t3 - t2, "fetch_304": t4 - t3,
+                "validate_own_and_loop": t5 - t4, "own_frames": own["frame_count"]}
+out["load"].append(os.getloadavg()[0])
 long = st.shots["long"]
 cap = cio.validate(mod("prefs").make_client(bpy.context).subject_curves("astronaut", long.frame_count))
 cols = {f'["{n}"]0': [r[j] for r in cap["expression"]["values"]] for j, n in enumerate(cio.CORE_NAMES)}
@@ -107,6 +138,8 @@ def main() -> None:
     ap.add_argument("--blender-python", default=str(REPO / ".venv-bpy-5.0.1" / "bin" / "python"))
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--frame", type=int, default=40, help="the previewed frame, counted from the shot's start")
+    ap.add_argument("--settle", type=float, default=0.0,
+                    help="seconds between New Shot and the first preview (0: at once, the coldest case)")
     args = ap.parse_args()
     sys.path.insert(0, str(REPO))
     import build_addon
@@ -114,7 +147,8 @@ def main() -> None:
     tmp = Path(tempfile.mkdtemp(prefix="headsync-bench-preview-"))
     ws = tmp / "ws"
     (ws / "subjects").mkdir(parents=True)
-    os.symlink(Path(args.subject).resolve(), ws / "subjects" / "astronaut")
+    shutil.copytree(Path(args.subject).resolve(), ws / "subjects" / "astronaut",
+                    ignore=shutil.ignore_patterns("renders"))
     long_wav = tmp / "long.wav"
     with wave.open(str(long_wav), "wb") as w:  # 400 s: 10,000 frames at 25 fps
         w.setnchannels(1), w.setsampwidth(2), w.setframerate(8000)
@@ -133,7 +167,7 @@ def main() -> None:
         script.write_text(textwrap.dedent(BLENDER))
         env = dict(os.environ, BLENDER_USER_RESOURCES=str(tmp / "profile"))
         a = {"zip": str(zip_path), "ws": str(ws), "run": args.run, "dub": str(SAMPLE / "dub.wav"),
-             "long": str(long_wav), "repeat": args.repeat, "frame": args.frame}
+             "long": str(long_wav), "repeat": args.repeat, "frame": args.frame, "settle": args.settle}
         p = subprocess.run([args.blender_python, str(script), json.dumps(a)], capture_output=True, text=True,
                            env=env, timeout=1800)
         lines = [ln for ln in p.stdout.splitlines() if ln.startswith("RESULT ")]
@@ -149,11 +183,22 @@ def main() -> None:
 
     a, b = (cv2.imread(f).astype(np.float32) for f in res["files"])
     d = np.abs(a - b).mean(-1)
-    print(f"Preview Frame (click -> image strip): {res['preview_s']} s; after closing the eye: "
-          f"{res['preview_after_edit_s']} s")
+    print(f"load average (1 min) at the start, after the previews, at the end: {res['load']}")
+    for line in (ws / "logs" / "warm-worker.log").read_text().splitlines():
+        if "ready in" in line:
+            print(f"  warm worker: {line.split('] ', 1)[-1]} (started by New Shot; first preview {args.settle:g} s "
+                  f"after New Shot)")
+    print(f"Preview Frame (operator -> image strip): cold {res['preview_s'][0]} s, warm {res['preview_s'][1:]} s; "
+          f"after closing the eye: {res['preview_after_edit_s']} s")
     print(f"  the picture changed: mean |diff| {d.mean():.3f} grey levels, largest {d.max():.0f}, "
           f"{(d > 8).mean() * 100:.2f} % of pixels by more than 8")
-    print(f"New Shot of 10,000 frames: {res['new_shot_10000_s']} s sparse, {res['new_shot_10000_dense_s']} s dense")
+    ns = res["new_shot"]
+    print(f"New Shot of 10,000 frames, sparse keys: before {ns['before']} s; after: first of a subject "
+          f"{ns['after_first']} s, then {ns['after']} s; dense keys (after) {res['new_shot_10000_dense_s']} s")
+    pt = res["parts"]
+    print(f"  the curves: fetch 10,000 looped frames {pt['fetch_10000']:.3f} s + validate {pt['validate_10000']:.3f} s;"
+          f" fetch the {pt['own_frames']} own frames {pt['fetch_own']:.3f} s, again (304) {pt['fetch_304']:.3f} s,"
+          f" validate + loop to 10,000 {pt['validate_own_and_loop']:.3f} s")
     print("keys per curve (of 10,000 frames) and the largest deviation from the captured curve:")
     for k, (n, dev) in sorted(res["keys"].items()):
         print(f"  {k:22s} {n:6d}  {dev:.5f}")

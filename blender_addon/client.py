@@ -33,6 +33,12 @@ DEFAULT_TIMEOUT = 2.0
 SERVER_JSON = "server.json"
 
 
+#: What :meth:`Client.request` answers for ``304 Not Modified``.
+NOT_MODIFIED = object()
+#: The captured curves fetched this session: (service url, subject) -> (ETag, document); see Client.captured.
+_CAPTURED: dict[tuple[str, str], tuple[str, dict[str, Any]]] = {}
+
+
 class ServiceError(Exception):
     """A failure talking to the service: ``message`` (what happened) and ``hint`` (what to do)."""
 
@@ -190,12 +196,16 @@ class Client:
 
     # ---- transport ---------------------------------------------------------------------------
     def request(self, method: str, path: str, body: Any = None, query: dict[str, Any] | None = None,
-                timeout: float | None = None, raw: bool = False) -> Any:
+                timeout: float | None = None, raw: bool = False, etag: str | None = None) -> Any:
+        """The answer's JSON (``raw``: its text). ``etag``: sent as ``If-None-Match``; then the answer is
+        ``(json or NOT_MODIFIED, the answer's ETag)``."""
         url = self.url + API + path
         if query:
             url += "?" + urllib.parse.urlencode({k: v for k, v in query.items() if v is not None})
         data = None
         headers = {"Accept": "application/json", "User-Agent": "headsync-blender"}
+        if etag:
+            headers["If-None-Match"] = etag
         if self.token:
             headers["Authorization"] = f"Bearer {self.token}"
         if body is not None:
@@ -207,7 +217,11 @@ class Client:
             with self._opener.open(req, timeout=t) as resp:
                 payload = resp.read()
                 status = resp.status
+                got_etag = resp.headers.get("ETag") or ""
         except urllib.error.HTTPError as e:
+            if e.code == 304 and etag:  # urllib raises for "not modified" too
+                e.close()
+                return NOT_MODIFIED, e.headers.get("ETag") or etag
             try:
                 payload = e.read()
             except Exception:
@@ -234,12 +248,13 @@ class Client:
         if raw:
             return payload.decode("utf-8", errors="replace")
         if not payload:
-            return None
+            return (None, got_etag) if etag is not None else None
         try:
-            return json.loads(payload.decode("utf-8"))
+            ans = json.loads(payload.decode("utf-8"))
         except ValueError:
             raise ServerError(f"the service answered {method} {path} with something that is not JSON "
                               f"(HTTP {status})", "is the URL really a HeadSync service?") from None
+        return (ans, got_etag) if etag is not None else ans
 
     def _http_error(self, code: int, payload: bytes, method: str, path: str) -> ServiceError:
         try:
@@ -296,6 +311,23 @@ class Client:
                            query={"frames": int(frames)} if frames else None, timeout=max(self.timeout, 10.0))
         if not isinstance(ans, dict):
             raise ServerError(f"the service returned no curves for subject {subject!r}", "see the service's log")
+        return ans
+
+    def captured(self, subject: str) -> dict[str, Any]:
+        """curves.json of the subject's captured performance over its own frames (unvalidated), fetched once:
+        kept with its ETag (per service and subject, for this session), asked again with ``If-None-Match``,
+        and fetched again only when the service says the capture changed (a new prepare)."""
+        key = (self.url, str(subject))
+        tag, doc = _CAPTURED.get(key, ("", None))
+        ans, new_tag = self.request("GET", f"/subjects/{urllib.parse.quote(str(subject), safe='')}/curves",
+                                    timeout=max(self.timeout, 10.0), etag=tag if doc is not None else "")
+        if ans is NOT_MODIFIED and doc is not None:
+            return doc
+        if not isinstance(ans, dict):
+            raise ServerError(f"the service returned no curves for subject {subject!r}", "see the service's log")
+        _CAPTURED.pop(key, None)
+        if new_tag:
+            _CAPTURED[key] = (new_tag, ans)
         return ans
 
     def subjects(self) -> list[dict[str, Any]]:

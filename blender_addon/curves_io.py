@@ -37,7 +37,7 @@ def _load_format():
 fmt = _load_format()
 SCHEMA, CORE_NAMES, SOURCES = fmt.SCHEMA, fmt.CORE_NAMES, fmt.SOURCES
 CurvesError = fmt.CurvesError
-validate, make, dumps, loads = fmt.validate, fmt.make, fmt.dumps, fmt.loads
+validate, make, dumps, loads, looped = fmt.validate, fmt.make, fmt.dumps, fmt.loads, fmt.looped
 
 
 def clamp01(rows: Iterable[Sequence[float]]) -> tuple[list[list[float]], int]:

@@ -189,9 +189,11 @@ def sound_strip_for_shot(scene, strip_name: str = ""):
 
 
 def captured_curves(subject: str, frames: int | None) -> dict:
-    """The subject's captured performance over ``frames`` frames, from the service (validated)."""
-    doc = _client(timeout=10.0).subject_curves(subject, frames)
-    return shotlib.captured_rows(curves_io.validate(doc, frames))
+    """The subject's captured performance over ``frames`` frames (default its own), validated: fetched
+    from the service once per subject (``Client.captured``, its own frames), then played back and forth
+    over the shot by the rule a render without curves follows (``curves_format.looped``)."""
+    doc = curves_io.validate(_client(timeout=10.0).captured(subject))
+    return shotlib.captured_rows(curves_io.looped(doc, frames) if frames else doc)
 
 
 def create_shot(scene, subject: str, strip_name: str = "", name: str = "", dense: bool = False,
@@ -208,7 +210,7 @@ def create_shot(scene, subject: str, strip_name: str = "", name: str = "", dense
     if not audio or not os.path.isfile(audio):
         raise HeadSyncError(f"the sound of strip {strip.name!r} is missing: {audio or '(no file)'}",
                             "was it moved? relink it (File > External Data > Find Missing Files)")
-    fps = captured_curves(subject, 1)["fps"]  # renders run at the subject's source frame rate
+    fps = captured_curves(subject, None)["fps"]  # renders run at the subject's source frame rate
     scene_fps = scene.render.fps / scene.render.fps_base
     start = int(round(strip.frame_start))
     seconds = shotlib.audio_seconds(audio)

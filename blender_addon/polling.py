@@ -19,7 +19,7 @@ from . import client, compat, curves_io, prefs, props, ui_text
 from . import shots as shotlib
 
 ACTIVE_INTERVAL = 1.0      # seconds between polls while jobs run
-PREVIEW_INTERVAL = 0.25    # ... while a Preview Frame runs (seconds count: the user waits for it)
+PREVIEW_INTERVAL = 0.1     # ... while a Preview Frame runs (the user waits for it; a poll is one SQLite row read)
 DOWN_INTERVAL = 5.0        # while the service does not answer
 POLL_TIMEOUT = 1.0         # each request
 
@@ -419,7 +419,7 @@ def _timer():
 
 def ensure_timer() -> None:
     if not bpy.app.timers.is_registered(_timer):
-        bpy.app.timers.register(_timer, first_interval=0.2, persistent=True)
+        bpy.app.timers.register(_timer, first_interval=PREVIEW_INTERVAL, persistent=True)
 
 
 # ---- starting the service ---------------------------------------------------------------------

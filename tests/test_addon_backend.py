@@ -3,6 +3,7 @@ and frame-range renders (``render --frames A-B``, Preview Frame). No bpy; the se
 
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
@@ -44,7 +45,25 @@ def test_captured_curves_endpoint_is_the_backends_loop(api):
     assert doc["source"] == "captured" and doc["frame_count"] == 30 and doc["frame_start"] == 1
     assert np.array_equal(np.asarray(doc["expression"]["values"], np.float32), want.expression)  # exact
     assert np.allclose(doc["head_pose"]["rotation_euler_xyz"], want.rotation, atol=0)
-    assert c.get("/api/v1/subjects/synth/curves").json()["frame_count"] == 12  # default: its own frames
+    own = c.get("/api/v1/subjects/synth/curves")
+    assert own.json()["frame_count"] == 12  # default: its own frames
+    # Blender fetches those once and loops them itself, by the shared rule: the same document, exactly
+    assert curves_io.looped(curves_io.validate(own.json()), 30) == doc
+
+
+def test_captured_curves_carry_an_etag_that_changes_with_the_capture(api):
+    c, ws = api
+    r = c.get("/api/v1/subjects/synth/curves")
+    tag = r.headers["etag"]
+    assert tag.startswith('"') and c.get("/api/v1/subjects/synth/curves", params={"frames": 30}).headers["etag"] != tag
+    again = c.get("/api/v1/subjects/synth/curves", headers={"If-None-Match": tag})
+    assert again.status_code == 304 and again.content == b"" and again.headers["etag"] == tag
+    assert c.get("/api/v1/subjects/synth/curves", headers={"If-None-Match": '"other"'}).status_code == 200
+    expr = ws / "subjects" / "synth" / "expression.npy"
+    st = expr.stat()
+    os.utime(expr, ns=(st.st_atime_ns, st.st_mtime_ns + 1_000_000))  # prepared again
+    changed = c.get("/api/v1/subjects/synth/curves", headers={"If-None-Match": tag})
+    assert changed.status_code == 200 and changed.headers["etag"] != tag
 
 
 @pytest.mark.parametrize("path, status, words", [

@@ -22,7 +22,8 @@ TOKEN = "s3cret-token"
 
 
 class FakeService:
-    """Records requests; answers from ``routes[(method, path)] = (status, body, delay_s)``."""
+    """Records requests; answers from ``routes[(method, path)] = (status, body, delay_s[, etag])``: with an
+    ETag, a request whose If-None-Match names it gets ``304`` and no body."""
 
     def __init__(self):
         self.requests: list[dict] = []
@@ -38,16 +39,20 @@ class FakeService:
                 body = self.rfile.read(n) if n else b""
                 outer.requests.append({"method": self.command, "path": self.path,
                                        "auth": self.headers.get("Authorization"),
+                                       "if_none_match": self.headers.get("If-None-Match"),
                                        "body": json.loads(body) if body else None})
                 if self.headers.get("Authorization") != f"Bearer {TOKEN}":
                     return self._send(401, {"message": "missing or wrong token", "hint": "read server.json"})
                 path = self.path.split("?")[0]
-                status, payload, delay = outer.routes.get((self.command, path), (404, {"message": "no route"}, 0))
+                route = outer.routes.get((self.command, path), (404, {"message": "no route"}, 0))
+                status, payload, delay, *etag = route
                 if delay:
                     time.sleep(delay)
-                self._send(status, payload)
+                if etag and self.headers.get("If-None-Match") == etag[0]:
+                    return self._send(304, b"", etag[0])
+                self._send(status, payload, *etag)
 
-            def _send(self, status, payload):
+            def _send(self, status, payload, etag=None):
                 if isinstance(payload, (bytes, str)):
                     data = payload.encode() if isinstance(payload, str) else payload
                     ctype = "text/plain"
@@ -56,7 +61,10 @@ class FakeService:
                 try:
                     self.send_response(status)
                     self.send_header("Content-Type", ctype)
-                    self.send_header("Content-Length", str(len(data)))
+                    if etag:
+                        self.send_header("ETag", etag)
+                    if status != 304:
+                        self.send_header("Content-Length", str(len(data)))
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
@@ -227,6 +235,29 @@ def test_loopback_urls():
     assert client.is_loopback_url("http://127.0.0.1:8000") and client.is_loopback_url("localhost:1")
     assert client.is_loopback_url("http://[::1]:9") and not client.is_loopback_url("http://example.com:80")
     assert not client.is_loopback_url("http://192.168.1.5:80")
+
+
+def test_captured_curves_are_fetched_once_per_subject_while_the_etag_holds(fake):
+    """New Shot asks for a subject's captured curves (its own frames) once: later asks carry the ETag and
+    a 304 answer gives back the kept document; a new ETag (the subject prepared again) replaces it."""
+    client._CAPTURED.clear()
+    route = ("GET", "/api/v1/subjects/astro/curves")
+    first, second = {"schema": "headsync.curves/1", "frame_count": 3}, {"schema": "headsync.curves/1", "frame_count": 4}
+    fake.routes[route] = (200, first, 0, '"v1"')
+    c = client.Client(fake.url, TOKEN, timeout=1.0)
+    assert c.captured("astro") == first
+    assert fake.requests[-1]["path"] == "/api/v1/subjects/astro/curves" and fake.requests[-1]["if_none_match"] is None
+    assert c.captured("astro") == first and fake.requests[-1]["if_none_match"] == '"v1"'  # answered 304
+    fake.routes[route] = (200, second, 0, '"v2"')
+    assert c.captured("astro") == second and fake.requests[-1]["if_none_match"] == '"v1"'
+    assert c.captured("astro") == second and fake.requests[-1]["if_none_match"] == '"v2"'
+    fake.routes[route] = (200, first, 0)  # a service without ETags: asked every time
+    client._CAPTURED.clear()
+    assert c.captured("astro") == first and c.captured("astro") == first
+    assert fake.requests[-1]["if_none_match"] is None
+    fake.routes[route] = (404, {"message": "no captured performance", "hint": "prepare it first"}, 0)
+    with pytest.raises(client.NotFound):
+        c.captured("astro")
 
 
 def test_token_comes_from_server_json_when_it_names_the_service(fake, tmp_path):

@@ -97,9 +97,10 @@ def test_add_eye_samples_keeps_the_ray_count_and_adds_a_patch():
     rays = Batch(np.zeros((100, 2), np.int64), [])
     out = es.add_eye_samples(rays, Sampling.RAYS, box, 96, cfg, rng)
     assert out.pixels.shape == (100, 2) and (out.pixels[:75] == 0).all() and (out.pixels[75:, 0] >= 35).all()
-    patches = Batch(np.zeros((16 * 16, 2), np.int64), [16])
+    patches = Batch(np.zeros((16 * 16, 2), np.int64), [16], lips=(1, 2, 3, 4))
     out = es.add_eye_samples(patches, Sampling.PATCHES, box, 96, cfg, rng)
     assert out.patches == [16, 8] and out.pixels.shape == (16 * 16 + 64, 2)
+    assert out.lips == (1, 2, 3, 4)  # the lips region the renderer's loss reads is kept
     assert es.add_eye_samples(rays, Sampling.RAYS, np.full(4, -1), 96, cfg, rng) is rays
     image = Batch(None, [96])
     assert es.add_eye_samples(image, Sampling.IMAGE, box, 96, cfg, rng) is image

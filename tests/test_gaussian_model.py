@@ -16,6 +16,7 @@ from headsync.renderers.gaussian.model import STAGE_DEFORM, GaussianConfig, Gaus
 from headsync.renderers.gaussian.strategy import DensifyConfig, DensifyStrategy
 from headsync.subject.data import load_subject_data
 from headsync.subject.folder import Subject
+from headsync.training.samplers import Batch, around_lips
 from headsync.training.trainer import FrameTensors, TrainConfig, frame_camera, subject_meta
 
 from synthetic_head import make_subject
@@ -58,6 +59,12 @@ def build(data, **kw):
     return GaussianHead(cfg, subject_meta(data, TrainConfig(resolution=SIZE, audio_feature="mel")))
 
 
+def lips_batch(ft, f):
+    """The trainer's whole-image batch of frame ``f``: its lips region for the stage-2 lips term."""
+    box = ft.frames.lips_box(f)
+    return Batch(None, [SIZE], lips=around_lips(box, SIZE) if box[0] >= 0 else None)
+
+
 def train(model, data, ft, iters, strategy=None, deform_from=None, seed=0):
     opt = torch.optim.Adam(model.param_groups(), eps=1e-15)
     state = strategy.initialize_state() if strategy else None
@@ -69,7 +76,7 @@ def train(model, data, ft, iters, strategy=None, deform_from=None, seed=0):
         f = int(rng.choice(data.train))
         target, bg, mask = frame(data, ft, f)
         out = model.render(camera(data, ft, f), cond_of(model, data, ft, f), bg, train=True)
-        loss = sum(model.losses(out, target, mask).values())
+        loss = sum(model.losses(out, target, mask, lips_batch(ft, f)).values())
         opt.zero_grad()
         if strategy:
             strategy.step_pre_backward(out["meta"])
@@ -107,6 +114,24 @@ def test_pixels_subset_and_deform_starts_at_canonical(synthetic):
     model.set_stage(STAGE_DEFORM)  # zero-initialised deformation: stage 2 starts from stage 1's image
     deformed = model.render(camera(data, ft, 3), cond_of(model, data, ft, 3), bg)
     assert torch.allclose(deformed["rgb"], full["rgb"], atol=1e-6)
+
+
+def test_lips_term_weights_the_region_around_the_lips_in_stage_two_only(synthetic):
+    data, ft = synthetic
+    model = build(data)
+    target, bg, mask = frame(data, ft, 2)
+    out = model.render(camera(data, ft, 2), cond_of(model, data, ft, 2), bg, train=True)
+    batch = Batch(None, [SIZE], lips=(20, 30, 28, 36))
+    assert "lips" not in model.losses(out, target, mask, batch)  # stage 1: the canonical head has no mouth motion
+    model.set_stage(STAGE_DEFORM)
+    terms = model.losses(out, target, mask, batch)
+    region = (out["rgb"] - target)[30:36, 20:28].abs().mean()
+    assert torch.isclose(terms["lips"], model.cfg.lips_weight * region)
+    assert "lips" not in model.losses(out, target, mask, Batch(None, [SIZE]))  # a frame without lips
+    grad, = torch.autograd.grad(terms["lips"], out["rgb"], retain_graph=True)
+    inside = torch.zeros(SIZE, SIZE, dtype=torch.bool)
+    inside[30:36, 20:28] = True
+    assert (grad[~inside] == 0).all() and (grad[inside] != 0).any()
 
 
 def test_two_stage_training_reaches_psnr(synthetic):

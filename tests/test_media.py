@@ -36,6 +36,16 @@ def test_frames_resampled_by_timestamp(tmp_path):
     assert np.abs(levels - expected).max() <= 1.01
 
 
+def test_only_some_frames_are_exactly_those_of_the_full_decode(tmp_path):
+    """``only=(first, last)`` (a Preview Frame's source frame): ffmpeg passes on just those, the same pixels."""
+    v = numbered_video(tmp_path / "v.mp4", 30, 25.0)
+    full = list(media.iter_frames(v, 12.5))
+    part = list(media.iter_frames(v, 12.5, only=(9, 11)))
+    assert len(full) == 15 and len(part) == 3
+    assert all(np.array_equal(a, b) for a, b in zip(part, full[9:12]))
+    assert len(list(media.iter_frames(v, 12.5, only=(14, 40)))) == 1  # past the end: what there is
+
+
 def test_read_audio_resamples_to_16k_mono(tmp_path):
     t = np.arange(44100) / 44100
     stereo = np.stack([np.sin(2 * np.pi * 300 * t), np.sin(2 * np.pi * 300 * t)], 1) * 0.5

@@ -66,6 +66,42 @@ def test_a_frame_range_renders_exactly_those_frames_of_the_whole_render(subject,
         tasks.run("render", {"subject": str(subject), "audio": str(audio), "frames": "9-12"}, silent())
 
 
+def test_what_the_warm_worker_keeps_gives_the_same_pictures_and_follows_a_new_checkpoint(subject, tmp_path):
+    """With core/keep.py on (the service's warm worker), a second frame-range render reuses the loaded
+    model and audio features and draws the same pictures as a fresh process; a checkpoint written again
+    (more training) is loaded again."""
+    import shutil
+
+    import torch
+
+    from headsync.core import keep
+
+    audio = speech(tmp_path / "a.wav", 0.4)
+    params = {"subject": str(subject), "audio": str(audio), "portrait": False, "frames": "5-5"}
+    cold = tasks.run("render", {**params, "out": str(tmp_path / "cold")}, silent())
+    ckpt = subject / "models" / "default" / "checkpoint.pt"
+    saved = tmp_path / "checkpoint.pt"
+    shutil.copy2(ckpt, saved)
+    keep.enable()
+    try:
+        for tag in ("warm1", "warm2"):
+            tasks.run("render", {**params, "out": str(tmp_path / tag)}, silent())
+        assert keep._slots["renderer"][0][0] == keep.file_key(ckpt)
+        state = torch.load(ckpt, weights_only=False)
+        state["model"] = {k: v * 0.5 if torch.is_floating_point(v) else v for k, v in state["model"].items()}
+        torch.save(state, ckpt)
+        tasks.run("render", {**params, "out": str(tmp_path / "retrained")}, silent())
+    finally:
+        keep.enable(False)
+        shutil.copy2(saved, ckpt)
+    name = "000004.png"
+    first = cv2.imread(str(tmp_path / "cold" / "frames" / name)).astype(int)
+    for tag in ("warm1", "warm2"):
+        assert np.array_equal(cv2.imread(str(tmp_path / tag / "frames" / name)).astype(int), first)
+    assert np.abs(cv2.imread(str(tmp_path / "retrained" / "frames" / name)).astype(int) - first).max() > 8
+    assert cold["frame_range"] == [5, 5]
+
+
 def test_default_render_id_and_crop_output(subject, tmp_path):
     audio = speech(tmp_path / "a.wav", 0.4)
     art = tasks.run("render", {"subject": str(subject), "audio": str(audio), "portrait": False}, silent())

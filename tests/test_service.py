@@ -167,6 +167,101 @@ def test_finished_job_cannot_be_cancelled(svc):
     assert r.status_code == 409
 
 
+# ---- the warm worker (Preview Frame) -------------------------------------------------------------
+def _worker_pid_in_log(svc, jid: str) -> int:
+    return int(re.search(r"\(worker pid (\d+)\)", svc.log(jid))[1])
+
+
+def warm_worker_pids(workspace: Path) -> list[int]:
+    """The warm workers serving ``workspace`` (found through /proc)."""
+    found = []
+    for d in Path("/proc").iterdir():
+        try:
+            cmd = (d / "cmdline").read_bytes().split(b"\0") if d.name.isdigit() else []
+        except OSError:
+            continue
+        if b"headsync.service.warm" in cmd and str(workspace).encode() in cmd and pid_alive(int(d.name)):
+            found.append(int(d.name))
+    return found
+
+
+def test_warm_jobs_share_one_process_and_behave_like_the_others(svc):
+    """Jobs whose kind runs warm (a Preview Frame's render) go to the service's long-lived warm worker: one
+    process for job after job, each with its own log, progress and outcome; a cancel stops the job and
+    keeps the process; one that ignores the cancel is killed with it, and the next warm job gets a new one."""
+    a = svc.submit(subject="warm", seconds=0.2, steps=2, warm=True)
+    ja = svc.wait(a, timeout=120)  # the first one waits for the warm worker's imports
+    assert ja["state"] == "succeeded" and ja["progress"]["fraction"] == 1.0, ja
+    b = svc.submit(subject="warm", seconds=0.2, steps=2, warm=True)
+    assert svc.wait(b)["state"] == "succeeded"
+    pid = _worker_pid_in_log(svc, a)
+    assert _worker_pid_in_log(svc, b) == pid and warm_worker_pids(svc.workspace) == [pid]
+    log_a, log_b = svc.log(a), svc.log(b)
+    assert "[sleep] 2/2" in log_a and f"job {a}: succeeded" in log_a and b not in log_a
+    assert f"job {b}: succeeded" in log_b and a not in log_b
+    assert (svc.workspace / "logs" / "warm-worker.log").is_file()
+    cold = svc.submit(subject="warm", seconds=0.1, steps=1)  # a job that does not run warm: its own process
+    assert svc.wait(cold)["state"] == "succeeded" and _worker_pid_in_log(svc, cold) != pid
+    # cancel: the job stops, the process stays warm
+    c = svc.submit(subject="warm", seconds=30.0, steps=30, warm=True)
+    svc.wait(c, states=("running",))
+    wait_for(lambda: svc.job(c)["progress"]["done"] >= 1, what="a step")
+    t0 = time.monotonic()
+    svc.client.post(f"/api/v1/jobs/{c}/cancel")
+    jc = svc.wait(c, timeout=10)
+    assert jc["state"] == "cancelled" and time.monotonic() - t0 < 2.0, jc
+    assert "cancel requested" in svc.log(c) and pid_alive(pid)
+    assert not list((svc.workspace / "subjects" / "warm").glob(".partial.tmp-*"))
+    d = svc.submit(subject="warm", seconds=0.1, steps=1, warm=True)
+    assert svc.wait(d)["state"] == "succeeded" and _worker_pid_in_log(svc, d) == pid
+    # a warm job that ignores the cancel: killed after the grace period, with the warm worker
+    e = svc.submit(subject="warm", seconds=60.0, steps=60, mode="stubborn", warm=True)
+    svc.wait(e, states=("running",))
+    wait_for(lambda: list((svc.workspace / "subjects" / "warm").glob(".partial.tmp-*")), what="partial")
+    svc.client.post(f"/api/v1/jobs/{e}/cancel")
+    je = svc.wait(e, timeout=15)
+    assert je["state"] == "cancelled" and "killed by signal 9" in je["error"]["message"], je
+    assert not pid_alive(pid)
+    assert not list((svc.workspace / "subjects" / "warm").glob(".partial.tmp-*")), "partial output swept"
+    f = svc.submit(subject="warm", seconds=0.1, steps=1, warm=True)
+    assert svc.wait(f, timeout=120)["state"] == "succeeded" and _worker_pid_in_log(svc, f) != pid
+
+
+def test_the_warm_worker_leaves_when_idle_and_with_the_service(tmp_path):
+    """New Shot of a trained subject (its captured curves asked for) starts the warm worker ahead of the
+    Preview Frame; it leaves when idle (even before it finished loading), a job starts it again, and it
+    leaves with the service."""
+    from synthetic_head import make_subject
+
+    ws = tmp_path / "ws"
+    make_subject(ws / "subjects" / "trained", n_frames=12)
+    (ws / "subjects" / "trained" / "models" / "run").mkdir(parents=True)
+    (ws / "subjects" / "trained" / "models" / "run" / "checkpoint.pt").write_bytes(b"")
+    make_subject(ws / "subjects" / "untrained", n_frames=12)
+    s = ServiceProc(ws, extra_env={"HEADSYNC_WARM_IDLE_S": "1"})
+    assert s.client.get("/api/v1/subjects/untrained/curves").status_code == 200
+    time.sleep(0.5)
+    assert not warm_worker_pids(ws)
+    assert s.client.get("/api/v1/subjects/trained/curves").status_code == 200
+    early = wait_for(lambda: warm_worker_pids(ws), what="the warm worker started for the shot")[0]
+    wait_for(lambda: not pid_alive(early), timeout=60, what="the idle warm worker to exit")
+    a = s.submit(subject="w", seconds=0.1, steps=1, warm=True)
+    assert s.wait(a, timeout=120)["state"] == "succeeded"
+    first = _worker_pid_in_log(s, a)
+    wait_for(lambda: not pid_alive(first), timeout=10, what="the idle warm worker to exit")
+    b = s.submit(subject="w", seconds=5.0, steps=50, warm=True)
+    s.wait(b, states=("running",))
+    wait_for(lambda: s.job(b)["progress"]["done"] >= 1, timeout=120, what="a step")
+    second = _worker_pid_in_log(s, b)
+    assert second != first and pid_alive(second)
+    assert s.stop(signal.SIGTERM) == 0
+    assert not pid_alive(second) and not warm_worker_pids(ws)
+    import sqlite3
+
+    row = sqlite3.connect(ws / "jobs.db").execute("SELECT state, error FROM jobs WHERE id=?", (b,)).fetchone()
+    assert row[0] == "failed" and "interrupted" in row[1]
+
+
 # ---- faults --------------------------------------------------------------------------------------
 def test_sigkill_of_a_worker_fails_the_job_with_the_reason(svc):
     jid = svc.submit(subject="victim", seconds=60.0, steps=60)

@@ -71,13 +71,9 @@ def _rows(a: np.ndarray) -> list[list[float]]:
 
 # ---- looping -------------------------------------------------------------------------------------------
 def ping_pong(n_source: int, n_out: int) -> np.ndarray:
-    """Source frame for each of ``n_out`` output frames: 0, 1, ..., n-1, n-2, ..., 1, 0, 1, ... (no frame
-    repeated at the turns, so the motion has no stall)."""
-    if n_source <= 1:
-        return np.zeros(n_out, np.int64)
-    period = 2 * (n_source - 1)
-    k = np.arange(n_out) % period
-    return np.where(k < n_source, k, period - k).astype(np.int64)
+    """Source frame for each of ``n_out`` output frames (n_out,) int64: the rule of
+    :func:`headsync.curves_format.ping_pong`, shared with Blender, which loops the captured curves itself."""
+    return np.asarray(curves_format.ping_pong(n_source, n_out), np.int64).reshape(n_out)
 
 
 # ---- validation ----------------------------------------------------------------------------------------

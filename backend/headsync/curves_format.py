@@ -178,6 +178,30 @@ def loads(text: str | bytes, n_frames: int | None = None) -> dict[str, Any]:
     return validate(data, n_frames)
 
 
+def ping_pong(n_source: int, n_out: int) -> list[int]:
+    """The source row of each of ``n_out`` output frames: 0, 1, ..., n-1, n-2, ..., 1, 0, 1, ... (no row
+    repeated at the turns, so the motion has no stall). How a render without curves plays the captured
+    performance (its plate and, by default, its expression and pose), and how Blender loops the captured
+    curves over a new shot."""
+    if n_source <= 1:
+        return [0] * n_out
+    period = 2 * (n_source - 1)
+    return [k if k < n_source else period - k for k in (i % period for i in range(n_out))]
+
+
+def looped(doc: dict[str, Any], n_out: int) -> dict[str, Any]:
+    """A validated document's rows played back and forth (:func:`ping_pong`) over ``n_out`` frames; the
+    same ``fps``, ``frame_start`` and ``source``. The rows are shared with ``doc``, not copied."""
+    idx = ping_pong(doc["frame_count"], n_out)
+    out = dict(doc, frame_count=n_out,
+               expression={"names": list(doc["expression"]["names"]),
+                           "values": [doc["expression"]["values"][i] for i in idx]})
+    pose = doc.get("head_pose")
+    if pose is not None:
+        out["head_pose"] = {k: [pose[k][i] for i in idx] for k in ("rotation_euler_xyz", "translation")}
+    return out
+
+
 def parse_frame_range(text: str, frame_start: int, frame_count: int) -> tuple[int, int]:
     """``"A-B"`` (or ``"A"``) in the curves' own frame numbers -> (first, last) row indices, inclusive.
 

@@ -110,12 +110,18 @@ class Task:
     check: Callable[[dict[str, Any]], None] | None = None       # rules across parameters and the disk
     gpu: bool = True                # runs on a GPU where there is one (a cluster executor asks for one)
     reads_subject: bool = False     # only reads its subject: may run beside other such jobs of it
+    # A job this says yes to is short and dominated by setup (Blender's Preview Frame): the local service
+    # runs it in its long-lived warm worker (service/warm.py), which calls ``preload`` ("module:function"
+    # under headsync) once when it starts, so imports and lazily loaded models are paid once, not per job.
+    warm: Callable[[dict[str, Any]], bool] | None = None
+    preload: str | None = None
 
     def function(self) -> Callable[[dict[str, Any], Reporter], dict[str, Any]]:
-        if callable(self.entry):
-            return self.entry
-        mod, fn = self.entry.split(":")
-        return getattr(importlib.import_module(f"headsync.{mod}"), fn)
+        return self.entry if callable(self.entry) else _import(self.entry)
+
+    def runs_warm(self, params: dict[str, Any]) -> bool:
+        """True when a job of these (validated) ``params`` goes to the service's warm worker."""
+        return self.warm is not None and bool(self.warm(params))
 
     @property
     def names(self) -> list[str]:
@@ -131,6 +137,12 @@ class Task:
     @property
     def resumable(self) -> bool:
         return "resume" in self.model.model_fields
+
+
+def _import(entry: str) -> Callable:
+    """The function ``"module:function"`` names, the module under ``headsync``."""
+    mod, fn = entry.split(":")
+    return getattr(importlib.import_module(f"headsync.{mod}"), fn)
 
 
 def _marker(model: type[BaseModel], name: str, cls: type) -> Any:
@@ -213,8 +225,13 @@ class TorsoParams(JobParams):
     mode: Literal[TORSO_MODES] | None = Field(None, description="torso path to train (default: the preset's [torso] mode)")
 
 
+def is_frame_range(params: dict[str, Any]) -> bool:
+    """A render of a frame range (Blender's Preview Frame), not of the whole shot."""
+    return params.get("frames") is not None
+
+
 @job_kind("render", "render.dub:render_task", "trained model + audio (+ curves) -> frames, mp4, curves.json",
-          check=_check_render, reads_subject=True)
+          check=_check_render, reads_subject=True, warm=is_frame_range, preload="render.dub:preload")
 class RenderParams(JobParams):
     subject: SubjectFolder = Field(description="a trained subject folder")
     audio: InputFile = Field(description="the new dialogue (any audio format)")
@@ -301,6 +318,21 @@ def validate(kind: str, params: dict[str, Any], disk: bool = True) -> dict[str, 
     if disk and task.check:
         task.check(out)
     return out
+
+
+def preload_warm(kinds: list[str]) -> list[str]:
+    """Import what those of ``kinds`` that run warm need (their entry modules, their ``preload``); returns
+    those kinds."""
+    done = []
+    for kind in kinds:
+        task = TASKS.get(kind)
+        if task is None or task.warm is None:
+            continue
+        task.function()
+        if task.preload:
+            _import(task.preload)()
+        done.append(kind)
+    return done
 
 
 def run(kind: str, params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:

@@ -8,7 +8,8 @@ stage: it creates its subject folder, holds a half-written ``.partial.tmp-PID`` 
 reports ``steps`` progress steps over ``seconds`` (saving ``checkpoint.json`` after each, which
 ``resume`` continues from), and writes ``result.json`` atomically at the end.
 ``mode`` makes it misbehave: ``user`` (bad input), ``crash`` (an internal error), ``enospc`` (disk full),
-``cuda`` (asks PyTorch for a GPU it does not have), ``stubborn`` (ignores the stop request).
+``cuda`` (asks PyTorch for a GPU it does not have), ``stubborn`` (ignores the stop request). ``warm`` sends
+it to the service's warm worker, as a Preview Frame's render is.
 """
 
 from __future__ import annotations
@@ -77,7 +78,7 @@ def sleep_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
 
 
 @tasks.job_kind(KIND, sleep_task, "test only: sleeps, reporting progress", creates_subject=True,
-                checkpoint=lambda p: Path(p["subject"]) / "checkpoint.json")
+                checkpoint=lambda p: Path(p["subject"]) / "checkpoint.json", warm=lambda p: p.get("warm"))
 class SleepParams(tasks.JobParams):
     subject: tasks.SubjectFolder = Field(description="the subject folder it creates")
     seconds: float = Field(1.0, gt=0, le=3600, description="how long it sleeps")
@@ -85,3 +86,4 @@ class SleepParams(tasks.JobParams):
     mode: Literal["ok", "user", "crash", "enospc", "cuda", "stubborn"] = Field("ok", description="how it misbehaves")
     resume: bool = Field(False, description="continue from checkpoint.json")
     out: tasks.OutputFolder | None = Field(None, description="a folder it fills with one file per step (like a render)")
+    warm: bool = Field(False, description="run in the service's warm worker, like a Preview Frame")

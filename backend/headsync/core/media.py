@@ -93,9 +93,12 @@ def probe(path: str | Path) -> MediaInfo:
     return MediaInfo(path, duration, video_line is not None, has_audio, width, height, fps, rot, sar)
 
 
-def iter_frames(path: str | Path, fps: float, max_side: int | None = None) -> Iterator[np.ndarray]:
+def iter_frames(path: str | Path, fps: float, max_side: int | None = None,
+                only: tuple[int, int] | None = None) -> Iterator[np.ndarray]:
     """Yield RGB frames (H, W, 3) uint8 resampled to ``fps`` (ffmpeg's fps filter: drops/duplicates
-    frames by timestamp, so the video stays aligned with the audio). ``max_side`` downsizes on decode."""
+    frames by timestamp, so the video stays aligned with the audio). ``max_side`` downsizes on decode.
+    ``only`` = (first, last): just those frames (inclusive, numbered as the full stream), exactly as the
+    full decode gives them; ffmpeg drops the others, so a late frame does not cost the pipe all before it."""
     info = probe(path)
     if not info.has_video:
         raise UserError(f"{path} has no video stream", "pass a video of the subject, not an audio file")
@@ -105,7 +108,11 @@ def iter_frames(path: str | Path, fps: float, max_side: int | None = None) -> It
         s = max_side / max(w, h)
         w, h = int(round(w * s / 2) * 2), int(round(h * s / 2) * 2)
         vf += f",scale={w}:{h}:flags=area"
-    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", str(path), "-an", "-vf", vf,
+    keep = []
+    if only is not None:  # passthrough: the muxer must not duplicate frames to fill the dropped ones
+        vf += f",select='between(n\\,{int(only[0])}\\,{int(only[1])})'"
+        keep = ["-fps_mode", "passthrough"]
+    cmd = [ffmpeg_exe(), "-hide_banner", "-loglevel", "error", "-i", str(path), "-an", "-vf", vf, *keep,
            "-f", "rawvideo", "-pix_fmt", "rgb24", "-"]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, bufsize=w * h * 3 * 4)
     size = w * h * 3

@@ -23,7 +23,7 @@ import torch
 
 from .. import curves_format
 from ..face_sync import lip_features
-from ..core import media
+from ..core import keep, media
 from ..core.devices import pick_device, set_threads
 from ..renderers.base import Renderer
 from ..renderers.common.cameras import Camera, camera_to_head
@@ -61,6 +61,12 @@ def features_for_audio(subject: Subject, kind: str, audio: np.ndarray, fps: floa
     return lip_features.for_audio(subject, kind, audio, fps, n_frames)
 
 
+def preload() -> None:
+    """What the service's warm worker loads once, before its first Preview Frame: the hand detector
+    (MediaPipe's import is most of a one-frame render's setup); torch and OpenCV came with this module."""
+    keep.kept("hands", None, HandFinder)
+
+
 class SourceFrames:
     """Full-resolution source frames by index, decoded once and kept JPEG-compressed in memory.
 
@@ -70,9 +76,11 @@ class SourceFrames:
 
     def __init__(self, path: str | Path, fps: float, count: int, size: tuple[int, int] | None,
                  keep: set[int] | None = None):
-        # ``keep``: the only indices a frame-range render needs (the others are decoded, never stored)
+        # ``keep``: the only indices a frame-range render needs (ffmpeg passes on only their span)
         self._jpeg: dict[int, bytes] = {}
-        for i, frame in enumerate(media.iter_frames(path, fps)):
+        first = min(keep) if keep else 0
+        span = (first, max(keep)) if keep else None
+        for i, frame in enumerate(media.iter_frames(path, fps, only=span), start=first):
             if i >= count:
                 break
             if keep is not None and i not in keep:
@@ -168,7 +176,7 @@ def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curve
         source = SourceFrames(path, float(src["fps"]), int(src_idx.max()) + 1, size, set(map(int, src_idx)))
     pcfg = PortraitConfig(blur=rcfg.blur, grow=rcfg.grow)
     torso = torso or TorsoPath.for_subject(subject, device)
-    hands = HandFinder() if portrait and rcfg.keep_occluders else None
+    hands = keep.kept("hands", None, HandFinder) if portrait and rcfg.keep_occluders else None
     reporter.start("render", n_out)
     for t in range(n_out):
         j = int(src_idx[t])
@@ -219,17 +227,22 @@ def render(subject: Subject, audio_path: Path, run: str = "default", curves_path
     rcfg = rcfg or run_render_config(rdir)
     set_threads(rcfg.threads)
     device = pick_device(rcfg.device, "[render] device")
-    renderer, _ = load_renderer(rdir / "checkpoint.pt", device)
+    ckpt = rdir / "checkpoint.pt"
+    # kept between jobs only in the service's warm worker (core/keep.py); built afresh everywhere else
+    renderer, _ = keep.kept("renderer", (keep.file_key(ckpt), str(device)), lambda: load_renderer(ckpt, device))
     kind = renderer.meta.audio_feature
     check_prepared(subject, kind)
     fps = float(subject.source()["fps"])
-    audio = media.read_audio(audio_path)
+    audio = keep.kept("audio", keep.file_key(audio_path), lambda: media.read_audio(audio_path))
     n_out = int(round(audio.size / media.AUDIO_RATE * fps))
     if n_out < 1:
         raise UserError(f"the audio {audio_path} is shorter than one frame", "pass a longer dialogue clip")
     curves = load_curves(subject, curves_path, n_out, expressions, audio, reporter)
     first, last = frame_rows(frames, curves)
-    feats = features_for_audio(subject, kind, audio, fps, n_out)
+    made_of = [keep.file_key(p) for p in (audio_path, subject.path("subject.json"),
+                                          subject.path("audio_features/ave_encoder.pt"))]
+    feats = keep.kept("audio_features", (*made_of, kind, fps, n_out),
+                      lambda: features_for_audio(subject, kind, audio, fps, n_out))
     out = out or subject.path(f"{RENDERS}/{render_id(audio_path, curves_path, run)}")
     shot = shot or str(Path(audio_path).resolve())
     check_render_folder(out, subject.root, shot)

@@ -154,7 +154,9 @@ class Renderer(nn.Module):
     def losses(self, out: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor,
                batch: Any) -> dict[str, torch.Tensor]:
         """Renderer-specific loss terms, already weighted (the trainer adds the pixel, silhouette and
-        perceptual terms itself). ``target`` and ``mask`` are shaped as ``out["rgb"]`` / ``out["opacity"]``."""
+        perceptual terms itself). ``target`` and ``mask`` are shaped as ``out["rgb"]`` / ``out["opacity"]``;
+        ``batch`` is the iteration's :class:`~headsync.training.samplers.Batch` (its pixels, patches and the
+        region around the lips)."""
         return {}
 
     def sampling(self, stage: str) -> Sampling:

@@ -51,6 +51,22 @@ MAX_CURVE_FRAMES = 1_000_000  # about 11 hours at 25 fps
 JOB_ID_RE = re.compile(r"[0-9a-f]{16}")
 
 
+#: What a subject's captured curves are made of (``GET /subjects/NAME/curves`` and its ETag).
+CAPTURE_FILES = ("subject.json", "expression.npy", "pose.npz")
+
+
+def capture_etag(files: list[Path], frames: int | None) -> str:
+    """A strong ETag of the captured curves: the size and modification time of each capture file, and
+    ``frames`` (a prepare that writes them again changes it)."""
+    import hashlib
+
+    h = hashlib.sha1(repr(frames).encode())
+    for f in files:
+        st = f.stat()
+        h.update(f"{f.name}:{st.st_size}:{st.st_mtime_ns};".encode())
+    return '"' + h.hexdigest()[:20] + '"'
+
+
 # ---- JSON in and out ---------------------------------------------------------------------------
 class ApiJSON(JSONResponse):
     """JSON that never fails to encode: ASCII only (user input may hold lone surrogates), no NaN."""
@@ -452,20 +468,30 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
             raise jobspec.unknown_subject(ws, name)
         return ApiJSON(rec)
 
-    @app.get(API + "/subjects/{name}/curves", responses=_responses(401, 404, 422))
-    def subject_curves(name: str, frames: int | None = Query(None, ge=1, le=MAX_CURVE_FRAMES)):
+    @app.get(API + "/subjects/{name}/curves", responses={
+        **_responses(401, 404, 422), 304: {"description": "not modified: If-None-Match names the current ETag"}})
+    def subject_curves(request: Request, name: str, frames: int | None = Query(None, ge=1, le=MAX_CURVE_FRAMES)):
         """curves.json (``headsync.curves/1``) of the subject's captured performance, looped back and forth
         over ``frames`` frames as a render without curves loops it (default: the subject's own frames).
-        Blender keys a new shot from it, so the add-on never reads the subject's arrays itself."""
+        Blender keys a new shot from it, so the add-on never reads the subject's arrays itself. The answer
+        has an ``ETag`` (the capture's files and ``frames``): asked with ``If-None-Match`` and that tag, the
+        service answers ``304`` with no body while the capture has not changed. For a trained subject it
+        also starts the warm worker (a Preview Frame of the new shot comes next)."""
         from ..curves import captured_curves
         from ..core.errors import UserError
         from ..subject.folder import Subject
 
         check = jobspec.check_name(name, "subject")
         subject = Subject(ws / "subjects" / check)
-        if not all(subject.path(f).is_file() for f in ("subject.json", "expression.npy", "pose.npz")):
+        files = [subject.path(f) for f in CAPTURE_FILES]
+        if not all(f.is_file() for f in files):
             raise ApiError(404, f"subject {name!r} has no captured performance yet",
                            "prepare it first (its 'prepare' job writes expression.npy and pose.npz)")
+        if any((subject.root / "models").glob("*/checkpoint.pt")):
+            scheduler.prewarm("render")  # a shot is being made of a trained subject: a Preview Frame follows
+        etag = capture_etag(files, frames)
+        if request.headers.get("if-none-match") == etag:
+            return Response(status_code=304, headers={"ETag": etag})
         try:
             curves = captured_curves(subject, frames or subject.frame_count())
         except UserError as e:
@@ -473,7 +499,7 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
         except (OSError, ValueError, KeyError) as e:
             raise ApiError(404, f"the captured performance of subject {name!r} is unreadable ({type(e).__name__})",
                            "prepare the subject again")
-        return ApiJSON(curves.to_json())
+        return ApiJSON(curves.to_json(), headers={"ETag": etag})
 
     # ---- OpenAPI: declare the bearer token ----
     def openapi() -> dict[str, Any]:

@@ -275,6 +275,17 @@ class Scheduler:
         self._wake.set()
         return "running"
 
+    def prewarm(self, kind: str) -> None:
+        """A job of ``kind`` is likely soon (a Preview Frame once a shot is made): let the executor get
+        ready for it, if it can (the local one starts its warm worker). Never raises."""
+        prewarm = getattr(self.executor, "prewarm", None)
+        if prewarm is None or self._stopping.is_set():
+            return
+        try:
+            prewarm(self.workspace, kind)
+        except Exception:  # noqa: BLE001 - only an optimisation: the job will start its worker itself
+            log.exception("could not start the warm worker for %s", kind)
+
     def running_count(self) -> int:
         with self._lock:
             return len(self.workers)

@@ -152,14 +152,28 @@ def main(argv: list[str]) -> int:
         print("usage: python -m headsync.service.worker JOB_ID WORKSPACE", file=sys.stderr)
         return 2
     job_id, workspace = argv[1], Path(argv[2])
-    parent = int(os.environ.get("HEADSYNC_SERVICE_PID", "0") or 0)
-    _set_parent_death_signal()
     stop = {"flag": False}
 
     def on_term(signum, frame):  # noqa: ARG001
         stop["flag"] = True
 
     signal.signal(signal.SIGTERM, on_term)
+    orphaned = setup_process()
+
+    def stopped() -> bool:
+        if orphaned():
+            stop["flag"] = True
+        return stop["flag"]
+
+    return run_job(job_id, workspace, stopped)
+
+
+def setup_process() -> Callable[[], bool]:
+    """What every worker process does first (this one and the warm worker, service/warm.py): die with the
+    service (parent-death signal), leave Ctrl-C to the service, lower its CPU priority. Returns a check
+    that is True once the service is gone."""
+    parent = int(os.environ.get("HEADSYNC_SERVICE_PID", "0") or 0)
+    _set_parent_death_signal()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C in the service's terminal is the service's
     nice = int(os.environ.get("HEADSYNC_WORKER_NICE", "5") or 0)
     if nice:
@@ -167,13 +181,7 @@ def main(argv: list[str]) -> int:
             os.nice(nice)  # keep the service (and Blender) responsive while a job eats the CPU
         except OSError:
             pass
-
-    def stopped() -> bool:
-        if parent and os.getppid() != parent:
-            stop["flag"] = True
-        return stop["flag"]
-
-    return run_job(job_id, workspace, stopped)
+    return lambda: bool(parent) and os.getppid() != parent
 
 
 def run_job(job_id: str, workspace: Path, stopped: Callable[[], bool]) -> int:

@@ -18,6 +18,8 @@ All pure functions of arrays and a random generator, except :func:`eye_boxes`' r
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 
 from ..renderers.base import Sampling
@@ -115,8 +117,9 @@ def add_eye_samples(batch: Batch, sampling: Sampling, box: np.ndarray, size: int
         n = min(int(round(batch.pixels.shape[0] * cfg.eyes_fraction)), batch.pixels.shape[0])
         pix = batch.pixels.copy()
         pix[pix.shape[0] - n:] = pixels_around(box, n, size, rng)
-        return Batch(pix, batch.patches)
+        return dataclasses.replace(batch, pixels=pix)
     if sampling is Sampling.PATCHES and cfg.eyes_patch > 0:
         side = min(cfg.eyes_patch, size)
-        return Batch(np.concatenate([batch.pixels, box_patch(box, side, size, rng)]), [*batch.patches, side])
+        return dataclasses.replace(batch, pixels=np.concatenate([batch.pixels, box_patch(box, side, size, rng)]),
+                                   patches=[*batch.patches, side])
     return batch

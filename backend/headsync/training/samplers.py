@@ -17,25 +17,39 @@ from ..renderers.base import Sampling
 @dataclass
 class Batch:
     """Pixels (M, 2) int (x, y) of one frame to render, or None for the whole image; ``patches`` the side
-    of each square patch, in order, when the pixels are patches (a whole image is one patch)."""
+    of each square patch, in order, when the pixels are patches (a whole image is one patch); ``lips``
+    the region around the frame's lips (:func:`around_lips`) as half-open pixel bounds (x0, y0, x1, y1)
+    at the render resolution, None without lips (a renderer's own loss may weight it,
+    :meth:`~headsync.renderers.base.Renderer.losses`)."""
 
     pixels: np.ndarray | None
     patches: list[int]
+    lips: tuple[int, int, int, int] | None = None
 
 
 def draw(sampling: Sampling, head: np.ndarray, lips_box: np.ndarray, cfg, rng: np.random.Generator) -> Batch:
     """One iteration's :class:`Batch` for a frame with head mask ``head`` (S, S) and lips box (4,), with
     the sizes of ``cfg`` (the ``[train]`` table: rays, inside_fraction, lips_fraction, patch, lips_patch)."""
     size = head.shape[0]
+    lips = around_lips(lips_box, size) if lips_box[0] >= 0 else None
     if sampling is Sampling.RAYS:
-        return Batch(sample_rays(head, cfg.rays, cfg.inside_fraction, rng, lips_box, cfg.lips_fraction), [])
+        return Batch(sample_rays(head, cfg.rays, cfg.inside_fraction, rng, lips_box, cfg.lips_fraction), [], lips)
     if sampling is Sampling.PATCHES:
         patches = [random_patch(head, min(cfg.patch, size), rng)]
         lp = lips_patch(lips_box, min(cfg.lips_patch, size), size, rng)
         if lp is not None:
             patches.append(lp)
-        return Batch(np.concatenate(patches), [int(round(np.sqrt(p.shape[0]))) for p in patches])
-    return Batch(None, [size])
+        return Batch(np.concatenate(patches), [int(round(np.sqrt(p.shape[0]))) for p in patches], lips)
+    return Batch(None, [size], lips)
+
+
+def around_lips(box: np.ndarray, size: int) -> tuple[int, int, int, int]:
+    """The lips box (4,) (x0, y0, x1, y1), exclusive end (:func:`~headsync.subject.data.lips_box`), grown
+    by a quarter of its size on each side and clipped to the (size, size) image; half-open, for slicing
+    ``[y0:y1, x0:x1]``. The region an open mouth, the teeth and the dropped lower lip occupy."""
+    w, h = int(box[2] - box[0]), int(box[3] - box[1])
+    return (max(int(box[0]) - w // 4, 0), max(int(box[1]) - h // 4, 0),
+            min(int(box[2]) + w // 4, size), min(int(box[3]) + h // 4, size))
 
 
 def sample_rays(head: np.ndarray, n: int, inside_fraction: float, rng: np.random.Generator,
@@ -47,10 +61,8 @@ def sample_rays(head: np.ndarray, n: int, inside_fraction: float, rng: np.random
     size = head.shape[0]
     if lips is not None and lips[0] >= 0 and lips_fraction > 0:
         n_lips = int(round(n * lips_fraction))
-        w, h = lips[2] - lips[0], lips[3] - lips[1]
-        lo = np.array([lips[0] - w // 4, lips[1] - h // 4])
-        hi = np.array([lips[2] + w // 4, lips[3] + h // 4])
-        around = np.clip(rng.integers(lo, np.maximum(hi, lo + 1), (n_lips, 2)), 0, size - 1)
+        x0, y0, x1, y1 = around_lips(lips, size)
+        around = rng.integers((x0, y0), (max(x1, x0 + 1), max(y1, y0 + 1)), (n_lips, 2))
         return np.concatenate([around, sample_rays(head, n - n_lips, inside_fraction, rng)])
     grown = cv2.dilate(head.astype(np.uint8), np.ones((5, 5), np.uint8)) > 0
     ys, xs = np.nonzero(grown)

@@ -76,6 +76,10 @@ class GaussianConfig:
     l1_weight: float = 1.0
     lpips_weight: float = 0.05  # Eq. 22
     lpips_weight_deform: float = 0.2  # Eq. 24: raised in the deformation stage
+    # Stage 2: L1 over the region around the lips (the trainer's Batch.lips), as the NeRF's fine stage adds a
+    # lips patch. The mouth is ~1% of a frame: without it the whole-frame loss barely reaches the
+    # deformation's audio path, and the mouth stays near the canonical average (docs/renderer.md).
+    lips_weight: float = 1.0
     # Adam learning rates (3DGS / gsplat's for the per-Gaussian tensors, the papers' 1e-2 for hash tables).
     lr_means: float = 2e-3
     lr_log_scales: float = 5e-3
@@ -262,16 +266,23 @@ class GaussianHead(Renderer):
     def losses(self, out: dict[str, Any], target: torch.Tensor, mask: torch.Tensor, batch: Any = None
                ) -> dict[str, torch.Tensor]:
         """Weighted terms of Eq. 22 (stage 1) / Eq. 24 (stage 2) for whole images (S, S, 3) in [0, 1] (the
-        perceptual term needs an image; pixel sets get L1 only). ``mask`` is the trainer's: its silhouette
-        term is added there. Sum them for the loss."""
+        perceptual term needs an image; pixel sets get L1 only), and in stage 2 ``lips_weight`` x the L1
+        over the region around the lips, ``batch.lips`` (:class:`~headsync.training.samplers.Batch`:
+        half-open pixel bounds at the image's resolution, None without lips). ``mask`` is the trainer's:
+        its silhouette term is added there. Sum them for the loss."""
         cfg = self.cfg
         if not hasattr(self, "_perceptual"):
             self.perceptual_name, self._perceptual = perceptual_loss()
         rgb = out["rgb"]
-        lp_w = cfg.lpips_weight_deform if int(self.stage) == STAGE_DEFORM else cfg.lpips_weight
+        deform = int(self.stage) == STAGE_DEFORM
+        lp_w = cfg.lpips_weight_deform if deform else cfg.lpips_weight
         terms = {"l1": cfg.l1_weight * (rgb - target).abs().mean()}
         if lp_w > 0 and rgb.dim() == 3:
             terms["lpips"] = lp_w * self._perceptual(rgb.permute(2, 0, 1)[None], target.permute(2, 0, 1)[None])
+        box = getattr(batch, "lips", None)
+        if deform and cfg.lips_weight > 0 and rgb.dim() == 3 and box is not None:
+            x0, y0, x1, y1 = box
+            terms["lips"] = cfg.lips_weight * (rgb[y0:y1, x0:x1] - target[y0:y1, x0:x1]).abs().mean()
         return terms
 
     def param_groups(self, train_cfg: Any = None) -> list[dict[str, Any]]:

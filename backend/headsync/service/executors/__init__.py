@@ -5,7 +5,8 @@ job into a :class:`Run` it can poll, ask to stop and kill. Every executor runs t
 :func:`headsync.service.worker.run_job`, which records progress, logs and the outcome in the job store in
 the workspace, so the API (and the add-on) cannot tell them apart.
 
-- ``local`` (:mod:`.local`, the default): one subprocess per job on this machine.
+- ``local`` (:mod:`.local`, the default): one subprocess per job on this machine, except the jobs whose
+  kind runs warm (Preview Frame), which its long-lived warm worker runs one after the other (:mod:`.warm`).
 - ``ray`` (:mod:`.ray`): one Ray task per job on a Ray cluster whose nodes see the workspace.
 """
 
@@ -54,6 +55,9 @@ class Executor(Protocol):
 
     def close(self) -> None:
         """Disconnect (the scheduler has stopped every run)."""
+
+    # optional: ``prewarm(workspace, kind)`` gets ready for a job of ``kind`` expected soon (the local
+    # executor starts its warm worker; see Scheduler.prewarm)
 
 
 def make_executor(name: str = "local", address: str | None = None, env: dict[str, str] | None = None) -> Executor:

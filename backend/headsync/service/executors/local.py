@@ -1,4 +1,5 @@
-"""The ``local`` executor: each job in its own subprocess ``python -m headsync.service.worker JOB WS``.
+"""The ``local`` executor: each job in its own subprocess ``python -m headsync.service.worker JOB WS``
+(a job whose kind runs warm, Preview Frame, in the warm worker of :mod:`.warm` when it is free).
 
 The worker runs in a new session (its own process group), so a stop or kill reaches anything it started
 (ffmpeg, ...); it dies with the service (its parent-death signal).
@@ -11,7 +12,10 @@ import signal
 import subprocess
 import sys
 from pathlib import Path
-from typing import IO
+from typing import IO, TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .warm import WarmRun
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])  # the folder holding the headsync package
 
@@ -29,6 +33,11 @@ def kill_group(pid: int, sig: int = signal.SIGKILL) -> None:
         os.killpg(pid, sig)
     except (ProcessLookupError, PermissionError, OSError):
         pass
+
+
+def died_reason(rc: int) -> str:
+    """Why a worker that recorded no outcome ended, from its exit code (negative: the signal)."""
+    return f"worker died: killed by signal {-rc} ({signal_name(-rc)})" if rc < 0 else f"worker died: exit code {rc}"
 
 
 def worker_env(base: dict[str, str] | None) -> dict[str, str]:
@@ -65,7 +74,7 @@ class LocalRun:
         kill_group(self.proc.pid)
 
     def died(self, rc: int) -> str:
-        return f"worker died: killed by signal {-rc} ({signal_name(-rc)})" if rc < 0 else f"worker died: exit code {rc}"
+        return died_reason(rc)
 
     def close(self) -> None:
         try:
@@ -76,12 +85,23 @@ class LocalRun:
 
 
 class LocalExecutor:
+    """Jobs in subprocesses of this machine: each in its own, except those whose kind runs warm (a Preview
+    Frame), which go to the warm worker (:mod:`.warm`) when it is free (``$HEADSYNC_WARM_IDLE_S`` 0: never)."""
+
     name = "local"
 
     def __init__(self, env: dict[str, str] | None = None):
-        self.env = env
+        from .warm import WarmWorker, idle_seconds
 
-    def launch(self, job: dict, workspace: Path, log_path: Path) -> LocalRun:
+        self.env = env
+        idle_s = idle_seconds(env)
+        self.warm = WarmWorker(env, idle_s) if idle_s > 0 else None
+
+    def launch(self, job: dict, workspace: Path, log_path: Path) -> "LocalRun | WarmRun":
+        if self.warm is not None and runs_warm(job):
+            run = self.warm.launch(job, workspace)
+            if run is not None:
+                return run
         logf = open(log_path, "ab")
         try:
             proc = subprocess.Popen(
@@ -97,5 +117,19 @@ class LocalExecutor:
     def capacity(self) -> int | None:
         return None
 
+    def prewarm(self, workspace: Path, kind: str) -> None:
+        """Get the warm worker ready for a job of ``kind`` expected soon (none when it is turned off)."""
+        if self.warm is not None:
+            self.warm.prewarm(workspace, kind)
+
     def close(self) -> None:
-        pass
+        if self.warm is not None:
+            self.warm.close()
+
+
+def runs_warm(job: dict) -> bool:
+    """The job's kind says it runs in the warm worker (tasks.Task.warm)."""
+    from ... import tasks
+
+    task = tasks.TASKS.get(job.get("kind"))
+    return task is not None and task.runs_warm(job.get("params") or {})
