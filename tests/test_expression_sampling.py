@@ -104,3 +104,19 @@ def test_add_eye_samples_keeps_the_ray_count_and_adds_a_patch():
     assert es.add_eye_samples(rays, Sampling.RAYS, np.full(4, -1), 96, cfg, rng) is rays
     image = Batch(None, [96])
     assert es.add_eye_samples(image, Sampling.IMAGE, box, 96, cfg, rng) is image
+
+
+def test_uniform_draw_is_the_draw_of_the_code_before_weighted_draws():
+    """tail_share 0: the same slots as ``rng.integers`` (runs repeat the figures measured before); weighted:
+    drawn in proportion to the weights."""
+    import numpy as np
+
+    from headsync.training.expression_sampling import draw_slot
+
+    uniform = np.full(50, 1 / 50)
+    a, b = np.random.default_rng(3), np.random.default_rng(3)
+    assert [draw_slot(uniform, a) for _ in range(100)] == [int(b.integers(50)) for _ in range(100)]
+    w = np.zeros(50)
+    w[[4, 9]] = [0.25, 0.75]
+    got = np.bincount([draw_slot(w, a) for _ in range(4000)], minlength=50)
+    assert set(np.nonzero(got)[0]) == {4, 9} and 0.7 < got[9] / 4000 < 0.8

@@ -66,6 +66,15 @@ def frame_weights(expression: np.ndarray, frames: np.ndarray, tail_share: float)
     return (1.0 - tail_share) * p + tail_share * extra
 
 
+def draw_slot(weights: np.ndarray, rng: np.random.Generator) -> int:
+    """One training-frame slot drawn with probabilities ``weights`` (len(frames),). Uniform weights use
+    ``rng.integers``, the draw training made before weighted draws existed, so that a run with
+    ``tail_share = 0`` repeats, number for number, the runs measured before (docs/benchmarks.md, issue 10)."""
+    if np.all(weights == weights[0]):
+        return int(rng.integers(weights.size))
+    return int(rng.choice(weights.size, p=weights))
+
+
 def eye_boxes(landmarks: np.ndarray, crop_size: int, size: int) -> np.ndarray:
     """Box (x0, y0, x1, y1), exclusive end, around both eyes and brows per frame at render size ``size``,
     from the face mesh ``landmarks`` (N, 478, 2+) in crop pixels of side ``crop_size``; all -1 where the

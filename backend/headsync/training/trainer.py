@@ -42,7 +42,7 @@ from ..subject.folder import CORE_EXPRESSIONS, Subject
 from ..subject.info import METRICS_FILE
 from ..evaluation.expression_response import box_mask, coefficient_response, weak_coefficients
 from .checkpoints import load_checkpoint, run_dir, save_checkpoint
-from .expression_sampling import add_eye_samples, eye_boxes, frame_weights
+from .expression_sampling import add_eye_samples, draw_slot, eye_boxes, frame_weights
 from .frames import FrameStore, open_frames
 from .samplers import draw
 
@@ -286,7 +286,7 @@ def train(subject: Subject, cfg: TrainConfig, kind: str, renderer_cfg: Any, out:
         renderer.train()
         for cb in callbacks:
             cb.before_step(it, ctx)
-        frame = int(data.train[rng.choice(data.train.size, p=weights)])
+        frame = int(data.train[draw_slot(weights, rng)])
         cond = frame_conditions(renderer, ft, frame)
         stage = cfg.stage(it)
         sampling = renderer.sampling(stage)
