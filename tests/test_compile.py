@@ -56,3 +56,26 @@ def test_compiled_hash_grid_agrees_with_eager_and_keeps_its_state_dict(one_torch
         b.square().sum().backward()
     assert torch.allclose(eager.table.grad, compiled.table.grad, atol=1e-6)
     assert set(compiled.state_dict()) == set(eager.state_dict())
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("keep_mb", [0.0, 512.0])  # the lean lookup (corners recomputed) and autograd's own
+def test_compiled_corners_and_interpolation_give_the_eager_gradient(one_torch_thread, keep_mb):
+    """How training compiles the grid (TalkingHead.compile_hot_paths): its two pure parts, on both paths."""
+    from dataclasses import replace
+
+    cfg = replace(CFG, keep_corners_mb=keep_mb)
+    eager, compiled = HashGrid2D(cfg, planes=3), HashGrid2D(cfg, planes=3)
+    with torch.no_grad():
+        eager.table.uniform_(-1, 1)
+    compiled.load_state_dict(eager.state_dict())
+    for method in ("corners", "interpolate"):
+        assert compile_mod.compile_forward(compiled, method=method) == "compiled"
+    for n in (300, 417):
+        x = torch.rand(n, 3, 2)
+        a, b = eager(x), compiled(x)
+        assert torch.allclose(a, b, atol=1e-6)
+        a.square().sum().backward()
+        b.square().sum().backward()
+    assert torch.allclose(eager.table.grad, compiled.table.grad, atol=1e-5)
+    assert set(compiled.state_dict()) == set(eager.state_dict())

@@ -14,15 +14,16 @@ import torch
 from torch import nn
 
 
-def compile_forward(module: nn.Module, enabled: bool = True) -> str:
-    """Compile ``module.forward`` (dynamic shapes: the number of samples changes every iteration).
+def compile_forward(module: nn.Module, enabled: bool = True, method: str = "forward") -> str:
+    """Compile ``module.forward``, or its method named ``method`` (dynamic shapes: the number of samples
+    changes every iteration).
 
     Returns ``"compiled"``, ``"off"`` (not ``enabled``) or ``"unavailable"`` (this torch cannot compile).
     A compiled forward that fails (at its first call, typically) falls back to eager for good, with a
     warning naming the error."""
     if not enabled:
         return "off"
-    eager = module.forward
+    eager = getattr(module, method)
     try:
         compiled = torch.compile(eager, dynamic=True)
     except Exception as e:  # torch.compile itself refuses (unsupported Python or platform)
@@ -41,5 +42,5 @@ def compile_forward(module: nn.Module, enabled: bool = True) -> str:
             current[0] = eager
             return eager(*args, **kwargs)
 
-    module.forward = forward
+    setattr(module, method, forward)
     return "compiled"

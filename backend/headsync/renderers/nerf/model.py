@@ -102,7 +102,12 @@ class TalkingHead(Renderer):
         says, or ``"fused"``."""
         if not isinstance(self.encoder.grid, HashGrid2D):
             return "fused"
-        return compile_forward(self.encoder.grid, enabled)
+        # Its two pure parts, not its forward: the lookup's lean backward (an autograd.Function that
+        # recomputes the corners) then runs compiled code on both passes and keeps its bounded memory.
+        state = compile_forward(self.encoder.grid, enabled, method="corners")
+        if state == "compiled":
+            compile_forward(self.encoder.grid, enabled, method="interpolate")
+        return state
 
     # ---- parameters ------------------------------------------------------------------------
     def hash_parameters(self) -> list[nn.Parameter]:
