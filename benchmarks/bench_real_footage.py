@@ -8,16 +8,21 @@ alone.
 On ``--frames`` held-out frames (never trained on), each rendered with its own audio and pose:
 
 * blink edit: ``eyeBlinkLeft = eyeBlinkRight = 1``; progress of the face-mesh eye aperture from the unedited
-  render's toward the most closed aperture of the training frames (source landmarks, 1st percentile);
+  render's toward the most closed aperture of the training frames (the source crops of the training frames
+  at or under the prepared landmarks' 1st percentile, read by the same refined mesh as the renders);
   acceptance >= 0.5;
 * brow edit: ``browInnerUp = 1``; relative change of the brow-to-eye distance (acceptance >= +5%) and of the
   mouth opening on the blink and brow edits (acceptance under 10%);
 * captured blinks: held-out frames whose source eyes are closed (aperture under 0.2 x the clip's median),
-  rendered with the captured curves; render aperture vs the source's (acceptance within 30%);
+  rendered with the captured curves; render aperture vs the source crop's, both read by the same mesh
+  (acceptance within 30%);
 * detail ratio (Laplacian variance, render vs source) and PSNR over the face-skin label, at crop size;
 * composite: full-frame portrait vs the source frame outside the face+neck labels grown by the
   Portrait-Sync feather (grow + 3 blur sigmas + support growth): mean absolute difference (acceptance < 1
   grey level) and the worst 8x8 block (acceptance <= 10).
+
+Eyes and brows are read with MediaPipe's refined face mesh (as ``prepare`` tracked the source), the mouth
+with the base mesh (as ``headsync eval``); see :class:`headsync.evaluation.evaluate.MeshReader`.
 """
 
 from __future__ import annotations
@@ -54,6 +59,10 @@ def _render(subject, renderer, rcfg, device, frames, expr, pose, feats, portrait
                               src_idx=frames, feat_rows=frames))
 
 
+def _source_crops(subject, frames, size):
+    return [read_rgb(subject.frame_path(int(f)), size) for f in frames]
+
+
 def _measure(mesh, imgs, fn):
     vals = []
     for img in imgs:
@@ -87,8 +96,11 @@ def bench(subject: Subject, run: str, n_frames: int) -> dict:
     expr = load_expression(subject, n)
     feats = load_audio_features(subject, renderer.meta.audio_feature, n)
     src_ap = apertures(np.load(subject.path("landmarks.npy")))
-    most_closed = float(np.nanpercentile(src_ap[train], 1))
-    mesh = MeshReader()
+    p1 = float(np.nanpercentile(src_ap[train], 1))
+    mesh, eyes = MeshReader(), MeshReader(refine=True)  # mouth: base mesh; eyes and brows: refined
+    # the reference read by the renders' instrument: the most closed training frames' source crops
+    most_closed_frames = train[src_ap[train] <= p1]
+    most_closed = float(np.nanmean(_measure(eyes, _source_crops(subject, most_closed_frames, S), ms.eye_aperture)))
     args = (subject, renderer, rcfg, device)
 
     base = _render(*args, frames, expr[frames], pose, feats, False)
@@ -98,14 +110,16 @@ def bench(subject: Subject, run: str, n_frames: int) -> dict:
     e_brow = expr[frames].copy()
     e_brow[:, BROW] = 1.0
     brow = _render(*args, frames, e_brow, pose, feats, False)
-    ap0, ap1 = _measure(mesh, base, ms.eye_aperture), _measure(mesh, blink, ms.eye_aperture)
-    b0, b1 = _measure(mesh, base, ms.brow_to_eye), _measure(mesh, brow, ms.brow_to_eye)
+    ap0, ap1 = _measure(eyes, base, ms.eye_aperture), _measure(eyes, blink, ms.eye_aperture)
+    b0, b1 = _measure(eyes, base, ms.brow_to_eye), _measure(eyes, brow, ms.brow_to_eye)
     m0 = _measure(mesh, base, ms.mouth_opening)
     m_blink, m_brow = _measure(mesh, blink, ms.mouth_opening), _measure(mesh, brow, ms.mouth_opening)
     out: dict = {"subject": str(subject.root), "run": run, "frames": frames.tolist(), "resolution": renderer.meta.resolution,
                  "crop": S, "face_found": float(np.isfinite(ap0).mean())}
     out["blink_edit"] = {"aperture_unedited": float(np.nanmean(ap0)), "aperture_edited": float(np.nanmean(ap1)),
-                         "most_closed_training": most_closed,
+                         "most_closed_training": most_closed, "most_closed_training_landmarks": p1,
+                         "source_aperture": float(np.nanmean(_measure(eyes, _source_crops(subject, frames, S),
+                                                                      ms.eye_aperture))),
                          "progress": ms.closure_progress(float(np.nanmean(ap0)), float(np.nanmean(ap1)), most_closed),
                          "mouth_change": ms.relative_change(float(np.nanmean(m0)), float(np.nanmean(m_blink)))}
     out["brow_edit"] = {"brow_to_eye_unedited": float(np.nanmean(b0)), "brow_to_eye_edited": float(np.nanmean(b1)),
@@ -116,12 +130,13 @@ def bench(subject: Subject, run: str, n_frames: int) -> dict:
     closed = hold[src_ap[hold] < CLOSED_APERTURE_RATIO * np.nanmedian(src_ap)]
     if closed.size:
         imgs = _render(*args, closed, expr[closed], pose, feats, False)
-        r_ap = _measure(mesh, imgs, ms.eye_aperture)
-        out["captured_blinks"] = {"frames": closed.tolist(), "source_aperture": src_ap[closed].round(4).tolist(),
+        r_ap = _measure(eyes, imgs, ms.eye_aperture)
+        s_ap = _measure(eyes, _source_crops(subject, closed, S), ms.eye_aperture)
+        out["captured_blinks"] = {"frames": closed.tolist(), "source_aperture": np.round(s_ap, 4).tolist(),
+                                  "source_aperture_landmarks": src_ap[closed].round(4).tolist(),
                                   "render_aperture": np.round(r_ap, 4).tolist(),
-                                  "median_relative_error": float(np.nanmedian(np.abs(r_ap - src_ap[closed])
-                                                                              / src_ap[closed]))
-                                  if np.isfinite(r_ap).any() else None,
+                                  "median_relative_error": float(np.nanmedian(np.abs(r_ap - s_ap) / s_ap))
+                                  if np.isfinite(r_ap - s_ap).any() else None,
                                   "open_aperture_median": float(np.nanmedian(src_ap))}
     else:
         out["captured_blinks"] = None
@@ -152,6 +167,7 @@ def bench(subject: Subject, run: str, n_frames: int) -> dict:
     out["composite"] = {"mean_abs_outside": float(np.mean([lk.mean_abs for lk in leaks])),
                         "max_8x8_outside": float(np.max([lk.max_patch for lk in leaks])), "margin_crop_px": margin}
     mesh.close()
+    eyes.close()
     return out
 
 

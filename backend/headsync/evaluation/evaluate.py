@@ -51,18 +51,22 @@ def lip_indices() -> np.ndarray:
 
 
 class MeshReader:
-    """MediaPipe face mesh on single images (static mode): (468, 2) pixel landmarks or None.
+    """MediaPipe face mesh on single images (static mode): (468, 2) pixel landmarks, (478, 2) with
+    ``refine``, or None.
 
-    Without the lip/iris refinement model: on the renderer's soft, upscaled output the refined lips read a
-    wide-open mouth as closed (measured on the sample: the opening came out anti-correlated with the truth),
-    while the base mesh orders open and closed mouths correctly.
+    Mouths are read without the lip/iris refinement model: on the renderer's soft, upscaled output the
+    refined lips read a wide-open mouth as closed (measured on the sample: the opening came out
+    anti-correlated with the truth), while the base mesh orders open and closed mouths correctly.
+    Eyes need ``refine``, as ``prepare`` tracks them (``landmarks.npy``): the base mesh reads a real closed
+    eye at an aperture of 0.18 where the refined one reads 0.04 (franck's source crops; open 0.32 vs 0.29),
+    so a base-mesh reading can never reach the prepared landmarks' closed apertures (docs/benchmarks.md).
     """
 
-    def __init__(self):
+    def __init__(self, refine: bool = False):
         import mediapipe as mp
 
         self._mesh = mp.solutions.face_mesh.FaceMesh(static_image_mode=True, max_num_faces=1,
-                                                     refine_landmarks=False, min_detection_confidence=0.3)
+                                                     refine_landmarks=refine, min_detection_confidence=0.3)
 
     def __call__(self, rgb: np.ndarray) -> np.ndarray | None:
         res = self._mesh.process(np.ascontiguousarray(rgb))
