@@ -1,5 +1,7 @@
 """Conditioning and field: audio smoothing, region attention, the nose-tip face split, the whole model."""
 
+import dataclasses
+
 import numpy as np
 import torch
 
@@ -68,6 +70,21 @@ def test_model_renders_and_backpropagates_to_every_part():
     assert model.audio_encoder.net[0][0].weight.grad.abs().sum() > 0
     assert model.codes.weight.grad[2].abs().sum() > 0
     assert len(model.hash_parameters()) == 1 and len(model.other_parameters()) > 5
+
+
+def test_expression_starts_silent_and_learns_from_its_first_gradient():
+    """``zero_expression_init``: at initialisation the coefficients change nothing (no noise for the region
+    attention to gate off), and the first backward pass already reaches their weights."""
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(SMALL, field=dataclasses.replace(SMALL.field, zero_expression_init=True))
+    model = TalkingHead(cfg, small_meta(), prefer_tcnn=False)
+    x = torch.randn(32, 3) * 0.2
+    audio = torch.randn(1, 8, 10)
+    sig = [model.density(x, model.conditions(audio, e, None))[0] for e in (torch.zeros(1, 7), torch.ones(1, 7))]
+    torch.testing.assert_close(sig[0], sig[1])
+    sig[1].sum().backward()
+    n_in = model.encoder.out_dim + model.cfg.cond.audio_dim
+    assert model.field.sigma_net[0].weight.grad[:, n_in:].abs().sum() > 0
 
 
 def test_conditions_use_a_frames_own_code_and_the_mean_elsewhere():

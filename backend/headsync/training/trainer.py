@@ -64,7 +64,8 @@ class TrainConfig:
     # Expression-focused sampling (training/expression_sampling.py): share of the rays put around the eyes
     # and brows, side of the eye patch added to the patches (0: none), share of frames drawn from the
     # expression coefficients' tails (0: uniform).
-    # Off by default: on franck at 310 iterations it made the face worse (docs/benchmarks.md); opt in per preset.
+    # Off by default: over preview's whole schedule it made no edit act on franck or the sample and cost
+    # 0.4-1.7 dB held-out PSNR (docs/benchmarks.md, issue 11); opt in per preset.
     eyes_fraction: float = 0.0
     eyes_patch: int = 0
     tail_share: float = 0.0
