@@ -182,7 +182,7 @@ def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curve
         j = int(src_idx[t])
         crop = read_rgb(subject.frame_path(j), S)
         labels = read_labels(subject.mask_path(j), S)
-        layer = torso.layer(crop, labels, plate, R[t], T[t], pose.K)
+        layer = torso.layer(crop, labels, plate, R[t], T[t], pose.K, (pose.R[j], pose.T[j]))
         bg_r = cv2.resize(layer.background, (train_res, train_res), interpolation=cv2.INTER_AREA)
         win = torch.as_tensor(window_indices(feat_rows[t:t + 1], feats.shape[0], renderer.audio_window),
                               device=device)
