@@ -154,8 +154,10 @@ def trained_dub(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray,
     """A dub with the trained head: dub row ``t`` rendered at held-out source frame ``hold[t]``'s pose.
     The jaw mismatch is the rendered chin's row minus the source's (px at S, + = lower: the mouth opens
     more than the source's). Per frame, the dark-pixel fraction of the chin/neck band around the
-    rendered jaw for today's neck-colour fill, the restorer (with the rendered head merged as at render),
-    and the source frame's own band; the seam along the rendered face edge there."""
+    rendered jaw for today's neck-colour fill, the restorer (with the rendered head merged as at render)
+    and the source frame on the same pixels (``source``: what was there before the head was laid in;
+    ``source_own``: the source frame's band around its own jaw); the seam along the rendered face edge
+    there."""
     pcfg = portrait.PortraitConfig()
     px = bands.scaled_px(path.cfg.expand_render, S)
     today_path = TorsoPath("source", path.cfg)
@@ -175,7 +177,8 @@ def trained_dub(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray,
         face_r = rendered_face(op, labels)
         jaw = chin_row(face_r, third) - chin_row(m, third)
         band = bands.chin_neck_band(labels, px, face=face_r)
-        row = {"jaw_px": jaw, "source": tm.dark_fraction(ci, bands.chin_neck_band(labels, px), level)}
+        row = {"jaw_px": jaw, "source": tm.dark_fraction(ci, band, level),
+               "source_own": tm.dark_fraction(ci, bands.chin_neck_band(labels, px), level)}
         bg = background_layer(crop, labels, plate).astype(np.float32) / 255.0
         for name, p in (("today", today_path), ("restorer", rest_path)):
             o, _ = crop_output(crop, p.composite(h, op, TorsoLayer(bg, None), labels, ci), labels, op, None)
@@ -195,22 +198,24 @@ def yaw(deg: float) -> np.ndarray:
     return np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
 
 
-def flow_motion(a: np.ndarray, b: np.ndarray, where: np.ndarray) -> float:
-    """Mean optical-flow displacement (px, Farneback on luma) from image ``a`` to ``b`` (S, S, 3) over
-    ``where`` (S, S) bool; NaN when empty."""
-    if not where.any():
+def strip_motion(a: np.ndarray, b: np.ndarray, rows: slice) -> float:
+    """How far the content of the row strip ``rows`` moved from ``a`` to ``b`` (S, S) (the torso's alpha
+    matte: its edges are the neck's and shoulders' outline): the length (px) of the phase-correlation
+    shift there."""
+    x, y = a[rows].astype(np.float64), b[rows].astype(np.float64)
+    if x.shape[0] < 4:
         return float("nan")
-    g = lambda x: np.clip(tm.luma(x) * 255, 0, 255).astype(np.uint8)  # noqa: E731
-    flow = cv2.calcOpticalFlowFarneback(g(a), g(b), None, 0.5, 3, 15, 3, 5, 1.2, 0)
-    return float(np.linalg.norm(flow[where], axis=-1).mean())
+    win = cv2.createHanningWindow((x.shape[1], x.shape[0]), cv2.CV_64F)
+    (dx, dy), _ = cv2.phaseCorrelate(x, y, win)
+    return float(np.hypot(dx, dy))
 
 
 def edited_pose(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray, S: int, plate: np.ndarray,
                 n: int) -> dict:
     """Head pose edited by +/-10 deg yaw (about the head's vertical axis), the trained head rendered at
-    the edited pose. Key point and head (template) motion in px at S; the torso layer's image motion
-    (optical flow from the unedited to the edited layer) at the top of the neck (its first quarter, on
-    the neck label) and on the shoulders (torso label below the shoulder row); the fraction of the
+    the edited pose. Key point and head (template) motion in px at S; the torso's image motion
+    (:func:`strip_motion` of its alpha matte, unedited to edited) at the top of the neck (the first quarter of its
+    rows) and at the shoulders (as many rows from the shoulder row down); the fraction of the
     rendered head the merge mask cuts off; seam energy along the merge boundary (the source frame's on
     the same pixels alongside). Paths: ``source`` (today: a still torso), ``field_still`` (the field at the
     edited pose, no neck bending: the previous state), ``field`` (the field at the source pose, the neck
@@ -231,10 +236,9 @@ def edited_pose(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray,
         if span is None:
             continue
         top, shoulder = span
-        rows = np.arange(S)[:, None]
-        neck_top = (labels == NECK) & (rows >= top) & (rows < top + max(2, (shoulder - top) // 4))
-        shoulders = (labels == TORSO) & (rows >= shoulder)
-        still = field_only.layer(crop, labels, plate, R, T, K, (R, T)).background
+        q = max(4, (shoulder - top) // 4)
+        neck_top, shoulders = slice(top, top + q), slice(shoulder, min(S, shoulder + q))
+        still = field_only.torso_rgba(labels, R, T, K, (R, T))[1]
         for d in (-10.0, 10.0):
             R2 = R @ yaw(d)
             add("keypoint_px", tm.keypoint_motion(project(K.scaled(S), R, T, keys), project(K.scaled(S), R2, T, keys)))
@@ -251,8 +255,9 @@ def edited_pose(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray,
                 add(f"seam_{name}", tm.seam_energy(o, m))
                 add(f"seam_{name}_in_source", tm.seam_energy(ci, m))
                 if name != "source":
-                    add(f"neck_top_px_{name}", flow_motion(still, layer.background, neck_top))
-                    add(f"shoulder_px_{name}", flow_motion(still, layer.background, shoulders))
+                    alpha = p.torso_rgba(labels, R2, T, K, src)[1]
+                    add(f"neck_top_px_{name}", strip_motion(still, alpha, neck_top))
+                    add(f"shoulder_px_{name}", strip_motion(still, alpha, shoulders))
     return {k: mean(v) for k, v in res.items()} | {"frames": len(res.get("clip_source", [])) // 2}
 
 

@@ -77,16 +77,23 @@ class TorsoPath:
         by the key points' motion (:mod:`.neck`): a head-only edit moves the neck, not the shoulders."""
         if self.field is None:
             return TorsoLayer(background_layer(crop, labels, plate).astype(np.float32) / 255.0, None)
+        rgb, alpha = self.torso_rgba(labels, R, T, K, source_pose)
+        plate_f = plate.astype(np.float32) / 255.0
+        bg = alpha[..., None] * rgb + (1 - alpha[..., None]) * plate_f
+        person = np.isin(labels, HEAD_LABELS + bands.TORSO_LABELS) | (alpha >= 0.5)
+        return TorsoLayer(bg.astype(np.float32), person)
+
+    def torso_rgba(self, labels: np.ndarray, R: np.ndarray, T: np.ndarray, K: Intrinsics,
+                   source_pose: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The field's torso for output pose ``R``, ``T`` at the side of ``labels`` (S, S): rgb (S, S, 3) and
+        alpha (S, S); with ``source_pose``, rendered there and its neck bent to the output pose."""
         s = labels.shape[0]
         at = (R, T) if source_pose is None else source_pose
         rgb, alpha = self.field_torso(at[0], at[1], K, s)
         if source_pose is not None:
             maps = neck.follow_maps(self.keypoints_px(*source_pose, K, s), self.keypoints_px(R, T, K, s), labels)
             rgb, alpha = neck.warp(rgb, maps), neck.warp(alpha, maps)
-        plate_f = plate.astype(np.float32) / 255.0
-        bg = alpha[..., None] * rgb + (1 - alpha[..., None]) * plate_f
-        person = np.isin(labels, HEAD_LABELS + bands.TORSO_LABELS) | (alpha >= 0.5)
-        return TorsoLayer(bg.astype(np.float32), person)
+        return rgb, alpha
 
     def keypoints_px(self, R: np.ndarray, T: np.ndarray, K: Intrinsics, side: int) -> np.ndarray:
         """The field's key points projected with pose ``R``, ``T``: (N, 2) pixels at ``side``."""
