@@ -180,8 +180,13 @@ def trained_dub(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray,
         row = {"jaw_px": jaw, "source": tm.dark_fraction(ci, band, level),
                "source_own": tm.dark_fraction(ci, bands.chin_neck_band(labels, px), level)}
         bg = background_layer(crop, labels, plate).astype(np.float32) / 255.0
-        for name, p in (("today", today_path), ("restorer", rest_path)):
-            o, _ = crop_output(crop, p.composite(h, op, TorsoLayer(bg, None), labels, ci), labels, op, None)
+        removed = render_hole(labels, path.cfg.expand_render)
+        before = inpaint(path.restorer, h, op, np.where(removed[..., None], 0.0, ci), removed & (op < 0.5),
+                         path.device)  # the head's soft edge over the zeroed background (until 2026-12-02)
+        for name, comp in (("today", today_path.composite(h, op, TorsoLayer(bg, None), labels, ci)),
+                           ("restorer_before", before),
+                           ("restorer", rest_path.composite(h, op, TorsoLayer(bg, None), labels, ci))):
+            o, _ = crop_output(crop, comp, labels, op, None)
             row[name] = tm.dark_fraction(o, band, level)
             row[f"seam_{name}"] = tm.seam_energy(o, face_r.astype(np.float32), where=band)
         row["seam_source"] = tm.seam_energy(ci, m.astype(np.float32), where=bands.chin_neck_band(labels, px))

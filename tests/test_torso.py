@@ -228,12 +228,16 @@ def test_restorer_path_fills_only_the_uncovered_band(one_torch_thread):
     np.testing.assert_allclose(out[~hole], (head + (1 - op[..., None]) * img)[~hole], atol=1e-6)
 
 
-def test_field_path_merges_the_whole_person(one_torch_thread):
+def field_scene():
+    """The 32 px scene, its crop (uint8) and a small untrained field path with key points under the chin."""
     img, labels = scene(32)
-    crop = (img * 255).astype(np.uint8)
     net = torso_field.TorsoField(np.array([[0, 3, 0], [-2, 3, 0], [2, 3, 0]], np.float32), 16, 2, 8, 2).eval()
     net.side = 16
-    p = TorsoPath("field", TorsoConfig(mode="field"), field=net)
+    return img, labels, (img * 255).astype(np.uint8), TorsoPath("field", TorsoConfig(mode="field"), field=net)
+
+
+def test_field_path_merges_the_whole_person(one_torch_thread):
+    img, labels, crop, p = field_scene()
     layer = p.layer(crop, labels, np.zeros_like(crop), np.eye(3), np.array([0.0, 0.0, 30.0]), K64.scaled(32))
     assert layer.background.shape == (32, 32, 3) and layer.region[labels > 0].all()
     m = portrait.merge_mask(labels, np.zeros((32, 32), np.float32), portrait.PortraitConfig(),
@@ -276,16 +280,14 @@ def test_neck_follows_the_key_points_and_the_shoulders_stay():
 
 
 def test_field_layer_bends_its_neck_for_an_edited_pose(one_torch_thread):
-    img, labels = scene(32)
-    crop = (img * 255).astype(np.uint8)
-    net = torso_field.TorsoField(np.array([[0, 3, 0], [-2, 3, 0], [2, 3, 0]], np.float32), 16, 2, 8, 2).eval()
-    net.side = 16
-    p = TorsoPath("field", TorsoConfig(mode="field"), field=net)
+    from headsync.post.torso import neck
+
+    img, labels, crop, p = field_scene()
     K, T = K64.scaled(32), np.array([0.0, 0.0, 30.0])
     still = p.layer(crop, labels, np.zeros_like(crop), np.eye(3), T, K, (np.eye(3), T))
     np.testing.assert_allclose(still.background, p.layer(crop, labels, np.zeros_like(crop), np.eye(3), T, K).background)
     turned = p.layer(crop, labels, np.zeros_like(crop), yaw(10.0), T, K, (np.eye(3), T))
-    top, shoulder = __import__("headsync.post.torso.neck", fromlist=["neck_span"]).neck_span(labels)
+    top, shoulder = neck.neck_span(labels)
     assert not np.allclose(turned.background[top], still.background[top])  # the neck moved
     np.testing.assert_allclose(turned.background[shoulder:], still.background[shoulder:], atol=1e-6)  # not the torso
     op = np.zeros((32, 32), np.float32)
