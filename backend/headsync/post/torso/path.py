@@ -7,9 +7,9 @@ side S) and the source frame's crop, labels and pose, so the NeRF and the Gaussi
   the neck colour (:func:`post.portrait.fill_gaps`), as before this package existed;
 * ``restorer``: the source crop with the face mask expanded by a fixed 15 px (at 512) removed, the head
   over it, the Torso-Inpainting Restorer filling whatever of the removed band the head leaves uncovered;
-* ``field``: the torso field's neck and shoulders (moved by the head pose) over the plate; the merge
-  region is the whole person, source and rendered, so an edited pose neither clips the head nor leaves
-  the source's torso behind;
+* ``field``: the torso field's neck and shoulders over the plate, rendered at the source frame's pose with
+  the neck bent to the output pose (:mod:`.neck`); the merge region is the whole person, source and
+  rendered, so an edited pose neither clips the head nor leaves the source's torso behind;
 * ``field+restorer``: the field's layer, with the restorer filling the band as above.
 
 The result goes to :func:`post.portrait.compose` (``composite`` and ``region``), the one composite into
