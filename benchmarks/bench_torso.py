@@ -149,6 +149,19 @@ def subject_dark_level(subject: Subject, train_idx: np.ndarray, S: int, px: int,
 JAW_PX = 4.0
 
 
+def head_at(head: Head, subject: Subject, j: int, row: int, S: int, pcfg: portrait.PortraitConfig) -> tuple | None:
+    """Held-out frame ``j`` with the head rendered at its pose from audio row ``row``, limited to the
+    source's head support as at render: ``(j, crop uint8, labels, crop float, face mask M, head, opacity)``;
+    None when the frame shows no face."""
+    crop, labels = frame(subject, j, S)
+    m = bands.face_mask(labels)
+    if not m.any():
+        return None
+    h, op = portrait.limit_render(*head.render(j, row, head.pose.R[j], head.pose.T[j], S),
+                                  portrait.head_support(labels, pcfg))
+    return j, crop, labels, crop.astype(np.float32) / 255.0, m, h, op
+
+
 def trained_dub(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray, S: int, plate: np.ndarray,
                 level: float, n: int) -> dict:
     """A dub with the trained head: dub row ``t`` rendered at held-out source frame ``hold[t]``'s pose.
@@ -165,14 +178,10 @@ def trained_dub(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray,
     rest_path = TorsoPath("restorer", path.cfg, path.restorer, None, path.device)
     rows = []
     for t, j in enumerate(hold[:n]):
-        j = int(j)
-        crop, labels = frame(subject, j, S)
-        ci = crop.astype(np.float32) / 255.0
-        m = bands.face_mask(labels)
-        if not m.any():
+        got = head_at(head, subject, int(j), t, S, pcfg)
+        if got is None:
             continue
-        h, op = head.render(j, t, head.pose.R[j], head.pose.T[j], S)
-        h, op = portrait.limit_render(h, op, portrait.head_support(labels, pcfg))
+        j, crop, labels, ci, m, h, op = got
         cols = np.nonzero(m.any(0))[0]
         third = slice(int(cols[0] + (cols[-1] - cols[0]) / 3), int(cols[-1] - (cols[-1] - cols[0]) / 3) + 1)
         face_r = rendered_face(op, labels)
@@ -218,14 +227,10 @@ def matching(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray, S:
     rest_path = TorsoPath("restorer", path.cfg, path.restorer, None, path.device)
     res: dict[str, list[float]] = {}
     for j in hold:
-        j = int(j)
-        crop, labels = frame(subject, j, S)
-        ci = crop.astype(np.float32) / 255.0
-        m = bands.face_mask(labels)
-        if not m.any():
+        got = head_at(head, subject, int(j), int(j), S, pcfg)
+        if got is None:
             continue
-        h, op = portrait.limit_render(*head.render(j, j, head.pose.R[j], head.pose.T[j], S),
-                                      portrait.head_support(labels, pcfg))
+        j, crop, labels, ci, m, h, op = got
         removed = render_hole(labels, path.cfg.expand_render)
         for name, comp in (("soft_chin", soft_chin(path, h, op, removed, ci)),
                            ("restorer", rest_path.composite(h, op, TorsoLayer(ci, None), labels, ci))):
