@@ -39,10 +39,10 @@ def bench(subject_dir: Path, preset: str, size: int, iters: int, frames: int, de
     from headsync.subject.data import load_subject_data
     from headsync.subject.folder import Subject
     from headsync.training.checkpoints import load_renderer
-    from headsync.training.trainer import FrameTensors, TrainConfig, frame_camera, frame_conditions, train
+    from headsync.training.trainer import FrameTensors, frame_camera, frame_conditions, train, train_config
 
     p = load_preset(preset)
-    cfg = section(p, "train", TrainConfig)
+    cfg = train_config(p, kind)
     cfg = dataclasses.replace(cfg, resolution=size, coarse_iters=iters, fine_iters=0, checkpoint_every=10 ** 9,
                               heldout_eval_frames=0, device=device, log_every=max(iters, 1))
     if synthetic:  # the synthetic subject has the mel feature only

@@ -1,13 +1,14 @@
-"""Benchmark of the torso path (issue 15) on prepared subjects: restorer vs today's gap fill, the dark chin
-band of a mouth-opens dub, an edited head pose with the torso field, and the time each part adds.
+"""Benchmark of the torso path (issue 15) on prepared subjects with a trained head: restorer vs today's
+gap fill, the dark chin band of a dub whose jaw differs from the source's, an edited head pose with the
+torso field (the neck bent to the head, :mod:`headsync.post.torso.neck`), and the time each part adds.
 
     PYTHONPATH=backend nice -n 10 .venv/bin/python benchmarks/bench_torso.py SUBJECT [SUBJECT ...] \
-        [--preset preview] [--frames 12] [--out result.json]
+        --dub-audio SPEECH.wav [--run default] [--preset preview] [--frames 12] [--train none] [--out result.json]
 
 Trains the subject's torso parts (``field+restorer``, the preset's [torso] sizes; ``--train`` says which),
-then measures on the held-out frames (the subject's split, never trained on). No trained
-head is needed: the "rendered" face is a source face (see each measure), so the numbers isolate the torso
-path. Prints one JSON object per subject.
+then measures on the held-out frames (the subject's split, never trained on by the head or the torso
+parts). The head is the subject's trained run ``--run``, driven by ``--dub-audio``. Prints one JSON object
+per subject.
 """
 
 from __future__ import annotations
@@ -31,27 +32,19 @@ from headsync.post.torso.config import TorsoConfig
 from headsync.post.torso import field as torso_field
 from headsync.post.torso.path import FIELD_FILE, RECORD_FILE, TorsoLayer, TorsoPath, render_hole
 from headsync.post.torso.restorer import inpaint
-from headsync.renderers.common.cameras import project
+from headsync.core import media
+from headsync.face_sync import lip_features
+from headsync.post.torso import neck
+from headsync.renderers.common.cameras import Camera, camera_to_head, project
+from headsync.renderers.common.conditioning import window_indices
 from headsync.subject.data import background_layer, load_pose, read_labels, read_rgb
-from headsync.subject.labels import FACE, HEAD_LABELS
+from headsync.subject.labels import FACE, NECK, TORSO
+from headsync.training.checkpoints import load_renderer, run_dir
 from headsync.subject.split import split_frames
 from headsync.subject.folder import Subject
 from headsync.core.atomic import torch_save_atomic, write_json_atomic
 from headsync.subject.split import subject_split
 from headsync.training.torso import train_subject_field, train_torso
-
-#: MediaPipe face-mesh inner-lip midpoints (upper, lower) and forehead/chin, for the mouth opening.
-UPPER_LIP, LOWER_LIP, FOREHEAD, CHIN = 13, 14, 10, 152
-#: A "render" face comes from a frame within this rotation (deg) and translation (head units, cm) of the
-#: source frame, whose mouth opening differs by at least MIN_OPENING (inner-lip gap / face height).
-MATCH_DEG, MATCH_T, MIN_OPENING = 5.0, 1.0, 0.02
-
-
-def mouth_opening(landmarks: np.ndarray) -> np.ndarray:
-    """(N, 478, 3) face mesh -> (N,) inner-lip gap over face height (NaN where no face)."""
-    gap = np.linalg.norm(landmarks[:, LOWER_LIP, :2] - landmarks[:, UPPER_LIP, :2], axis=-1)
-    return gap / np.linalg.norm(landmarks[:, CHIN, :2] - landmarks[:, FOREHEAD, :2], axis=-1)
-
 
 def frame(subject: Subject, j: int, S: int) -> tuple[np.ndarray, np.ndarray]:
     return read_rgb(subject.frame_path(j), S), read_labels(subject.mask_path(j), S)
@@ -100,60 +93,109 @@ def expanded_band(path: TorsoPath, subject: Subject, hold: np.ndarray, S: int, p
         "frames": len(res["restorer"][0]), "band_px": bands.scaled_px(path.cfg.expand_render, S)}
 
 
-def rotation_deg(Ra: np.ndarray, Rb: np.ndarray) -> float:
-    c = (np.trace(Ra.T @ Rb) - 1) / 2
-    return float(np.degrees(np.arccos(np.clip(c, -1, 1))))
+class Head:
+    """The subject's trained head (run ``run``) driven by a dub track: renders one frame's ``head``
+    (S, S, 3, premultiplied) and ``opacity`` (S, S) at any pose, as :func:`render.dub.render_frames` does."""
+
+    def __init__(self, subject: Subject, run: str, dub_audio: Path):
+        self.renderer, _ = load_renderer(run_dir(subject, run) / "checkpoint.pt", "cpu")
+        fps = float(subject.source()["fps"])
+        audio = media.read_audio(dub_audio)
+        n = int(round(audio.size / media.AUDIO_RATE * fps))
+        kind = self.renderer.meta.audio_feature
+        self.feats = torch.as_tensor(lip_features.for_audio(subject, kind, audio, fps, n), dtype=torch.float32)
+        self.expr = torch.as_tensor(np.clip(np.load(subject.path("expression.npy")), 0, 1), dtype=torch.float32)
+        self.pose = load_pose(subject)
+        self.res = self.renderer.meta.resolution
+
+    def render(self, j: int, row: int, R: np.ndarray, T: np.ndarray, S: int) -> tuple[np.ndarray, np.ndarray]:
+        """Source frame ``j`` (its expression and appearance code) with dub row ``row`` at pose R, T."""
+        Rc, o = camera_to_head(R, T)
+        t = lambda a: torch.as_tensor(a, dtype=torch.float32)  # noqa: E731
+        win = torch.as_tensor(window_indices(np.array([row % len(self.feats)]), len(self.feats),
+                                             self.renderer.audio_window))
+        with torch.no_grad():
+            cond = self.renderer.conditions(self.feats[win], self.expr[j:j + 1], torch.tensor([j]))
+            out = self.renderer.render(Camera(self.pose.K.scaled(self.res), t(Rc), t(o)), cond,
+                                       torch.zeros(self.res, self.res, 3))
+        head = cv2.resize(out["head"].numpy(), (S, S), interpolation=cv2.INTER_LINEAR)
+        return head, np.clip(cv2.resize(out["opacity"].numpy(), (S, S), interpolation=cv2.INTER_LINEAR), 0, 1)
 
 
-def jaw_mismatch(path: TorsoPath, subject: Subject, hold: np.ndarray, S: int, plate: np.ndarray, n: int,
-                 opens: bool = True) -> dict:
-    """A dub whose mouth opens where the source's is closed (``opens``; else the reverse, SyncTalk++'s
-    case), without a trained head: the face (labels 1-3) of a frame of nearly the same pose with the
-    mouth open (closed) is laid, as the "render", over a held-out source frame with the mouth closed
-    (open). Dark-pixel fraction of the chin/neck band (and the seam along the face edge there) for
-    today's neck-colour fill and the restorer, against the source frames' own value."""
-    pose = load_pose(subject)
-    jaw = np.nan_to_num(mouth_opening(np.load(subject.path("landmarks.npy"))), nan=0.0)
-    sign = 1.0 if opens else -1.0
-    sources = hold[np.argsort(sign * jaw[hold])][:n]
-    out = {"today": [], "restorer": [], "source_closed": [], "source_open": [], "seam_today": [],
-           "seam_restorer": [], "seam_source": [], "jaw_closed": [], "jaw_open": []}
+def chin_row(face: np.ndarray, cols: slice) -> float:
+    """The lowest row of ``face`` (S, S) bool in the columns ``cols`` (the chin), mean over those columns."""
+    sub = face[:, cols]
+    rows = [np.nonzero(sub[:, c])[0].max() for c in range(sub.shape[1]) if sub[:, c].any()]
+    return float(np.mean(rows)) if rows else float("nan")
+
+
+def rendered_face(opacity: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The rendered face: covered pixels (opacity >= 0.5) over the source's face or neck, (S, S) bool."""
+    return (opacity >= 0.5) & np.isin(labels, portrait.FACE_LABELS + (NECK,))
+
+
+def subject_dark_level(subject: Subject, train_idx: np.ndarray, S: int, px: int, n: int = 40) -> float:
+    """:func:`torso_metrics.dark_level` over the chin/neck bands of ``n`` training frames."""
+    ims, bs = [], []
+    for j in train_idx[:: max(1, len(train_idx) // n)][:n]:
+        crop, labels = frame(subject, int(j), S)
+        ims.append(crop.astype(np.float32) / 255.0)
+        bs.append(bands.chin_neck_band(labels, px))
+    return tm.dark_level(ims, bs)
+
+
+#: A dub frame counts as "mouth opens" ("closes") when the rendered chin is this many pixels (at 512)
+#: below (above) the source frame's chin.
+JAW_PX = 4.0
+
+
+def trained_dub(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray, S: int, plate: np.ndarray,
+                level: float, n: int) -> dict:
+    """A dub with the trained head: dub row ``t`` rendered at held-out source frame ``hold[t]``'s pose.
+    The jaw mismatch is the rendered chin's row minus the source's (px at S, + = lower: the mouth opens
+    more than the source's). Per frame, the dark-pixel fraction of the chin/neck band around the
+    rendered jaw for today's neck-colour fill, the restorer (with the rendered head merged as at render)
+    and the source frame on the same pixels (``source``: what was there before the head was laid in;
+    ``source_own``: the source frame's band around its own jaw); the seam along the rendered face edge
+    there."""
+    pcfg = portrait.PortraitConfig()
     px = bands.scaled_px(path.cfg.expand_render, S)
-    for i in sources:
-        near = [j for j in range(len(jaw)) if rotation_deg(pose.R[i], pose.R[j]) < MATCH_DEG
-                and np.linalg.norm(pose.T[i] - pose.T[j]) < MATCH_T]
-        j = max(near, key=lambda k: sign * jaw[k])
-        if sign * (jaw[j] - jaw[i]) < MIN_OPENING:
+    today_path = TorsoPath("source", path.cfg)
+    rest_path = TorsoPath("restorer", path.cfg, path.restorer, None, path.device)
+    rows = []
+    for t, j in enumerate(hold[:n]):
+        j = int(j)
+        crop, labels = frame(subject, j, S)
+        ci = crop.astype(np.float32) / 255.0
+        m = bands.face_mask(labels)
+        if not m.any():
             continue
-        crop_i, lab_i = frame(subject, int(i), S)
-        crop_j, lab_j = frame(subject, int(j), S)
-        ci, cj = crop_i.astype(np.float32) / 255.0, crop_j.astype(np.float32) / 255.0
-        mj = bands.face_mask(lab_j)
-        op = cv2.GaussianBlur(mj.astype(np.float32), (0, 0), 0.7)
-        head = cj * op[..., None]
-        bg = background_layer(crop_i, lab_i, plate).astype(np.float32) / 255.0
-        layer_src = TorsoPath("source", path.cfg)
-        today = layer_src.composite(head, op, TorsoLayer(bg, None), lab_i, ci)
-        restored = path.composite(head, op, TorsoLayer(bg, None), lab_i, ci)
-        union = lab_i.copy()
-        union[mj] = np.where(lab_j[mj] > 0, lab_j[mj], union[mj])
-        band = bands.chin_neck_band(union, px)
-        ref = float(tm.luma(portrait.neck_colour(ci, lab_i)[None, None])[0, 0])
-        o_today, _ = crop_output(crop_i, today, lab_i, op, None)
-        o_rest, _ = crop_output(crop_i, restored, lab_i, op, None)
-        out["today"].append(tm.dark_fraction(o_today, band, ref))
-        out["restorer"].append(tm.dark_fraction(o_rest, band, ref))
-        own_i = tm.dark_fraction(ci, bands.chin_neck_band(lab_i, px), ref)
-        own_j = tm.dark_fraction(cj, bands.chin_neck_band(lab_j, px), ref)
-        out["source_closed"].append(own_i if opens else own_j)
-        out["source_open"].append(own_j if opens else own_i)
-        out["seam_today"].append(tm.seam_energy(o_today, op, where=band))
-        out["seam_restorer"].append(tm.seam_energy(o_rest, op, where=band))
-        out["seam_source"].append(tm.seam_energy(ci, bands.face_mask(lab_i).astype(np.float32),
-                                                 where=bands.chin_neck_band(lab_i, px)))
-        out["jaw_closed"].append(float(min(jaw[i], jaw[j])))
-        out["jaw_open"].append(float(max(jaw[i], jaw[j])))
-    return {k: mean(v) for k, v in out.items()} | {"pairs": len(out["today"])}
+        h, op = head.render(j, t, head.pose.R[j], head.pose.T[j], S)
+        h, op = portrait.limit_render(h, op, portrait.head_support(labels, pcfg))
+        cols = np.nonzero(m.any(0))[0]
+        third = slice(int(cols[0] + (cols[-1] - cols[0]) / 3), int(cols[-1] - (cols[-1] - cols[0]) / 3) + 1)
+        face_r = rendered_face(op, labels)
+        jaw = chin_row(face_r, third) - chin_row(m, third)
+        band = bands.chin_neck_band(labels, px, face=face_r)
+        row = {"jaw_px": jaw, "source": tm.dark_fraction(ci, band, level),
+               "source_own": tm.dark_fraction(ci, bands.chin_neck_band(labels, px), level)}
+        bg = background_layer(crop, labels, plate).astype(np.float32) / 255.0
+        removed = render_hole(labels, path.cfg.expand_render)
+        before = inpaint(path.restorer, h, op, np.where(removed[..., None], 0.0, ci), removed & (op < 0.5),
+                         path.device)  # the head's soft edge over the zeroed background (until 2026-12-02)
+        for name, comp in (("today", today_path.composite(h, op, TorsoLayer(bg, None), labels, ci)),
+                           ("restorer_before", before),
+                           ("restorer", rest_path.composite(h, op, TorsoLayer(bg, None), labels, ci))):
+            o, _ = crop_output(crop, comp, labels, op, None)
+            row[name] = tm.dark_fraction(o, band, level)
+            row[f"seam_{name}"] = tm.seam_energy(o, face_r.astype(np.float32), where=band)
+        row["seam_source"] = tm.seam_energy(ci, m.astype(np.float32), where=bands.chin_neck_band(labels, px))
+        rows.append(row)
+    lim = JAW_PX * S / bands.REFERENCE_SIDE
+    groups = {"opens": [r for r in rows if r["jaw_px"] >= lim], "closes": [r for r in rows if r["jaw_px"] <= -lim],
+              "all": rows}
+    return {g: {k: mean([r[k] for r in rs]) for k in rows[0]} | {"frames": len(rs)} for g, rs in groups.items()} | {
+        "dark_level": round(level, 4), "jaw_px_at_S": round(lim, 2)}
 
 
 def yaw(deg: float) -> np.ndarray:
@@ -161,69 +203,96 @@ def yaw(deg: float) -> np.ndarray:
     return np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
 
 
-def edited_pose(path: TorsoPath, subject: Subject, hold: np.ndarray, S: int, plate: np.ndarray, n: int) -> dict:
-    """Head pose edited by +/-10 deg yaw (about the head's vertical axis). The "rendered" head is the
-    source head (labels 1-4) moved by the affine map that carries the template's projection from the
-    source pose to the edited one. Key point motion (px at S), the field torso's centroid motion, head
-    clipping and seam energy along each path's merge boundary (and the source frame's on the same
-    pixels), source path vs field."""
-    pose = load_pose(subject)
-    K = pose.K
-    tpl = pose.template
-    res = {k: [] for k in ("keypoint_px", "torso_centroid_px", "head_px", "clip_source", "clip_field",
-                           "seam_source", "seam_field", "seam_source_in_source", "seam_field_in_source")}
+def strip_motion(a: np.ndarray, b: np.ndarray, rows: slice) -> float:
+    """How far the content of the row strip ``rows`` moved from ``a`` to ``b`` (S, S) (the torso's alpha
+    matte: its edges are the neck's and shoulders' outline): the length (px) of the phase-correlation
+    shift there."""
+    x, y = a[rows].astype(np.float64), b[rows].astype(np.float64)
+    if x.shape[0] < 4:
+        return float("nan")
+    win = cv2.createHanningWindow((x.shape[1], x.shape[0]), cv2.CV_64F)
+    (dx, dy), _ = cv2.phaseCorrelate(x, y, win)
+    return float(np.hypot(dx, dy))
+
+
+def edited_pose(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray, S: int, plate: np.ndarray,
+                n: int) -> dict:
+    """Head pose edited by +/-10 deg yaw (about the head's vertical axis), the trained head rendered at
+    the edited pose. Key point and head (template) motion in px at S; the torso's image motion
+    (:func:`strip_motion` of its alpha matte, unedited to edited) at the top of the neck (the first quarter of its
+    rows) and at the shoulders (as many rows from the shoulder row down); the fraction of the
+    rendered head the merge mask cuts off; seam energy along the merge boundary (the source frame's on
+    the same pixels alongside). Paths: ``source`` (today: a still torso), ``field_still`` (the field at the
+    edited pose, no neck bending: the previous state), ``field`` (the field at the source pose, the neck
+    bent by the key points: :mod:`post.torso.neck`)."""
+    pose = head.pose
+    K, tpl = pose.K, pose.template
     keys = path.field.keys.detach().cpu().numpy()
+    field_only = TorsoPath("field", path.cfg, None, path.field, path.device)
+    pcfg = portrait.PortraitConfig()
+    res: dict[str, list[float]] = {}
+    add = lambda k, v: res.setdefault(k, []).append(v)  # noqa: E731
     for j in hold[:: max(1, len(hold) // n)][:n]:
-        crop, labels = frame(subject, int(j), S)
+        j = int(j)
+        crop, labels = frame(subject, j, S)
         ci = crop.astype(np.float32) / 255.0
-        head_m = np.isin(labels, HEAD_LABELS).astype(np.float32)
         R, T = pose.R[j], pose.T[j]
-        _, a0 = path.field_torso(R, T, K, S)
+        span = neck.neck_span(labels)
+        if span is None:
+            continue
+        top, shoulder = span
+        q = max(4, (shoulder - top) // 4)
+        neck_top, shoulders = slice(top, top + q), slice(shoulder, min(S, shoulder + q))
+        still = field_only.torso_rgba(labels, R, T, K, (R, T))[1]
         for d in (-10.0, 10.0):
             R2 = R @ yaw(d)
-            A, _ = cv2.estimateAffine2D(project(K, R, T, tpl).astype(np.float32), project(K, R2, T, tpl).astype(np.float32))
-            op = np.clip(cv2.warpAffine(head_m, A, (S, S), flags=cv2.INTER_LINEAR), 0, 1)
-            head = cv2.warpAffine(ci * head_m[..., None], A, (S, S), flags=cv2.INTER_LINEAR)
-            res["keypoint_px"].append(tm.keypoint_motion(project(K, R, T, keys), project(K, R2, T, keys)))
-            res["head_px"].append(tm.keypoint_motion(project(K, R, T, tpl), project(K, R2, T, tpl)))
-            _, a1 = path.field_torso(R2, T, K, S)
-            c0, c1 = [np.array(np.nonzero(a >= 0.5)[::-1]).mean(1) if (a >= 0.5).any() else np.zeros(2) for a in (a0, a1)]
-            res["torso_centroid_px"].append(float(np.linalg.norm(c1 - c0)))
-            src = TorsoPath("source", path.cfg)
-            for name, p in (("source", src), ("field", TorsoPath("field", path.cfg, None, path.field, path.device))):
-                layer = p.layer(crop, labels, plate, R2, T, K)
-                comp = p.composite(head, op, layer, labels, ci)
-                o, m = crop_output(crop, comp, labels, op, layer.region)
-                res[f"clip_{name}"].append(tm.head_clipping(op, m))
-                res[f"seam_{name}"].append(tm.seam_energy(o, m))
-                res[f"seam_{name}_in_source"].append(tm.seam_energy(ci, m))
-    return {k: mean(v) for k, v in res.items()} | {"frames": len(res["clip_source"]) // 2}
+            add("keypoint_px", tm.keypoint_motion(project(K.scaled(S), R, T, keys), project(K.scaled(S), R2, T, keys)))
+            add("head_px", tm.keypoint_motion(project(K.scaled(S), R, T, tpl), project(K.scaled(S), R2, T, tpl)))
+            h, op = head.render(j, j, R2, T, S)
+            for name, p, src in (("source", TorsoPath("source", path.cfg), None), ("field_still", field_only, None),
+                                 ("field", field_only, (R, T))):
+                layer = p.layer(crop, labels, plate, R2, T, K, src)
+                hh, oo = (portrait.limit_render(h, op, portrait.head_support(labels, pcfg)) if layer.region is None
+                          else (h, op))
+                comp = p.composite(hh, oo, layer, labels, ci)
+                o, m = crop_output(crop, comp, labels, oo, layer.region)
+                add(f"clip_{name}", tm.head_clipping(op, m))
+                add(f"seam_{name}", tm.seam_energy(o, m))
+                add(f"seam_{name}_in_source", tm.seam_energy(ci, m))
+                if name != "source":
+                    alpha = p.torso_rgba(labels, R2, T, K, src)[1]
+                    add(f"neck_top_px_{name}", strip_motion(still, alpha, neck_top))
+                    add(f"shoulder_px_{name}", strip_motion(still, alpha, shoulders))
+    return {k: mean(v) for k, v in res.items()} | {"frames": len(res.get("clip_source", [])) // 2}
 
 
-def render_times(path: TorsoPath, subject: Subject, hold: np.ndarray, S: int, plate: np.ndarray, reps: int = 5
-                 ) -> dict:
-    """Milliseconds per frame added at render: today's fill, the restorer, the field (layer + fill)."""
-    pose = load_pose(subject)
+def render_times(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray, S: int, plate: np.ndarray,
+                 reps: int = 5) -> dict:
+    """Milliseconds per frame, side by side in one run: the trained head's own render, and what each
+    torso path adds (layer + gap fill; the field also with a 10 deg yaw edit, its neck bent)."""
+    pose = head.pose
     j = int(hold[0])
     crop, labels = frame(subject, j, S)
     ci = crop.astype(np.float32) / 255.0
-    m = bands.face_mask(labels)
-    op = cv2.erode(m.astype(np.uint8), bands.disk(3)).astype(np.float32)
-    head = ci * op[..., None]
-    out = {}
-    for name, p in (("source", TorsoPath("source", path.cfg)),
-                    ("restorer", TorsoPath("restorer", path.cfg, path.restorer, None, path.device)),
-                    ("field", TorsoPath("field", path.cfg, None, path.field, path.device)),
-                    ("field+restorer", path)):
+    R, T = pose.R[j], pose.T[j]
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        h, op = head.render(j, 0, R, T, S)
+    out = {"head": round((time.perf_counter() - t0) / reps * 1000, 1)}
+    for name, p, R2 in (("source", TorsoPath("source", path.cfg), R),
+                        ("restorer", TorsoPath("restorer", path.cfg, path.restorer, None, path.device), R),
+                        ("field", TorsoPath("field", path.cfg, None, path.field, path.device), R),
+                        ("field_edited", TorsoPath("field", path.cfg, None, path.field, path.device), R @ yaw(10.0)),
+                        ("field+restorer", path, R)):
         t0 = time.perf_counter()
         for _ in range(reps):
-            layer = p.layer(crop, labels, plate, pose.R[j], pose.T[j], pose.K)
-            p.composite(head, op, layer, labels, ci)
+            layer = p.layer(crop, labels, plate, R2, T, pose.K, (R, T))
+            p.composite(h, op, layer, labels, ci)
         out[name] = round((time.perf_counter() - t0) / reps * 1000, 1)
     return out
 
 
-def bench(subject_dir: Path, preset: str, n: int, train: str) -> dict:
+def bench(subject_dir: Path, preset: str, n: int, train: str, run: str, dub_audio: Path) -> dict:
     subject = Subject(subject_dir)
     cfg = section(load_preset(preset), "torso", TorsoConfig, mode="field+restorer")
     if train == "all":
@@ -240,15 +309,17 @@ def bench(subject_dir: Path, preset: str, n: int, train: str) -> dict:
     path = TorsoPath.for_subject(subject, "cpu", "field+restorer")
     S = int(subject.load()["crop"]["size"])
     plate = read_rgb(subject.path("background.jpg"), S)
-    _, hold = split_frames(subject.frame_count(), subject_split(subject).holdout_fraction)
+    train_idx, hold = split_frames(subject.frame_count(), subject_split(subject).holdout_fraction)
+    head = Head(subject, run, dub_audio)
+    level = subject_dark_level(subject, train_idx, S, bands.scaled_px(path.cfg.expand_render, S))
     return {"subject": subject_dir.name, "frames": subject.frame_count(), "crop": S, "held_out": int(hold.size),
+            "head_run": run, "dub_audio": str(dub_audio),
             "train_seconds": {"restorer": record["restorer"]["seconds"], "field": record["field"]["seconds"]},
             "perceptual": record["restorer"]["perceptual"],
             "expanded_band": expanded_band(path, subject, hold[:: max(1, len(hold) // n)][:n], S, plate),
-            "mouth_opens": jaw_mismatch(path, subject, hold, S, plate, n, opens=True),
-            "mouth_closes": jaw_mismatch(path, subject, hold, S, plate, n, opens=False),
-            "edited_pose": edited_pose(path, subject, hold, S, plate, max(2, n // 3)),
-            "render_ms_per_frame": render_times(path, subject, hold, S, plate)}
+            "dub": trained_dub(path, head, subject, hold, S, plate, level, 5 * n),
+            "edited_pose": edited_pose(path, head, subject, hold, S, plate, max(2, n // 3)),
+            "render_ms_per_frame": render_times(path, head, subject, hold, S, plate)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -258,13 +329,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--frames", type=int, default=12)
     ap.add_argument("--train", choices=("all", "field", "none"), default="all",
                     help="train both parts (default), the torso field alone, or neither (measure only)")
+    ap.add_argument("--run", default="default", help="the trained head's run")
+    ap.add_argument("--dub-audio", type=Path, required=True, help="the speech track that drives the head")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", type=Path)
     a = ap.parse_args(argv)
     torch.set_num_threads(a.threads)
     results = []
     for s in a.subjects:
-        r = bench(s, a.preset, a.frames, a.train)
+        r = bench(s, a.preset, a.frames, a.train, a.run, a.dub_audio)
         print(json.dumps(r), flush=True)
         results.append(r)
         if a.out:

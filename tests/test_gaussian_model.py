@@ -116,6 +116,42 @@ def test_pixels_subset_and_deform_starts_at_canonical(synthetic):
     assert torch.allclose(deformed["rgb"], full["rgb"], atol=1e-6)
 
 
+@pytest.mark.parametrize("pose_input", [True, False])
+def test_deformation_offsets_in_box_diagonals_and_the_pose_input_switch(synthetic, pose_input):
+    data, ft = synthetic
+    model = build(data, pose_input=pose_input, deform_offset=0.5)
+    model.set_stage(STAGE_DEFORM)
+    last = model.deform[-1]
+    with torch.no_grad():  # position offset (0.1, 0, 0) for every Gaussian, plus a pose-dependent part
+        last.bias[:3] = torch.tensor([0.1, 0.0, 0.0])
+        last.weight.normal_(0.0, 0.01)
+    c = cond_of(model, data, ft, 0)
+    a = model.frame_gaussians(c, ft.R_c2h[0], ft.origin[0])
+    b = model.frame_gaussians(c, ft.R_c2h[5], ft.origin[5] + 3.0)  # same conditions, another pose
+    assert torch.equal(a["means"], b["means"]) != pose_input  # the pose reaches F_deform only when asked
+    with torch.no_grad():
+        last.weight.zero_()
+    a = model.frame_gaussians(c, ft.R_c2h[0], ft.origin[0])
+    model.set_stage(1)
+    can = model.frame_gaussians(c, ft.R_c2h[0], ft.origin[0])
+    shift = a["means"] - can["means"]  # 0.1 output units = 0.05 box diagonals along x
+    assert torch.allclose(shift, torch.tensor([0.05 * model.diag, 0.0, 0.0]).expand_as(shift), atol=1e-4)
+
+
+def test_render_at_crop_draws_the_same_head_at_the_crop_size(synthetic):
+    data, ft = synthetic
+    model = build(data, render_at_crop=True)
+    assert build(data).output_resolution(4 * SIZE) == SIZE and model.output_resolution(4 * SIZE) == 4 * SIZE
+    c, cam, bg = cond_of(model, data, ft, 1), camera(data, ft, 1), frame(data, ft, 1)[1]
+    small = model.render(cam, c, bg)["opacity"]
+    big_cam = type(cam)(cam.K.scaled(4 * SIZE), cam.R_c2h, cam.origin)
+    big = model.render(big_cam, c, torch.nn.functional.interpolate(bg.permute(2, 0, 1)[None], scale_factor=4)[0]
+                       .permute(1, 2, 0))["opacity"]
+    assert big.shape == (4 * SIZE, 4 * SIZE)  # the same head: its silhouette averaged down matches
+    down = torch.nn.functional.avg_pool2d(big[None, None], 4)[0, 0]
+    assert (down - small).abs().mean() < 0.05 and small.mean() > 0.1
+
+
 def test_lips_term_weights_the_region_around_the_lips_in_stage_two_only(synthetic):
     data, ft = synthetic
     model = build(data)

@@ -92,7 +92,8 @@ def test_nested_renderer_tables_and_every_preset_builds_its_components(tmp_path)
     from headsync.core.config import as_dict, from_table
     from headsync.renderers.nerf.model import ModelConfig
     from headsync.render.dub import RenderConfig
-    from headsync.training.trainer import TrainConfig
+    from headsync.renderers.registry import renderer_class, renderer_names
+    from headsync.training.trainer import TrainConfig, train_config
 
     cfg = section(load_preset("preview"), "renderer.nerf", ModelConfig)
     assert cfg.hash.levels == 10 and cfg.march.samples == 16 and cfg.field.geo_feat_dim == 32
@@ -107,9 +108,23 @@ def test_nested_renderer_tables_and_every_preset_builds_its_components(tmp_path)
         section(load_preset(str(bad)), "train", TrainConfig)
     for name in preset_names():  # every shipped preset's tables build their components
         p = load_preset(name)
-        section(p, "train", TrainConfig)
-        section(p, "renderer.nerf", ModelConfig)
+        for kind in renderer_names():
+            train_config(p, kind)
+            section(p, f"renderer.{kind}", renderer_class(kind).Config)
         section(p, "render", RenderConfig)
+
+
+def test_train_sub_table_of_a_renderer_replaces_its_settings(tmp_path):
+    from headsync.core.config import Preset
+    from headsync.training.trainer import TrainConfig, train_config
+
+    p = Preset("x", {"train": {"coarse_iters": 5, "resolution": 64, "gaussian": {"coarse_iters": 7}}})
+    assert train_config(p, "nerf") == TrainConfig(coarse_iters=5, resolution=64)  # the other renderer's: ignored
+    assert train_config(p, "gaussian") == TrainConfig(coarse_iters=7, resolution=64)
+    with pytest.raises(UserError, match="name no renderer"):
+        train_config(Preset("y", {"train": {"gausian": {"coarse_iters": 7}}}), "gaussian")
+    with pytest.raises(UserError, match=r"unknown setting.*train\.gaussian"):
+        train_config(Preset("z", {"train": {"gaussian": {"coarse_iterz": 7}}}), "gaussian")
 
 
 def test_registry_install_checks_hash(tmp_path, monkeypatch):

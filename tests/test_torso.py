@@ -63,7 +63,13 @@ def test_chin_neck_band_lies_below_the_mouth_on_the_face_edge():
     b = bands.chin_neck_band(labels, 3)
     lips_row = int(np.nonzero((labels == 2).any(1))[0].mean())
     assert b.any() and not b[:lips_row].any()
-    assert (labels[b] == 1).any() and (labels[b] != 1).any()  # straddles the face edge
+    assert (labels[b] == 1).any() and (labels[b] == 5).any()  # straddles the chin: face rim and neck
+    assert not (labels[b] == 2).any() and not (labels[b] == 0).any()  # never the mouth, never background
+    # a rendered face whose jaw drops 4 px: the band follows the rendered jaw, not the source's
+    face = bands.face_mask(labels)
+    low = face | np.roll(face, 4, axis=0)
+    moved = bands.chin_neck_band(labels, 3, face=low)
+    assert np.nonzero(moved.any(1))[0].max() == np.nonzero(b.any(1))[0].max() + 4
     assert not bands.chin_neck_band(np.zeros((16, 16), np.uint8), 2).any()
 
 
@@ -222,17 +228,71 @@ def test_restorer_path_fills_only_the_uncovered_band(one_torch_thread):
     np.testing.assert_allclose(out[~hole], (head + (1 - op[..., None]) * img)[~hole], atol=1e-6)
 
 
-def test_field_path_merges_the_whole_person(one_torch_thread):
+def field_scene():
+    """The 32 px scene, its crop (uint8) and a small untrained field path with key points under the chin."""
     img, labels = scene(32)
-    crop = (img * 255).astype(np.uint8)
     net = torso_field.TorsoField(np.array([[0, 3, 0], [-2, 3, 0], [2, 3, 0]], np.float32), 16, 2, 8, 2).eval()
     net.side = 16
-    p = TorsoPath("field", TorsoConfig(mode="field"), field=net)
+    return img, labels, (img * 255).astype(np.uint8), TorsoPath("field", TorsoConfig(mode="field"), field=net)
+
+
+def test_field_path_merges_the_whole_person(one_torch_thread):
+    img, labels, crop, p = field_scene()
     layer = p.layer(crop, labels, np.zeros_like(crop), np.eye(3), np.array([0.0, 0.0, 30.0]), K64.scaled(32))
     assert layer.background.shape == (32, 32, 3) and layer.region[labels > 0].all()
     m = portrait.merge_mask(labels, np.zeros((32, 32), np.float32), portrait.PortraitConfig(),
                             region=layer.region)
     assert m[labels == 6].min() > 0.4  # the torso is merged from the field too
+
+
+def test_restorer_blends_a_soft_jaw_edge_with_the_restored_torso_not_black(one_torch_thread):
+    img, labels = scene(32)
+    net = torso_restorer.TorsoRestorer(width=4, depth=2).eval()
+    net.side = 32
+    p = TorsoPath("restorer", TorsoConfig(mode="restorer"), restorer=net)
+    removed = render_hole(labels, p.cfg.expand_render)
+    op = removed.astype(np.float32) * 0.7  # a head covering the removed pixels only partly (its soft edge)
+    head = img * op[..., None]
+    out = p.composite(head, op, TorsoLayer(img, None), labels, img)
+    # the removed background is zero: blended with it, the edge would be the premultiplied head alone
+    assert (out[removed] - head[removed]).sum(-1).min() > 0.1
+    np.testing.assert_allclose(out[~removed], (head + (1 - op[..., None]) * img)[~removed], atol=1e-6)
+
+
+def test_neck_follows_the_key_points_and_the_shoulders_stay():
+    from headsync.post.torso import neck
+
+    _, labels = scene(64)
+    top, shoulder = neck.neck_span(labels)
+    assert labels[top].tolist().count(5) > 0 and (labels[shoulder] == 6).any() and shoulder > top
+    keys = np.array([[32.0, 42.0], [26.0, 42.0], [38.0, 42.0]])
+    maps = neck.follow_maps(keys, keys + [3.0, 0.0], labels)  # the head (and its key points) moved 3 px right
+    img = np.zeros((64, 64), np.float32)
+    img[:, 30:34] = 1  # a vertical stripe: where it lands shows how far each row moved
+    out = neck.warp(img, maps)
+    centre = lambda row: float((out[row] * np.arange(64)).sum() / out[row].sum())  # noqa: E731
+    assert centre(top) == pytest.approx(34.5, abs=0.05)  # the top of the neck moves with the head
+    assert centre(shoulder) == pytest.approx(31.5, abs=0.05) and centre(63) == pytest.approx(31.5, abs=0.05)
+    mid = (top + shoulder) // 2
+    assert 31.5 < centre(mid) < 34.5  # between them the neck bends
+    assert neck.follow_maps(keys, keys, labels) is None and neck.warp(img, None) is img
+    assert neck.follow_maps(keys, keys + 1.0, np.zeros_like(labels)) is None  # no neck: nothing to bend
+
+
+def test_field_layer_bends_its_neck_for_an_edited_pose(one_torch_thread):
+    from headsync.post.torso import neck
+
+    img, labels, crop, p = field_scene()
+    K, T = K64.scaled(32), np.array([0.0, 0.0, 30.0])
+    still = p.layer(crop, labels, np.zeros_like(crop), np.eye(3), T, K, (np.eye(3), T))
+    np.testing.assert_allclose(still.background, p.layer(crop, labels, np.zeros_like(crop), np.eye(3), T, K).background)
+    turned = p.layer(crop, labels, np.zeros_like(crop), yaw(10.0), T, K, (np.eye(3), T))
+    top, shoulder = neck.neck_span(labels)
+    assert not np.allclose(turned.background[top], still.background[top])  # the neck moved
+    np.testing.assert_allclose(turned.background[shoulder:], still.background[shoulder:], atol=1e-6)  # not the torso
+    op = np.zeros((32, 32), np.float32)
+    op[2:6, 2:6] = 1  # a rendered head moved onto the background is merged, not cut off
+    assert portrait.merge_mask(labels, op, portrait.PortraitConfig(), region=turned.region)[2:6, 2:6].min() > 0.5
 
 
 def test_for_subject_without_a_torso_job_is_the_source_path(tmp_path):
@@ -290,7 +350,10 @@ def test_dark_fraction_and_seam_energy():
     img = np.full((32, 32, 3), 0.6, np.float32)
     band = np.ones((32, 32), bool)
     img[:8] = 0.1
-    assert tm.dark_fraction(img, band, reference=0.6) == pytest.approx(0.25)
+    assert tm.dark_fraction(img, band, level=0.3) == pytest.approx(0.25)
+    ramp = np.repeat(np.linspace(0, 1, 32, dtype=np.float32)[:, None, None], 3, 2) * np.ones((1, 32, 1), np.float32)
+    level = tm.dark_level([ramp], [band], 25.0)  # the source's own darkest quarter sets the level
+    assert tm.dark_fraction(ramp, band, level) == pytest.approx(0.25, abs=1 / 32)
     mask = np.zeros((32, 32), np.float32)
     mask[8:24, 8:24] = 1
     smooth = np.full((32, 32, 3), 0.5, np.float32)

@@ -1,8 +1,9 @@
 """Measures of the torso path (issue 15), pure array code on (S, S, 3) float RGB in [0, 1].
 
 * :func:`band_psnr` / :func:`band_ssim`: a restored band against the truth, only over the band;
-* :func:`dark_fraction`: the "dark areas around the chin" of SyncTalk++ Sec. III-F, relative to the
-  frame's own neck brightness;
+* :func:`dark_fraction`: the "dark areas around the chin" of SyncTalk++ Sec. III-F: pixels of the
+  chin/neck band darker than :func:`dark_level`, the level only the darkest ``DARK_PERCENTILE`` % of
+  the subject's own source bands reach (so the source frames score about that, never a degenerate 0);
 * :func:`seam_energy`: gradient energy along a merge boundary (a visible seam is a ridge of gradient);
 * :func:`head_clipping`: how much of a rendered head the merge mask cuts away;
 * :func:`keypoint_motion`: how far projected key points move between two poses.
@@ -46,12 +47,25 @@ def band_ssim(pred: np.ndarray, truth: np.ndarray, band: np.ndarray, sigma: floa
     return float(s[band].mean())
 
 
-def dark_fraction(image: np.ndarray, band: np.ndarray, reference: float, ratio: float = 0.5) -> float:
-    """Fraction of ``band`` pixels darker than ``ratio`` x ``reference`` (a luma, e.g. the frame's neck
-    colour's); NaN for an empty band."""
+#: The percentile of the subject's own chin/neck band luma below which a pixel counts as dark.
+DARK_PERCENTILE = 5.0
+
+
+def dark_level(images: list[np.ndarray], bands: list[np.ndarray], percentile: float = DARK_PERCENTILE) -> float:
+    """The luma below which the darkest ``percentile`` % of the pixels of ``bands`` (S, S) bool of the
+    source frames ``images`` (S, S, 3) lie: the subject's own shadow under the chin sets what is dark."""
+    values = np.concatenate([luma(im)[b] for im, b in zip(images, bands)])
+    if not values.size:
+        raise ValueError("dark_level needs at least one non-empty band")
+    return float(np.percentile(values, percentile))
+
+
+def dark_fraction(image: np.ndarray, band: np.ndarray, level: float) -> float:
+    """Fraction of ``band`` pixels with a luma under ``level`` (e.g. :func:`dark_level`); NaN for an empty
+    band."""
     if not band.any():
         return float("nan")
-    return float((luma(image)[band] < ratio * reference).mean())
+    return float((luma(image)[band] < level).mean())
 
 
 def boundary(mask: np.ndarray, width: int) -> np.ndarray:

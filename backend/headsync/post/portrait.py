@@ -85,11 +85,14 @@ def merge_mask(labels: np.ndarray, opacity: np.ndarray, cfg: PortraitConfig,
                occluder: np.ndarray | None = None, region: np.ndarray | None = None) -> np.ndarray:
     """``G(F_r)``: the face region (source face labels plus rendered pixels over the neck), grown and
     blurred, (S, S) in [0, 1]; zero on ``occluder`` (S, S) bool, which keeps the source. A given ``region``
-    (S, S) bool replaces the face region (the torso field's path merges the whole rendered person, see
+    (S, S) bool replaces the face region: the torso field's path merges the whole person, the region and
+    every rendered pixel (a head moved by a pose edit is never cut off; see
     :mod:`headsync.post.torso.path`)."""
     size = labels.shape[0]
     if region is None:
         region = np.isin(labels, FACE_LABELS) | ((opacity >= cfg.opacity_threshold) & (labels == NECK))
+    else:
+        region = region | (opacity >= cfg.opacity_threshold)
     g = max(1, int(round(cfg.grow * size)))
     region = cv2.dilate(region.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * g + 1,) * 2))
     sigma = max(cfg.blur * size, 0.5)

@@ -151,8 +151,8 @@ def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curve
     feat_rows = np.arange(n_out) if feat_rows is None else np.asarray(feat_rows)
     pose = load_pose(subject)
     S = pose.K.size
-    train_res = renderer.meta.resolution
-    K = pose.K.scaled(train_res)
+    res = renderer.output_resolution(S)
+    K = pose.K.scaled(res)
     if curves.has_pose:
         R, T = pose_matrices(curves)
     else:
@@ -182,8 +182,8 @@ def render_frames(subject: Subject, renderer: Renderer, feats: np.ndarray, curve
         j = int(src_idx[t])
         crop = read_rgb(subject.frame_path(j), S)
         labels = read_labels(subject.mask_path(j), S)
-        layer = torso.layer(crop, labels, plate, R[t], T[t], pose.K)
-        bg_r = cv2.resize(layer.background, (train_res, train_res), interpolation=cv2.INTER_AREA)
+        layer = torso.layer(crop, labels, plate, R[t], T[t], pose.K, (pose.R[j], pose.T[j]))
+        bg_r = cv2.resize(layer.background, (res, res), interpolation=cv2.INTER_AREA)
         win = torch.as_tensor(window_indices(feat_rows[t:t + 1], feats.shape[0], renderer.audio_window),
                               device=device)
         with torch.no_grad():

@@ -143,6 +143,11 @@ class Renderer(nn.Module):
         """
         raise NotImplementedError
 
+    def output_resolution(self, crop_size: int) -> int:
+        """Side (px) at which rendering and evaluation draw a frame of a subject whose crops are
+        ``crop_size`` px: the training resolution (``meta.resolution``) unless a renderer can draw sharper."""
+        return int(self.meta.resolution)
+
     def param_groups(self, train_cfg: Any) -> list[dict[str, Any]]:
         """Optimiser groups ``[{"name", "params", "lr", "weight_decay"}]`` covering every parameter."""
         raise NotImplementedError

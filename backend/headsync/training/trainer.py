@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from ..core.atomic import write_json_atomic
-from ..core.config import AUTO, as_dict, from_table, load_preset, section
+from ..core.config import AUTO, as_dict, from_table, load_preset, section, table
 from ..core.devices import pick_device, set_threads
 from ..face_sync.lip_features import check_kind
 from ..core.errors import UserError
@@ -36,7 +36,7 @@ from ..renderers.base import Renderer, SubjectMeta
 from ..renderers.common.cameras import Camera, camera_to_head
 from ..renderers.common.conditioning import window_indices
 from ..renderers.common.losses import mse, perceptual_loss, psnr_from_mse
-from ..renderers.registry import preset_renderer, renderer_class
+from ..renderers.registry import preset_renderer, renderer_class, renderer_names
 from ..subject.data import SubjectData, load_subject_data
 from ..subject.folder import CORE_EXPRESSIONS, Subject
 from ..subject.info import METRICS_FILE
@@ -100,6 +100,21 @@ class TrainConfig:
     def stage(self, it: int) -> str:
         """The schedule stage of iteration ``it``: ``"coarse"`` or ``"fine"``."""
         return "coarse" if it < self.coarse_iters else "fine"
+
+
+def train_config(preset: Any, kind: str) -> TrainConfig:
+    """The ``[train]`` table of ``preset`` for renderer ``kind``: its ``[train.KIND]`` sub-table, when there is
+    one, replaces those settings, so renderers whose schedules differ share a preset (``preview``: the NeRF's
+    1,400 + 200 ray iterations, the Gaussian head's whole-frame schedule). Sub-tables of other renderers
+    are ignored."""
+    values = table(preset, "train")
+    own = {k: values.pop(k) for k in [k for k, v in values.items() if isinstance(v, dict)]}
+    unknown = set(own) - set(renderer_names())
+    if unknown:
+        raise UserError(f"[train] has sub-table(s) {sorted(unknown)} that name no renderer",
+                        f"name a renderer ({', '.join(renderer_names())}) or move the settings into [train]")
+    values.update(own.get(kind, {}))
+    return from_table(TrainConfig, values, f"train.{kind}" if kind in own else "train")
 
 
 def subject_meta(data: SubjectData, cfg: TrainConfig) -> SubjectMeta:
@@ -359,7 +374,7 @@ def train_task(params: dict[str, Any], reporter: Reporter) -> dict[str, Any]:
     kind = params.get("renderer") or preset_renderer(preset.tables)
     cls = renderer_class(kind)
     subject = Subject(Path(params["subject"]).expanduser().resolve())
-    cfg = section(preset, "train", TrainConfig)
+    cfg = train_config(preset, kind)
     renderer_cfg = section(preset, f"renderer.{kind}", cls.Config)
     out = run_dir(subject, params.get("run") or "default")
     resume = bool(params.get("resume"))

@@ -55,22 +55,29 @@ def gap_band(labels: np.ndarray, px: int) -> np.ndarray:
     return expand_lower(m, px, labels) & ~m
 
 
-def chin_neck_band(labels: np.ndarray, px: int) -> np.ndarray:
-    """Where a jaw mismatch shows: the lower face boundary +/- ``px`` below the mouth, (S, S) bool.
+def mouth_row(labels: np.ndarray) -> int | None:
+    """The lips' mean row (the face mask's middle row without lips); None without a face."""
+    lips = np.nonzero((labels == LIPS).any(1))[0]
+    if lips.size:
+        return int(lips.mean())
+    rows = np.nonzero(face_mask(labels).any(1))[0]
+    return int((rows[0] + rows[-1]) / 2) if rows.size else None
 
-    The band straddles the lower edge of the face mask (chin, jaw line and the top of the neck), rows
-    from the lips' centre downwards; empty when the frame shows no face.
-    """
-    m = face_mask(labels)
-    if not m.any():
-        return np.zeros_like(m)
-    k = disk(px)
-    edge = (cv2.dilate(m.astype(np.uint8), k) > 0) & ~(cv2.erode(m.astype(np.uint8), k) > 0)
-    lip_rows = np.nonzero((labels == LIPS).any(1))[0]
-    rows = np.nonzero(m.any(1))[0]
-    start = int(lip_rows.mean()) if lip_rows.size else int((rows[0] + rows[-1]) / 2)
-    edge[:start] = False
-    return edge
+
+def chin_neck_band(labels: np.ndarray, px: int, face: np.ndarray | None = None, rim: int = 2) -> np.ndarray:
+    """Where a gap between head and torso shows: the ring up to ``px`` outside the lower edge of ``face``
+    (S, S) bool (default the source face mask ``M``; pass a render's face to follow its jaw) and ``rim`` px
+    inside it (a soft edge's partial coverage), rows from the lips' centre down, on the source's face, neck
+    or torso only (never hair or background). The mouth, ``rim`` px and more inside the face, is not in
+    it. (S, S) bool; empty when the frame shows no face."""
+    face = face_mask(labels) if face is None else face
+    start = mouth_row(labels)
+    if start is None or not face.any():
+        return np.zeros(labels.shape, bool)
+    f = face.astype(np.uint8)
+    ring = (cv2.dilate(f, disk(px)) > 0) & ~(cv2.erode(f, disk(rim)) > 0 if rim > 0 else face)
+    ring[:start] = False
+    return ring & np.isin(labels, FACE_LABELS + TORSO_LABELS)
 
 
 def rotate(image: np.ndarray, labels: np.ndarray, degrees: float) -> tuple[np.ndarray, np.ndarray]:

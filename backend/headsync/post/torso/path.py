@@ -7,9 +7,9 @@ side S) and the source frame's crop, labels and pose, so the NeRF and the Gaussi
   the neck colour (:func:`post.portrait.fill_gaps`), as before this package existed;
 * ``restorer``: the source crop with the face mask expanded by a fixed 15 px (at 512) removed, the head
   over it, the Torso-Inpainting Restorer filling whatever of the removed band the head leaves uncovered;
-* ``field``: the torso field's neck and shoulders (moved by the head pose) over the plate; the merge
-  region is the whole person, source and rendered, so an edited pose neither clips the head nor leaves
-  the source's torso behind;
+* ``field``: the torso field's neck and shoulders over the plate, rendered at the source frame's pose with
+  the neck bent to the output pose (:mod:`.neck`); the merge region is the whole person, source and
+  rendered, so an edited pose neither clips the head nor leaves the source's torso behind;
 * ``field+restorer``: the field's layer, with the restorer filling the band as above.
 
 The result goes to :func:`post.portrait.compose` (``composite`` and ``region``), the one composite into
@@ -25,13 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ...renderers.common.cameras import Intrinsics
+from ...renderers.common.cameras import Intrinsics, project
 from ...subject.data import background_layer
 from ...subject.folder import Subject
 from ...subject.labels import HEAD_LABELS
 from .. import portrait
 from . import bands
 from . import field as torso_field
+from . import neck
 from . import restorer as torso_restorer
 from .config import FIELD_FILE, RECORD_FILE, RESTORER_FILE, TorsoConfig  # noqa: F401 (re-exported)
 
@@ -67,17 +68,36 @@ class TorsoPath:
         return cls(cfg.mode, cfg, net, fld, device)
 
     def layer(self, crop: np.ndarray, labels: np.ndarray, plate: np.ndarray, R: np.ndarray, T: np.ndarray,
-              K: Intrinsics) -> TorsoLayer:
+              K: Intrinsics, source_pose: tuple[np.ndarray, np.ndarray] | None = None) -> TorsoLayer:
         """The layer under the head for one frame: ``crop``/``plate`` (S, S, 3) uint8, ``labels`` (S, S),
-        head pose ``R`` (3, 3), ``T`` (3,) of the output frame (edited or source), ``K`` at any side."""
+        head pose ``R`` (3, 3), ``T`` (3,) of the output frame (edited or source), ``K`` at any side.
+
+        With the field and ``source_pose`` (the source frame's ``R``, ``T``), the field renders the torso
+        at the source frame's pose (the poses it was trained on) and the neck is bent to the output pose
+        by the key points' motion (:mod:`.neck`): a head-only edit moves the neck, not the shoulders."""
         if self.field is None:
             return TorsoLayer(background_layer(crop, labels, plate).astype(np.float32) / 255.0, None)
-        s = labels.shape[0]
-        rgb, alpha = self.field_torso(R, T, K, s)
+        rgb, alpha = self.torso_rgba(labels, R, T, K, source_pose)
         plate_f = plate.astype(np.float32) / 255.0
         bg = alpha[..., None] * rgb + (1 - alpha[..., None]) * plate_f
         person = np.isin(labels, HEAD_LABELS + bands.TORSO_LABELS) | (alpha >= 0.5)
         return TorsoLayer(bg.astype(np.float32), person)
+
+    def torso_rgba(self, labels: np.ndarray, R: np.ndarray, T: np.ndarray, K: Intrinsics,
+                   source_pose: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """The field's torso for output pose ``R``, ``T`` at the side of ``labels`` (S, S): rgb (S, S, 3) and
+        alpha (S, S); with ``source_pose``, rendered there and its neck bent to the output pose."""
+        s = labels.shape[0]
+        at = (R, T) if source_pose is None else source_pose
+        rgb, alpha = self.field_torso(at[0], at[1], K, s)
+        if source_pose is not None:
+            maps = neck.follow_maps(self.keypoints_px(*source_pose, K, s), self.keypoints_px(R, T, K, s), labels)
+            rgb, alpha = neck.warp(rgb, maps), neck.warp(alpha, maps)
+        return rgb, alpha
+
+    def keypoints_px(self, R: np.ndarray, T: np.ndarray, K: Intrinsics, side: int) -> np.ndarray:
+        """The field's key points projected with pose ``R``, ``T``: (N, 2) pixels at ``side``."""
+        return project(K.scaled(side), R, T, self.field.keys.detach().cpu().numpy().astype(np.float64))
 
     def field_torso(self, R: np.ndarray, T: np.ndarray, K: Intrinsics, side: int) -> tuple[np.ndarray, np.ndarray]:
         """The field's torso at ``side``: rgb (side, side, 3), alpha (side, side), float32."""
@@ -104,7 +124,7 @@ class TorsoPath:
         removed = render_hole(labels, self.cfg.expand_render)
         hole = removed & (opacity < 0.5)
         return torso_restorer.inpaint(self.restorer, head, opacity, np.where(removed[..., None], 0.0, under),
-                                      hole, self.device)
+                                      hole, self.device, removed)
 
 
 def render_hole(labels: np.ndarray, px_at_512: float) -> np.ndarray:

@@ -63,14 +63,18 @@ def compose_known(pred: torch.Tensor, face: torch.Tensor, face_mask: torch.Tenso
 
 
 def inpaint(net: TorsoRestorer, face: np.ndarray, face_alpha: np.ndarray, background: np.ndarray,
-            hole: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+            hole: np.ndarray, device: torch.device | str = "cpu", removed: np.ndarray | None = None) -> np.ndarray:
     """Fill ``hole`` of one frame.
 
     ``face`` (S, S, 3) RGB in [0, 1] premultiplied by its coverage ``face_alpha`` (S, S) (a render's
     ``head`` and ``opacity``);
-    ``background`` (S, S, 3) in [0, 1], valid outside ``hole`` (S, S) bool. The network runs at its
-    training side (the frame is resized to it) and only its hole pixels are resized back. Returns the
-    frame (S, S, 3) float32: face over background, restored in the hole.
+    ``background`` (S, S, 3) in [0, 1], valid outside ``removed`` (S, S) bool (default ``hole``). The
+    network is told ``hole`` (S, S) bool, the removed pixels the face leaves uncovered (as in training,
+    outside the face); its output replaces the background on all of ``removed``, so a face edge of partial
+    coverage over removed pixels is blended with the restored torso, never with the zeroed background
+    (that blend is a dark rim at the jaw). The network runs at its training side (the frame is resized to
+    it) and only the restored pixels are resized back. Returns the frame (S, S, 3) float32: face over
+    background, restored where removed.
     """
     s = background.shape[0]
     r = net_side(net)
@@ -80,7 +84,8 @@ def inpaint(net: TorsoRestorer, face: np.ndarray, face_alpha: np.ndarray, backgr
     with torch.no_grad():
         pred = net(img(face), msk(face_alpha), img(background), (msk(hole.astype(np.float32)) > 0.01).float())
     pred = F.interpolate(pred, size=(s, s), mode="bilinear", align_corners=False)[0].permute(1, 2, 0).cpu().numpy()
-    a, h = face_alpha[..., None].astype(np.float32), hole[..., None].astype(np.float32)
+    fill = hole if removed is None else (removed | hole)
+    a, h = face_alpha[..., None].astype(np.float32), fill[..., None].astype(np.float32)
     under = h * pred + (1 - h) * background
     return (face + (1 - a) * under).astype(np.float32)
 

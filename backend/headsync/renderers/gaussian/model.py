@@ -52,6 +52,7 @@ from .strategy import DensifyConfig, DensifyStrategy
 #: Per-Gaussian tensors (leading dimension N) that densification resizes.
 GAUSSIAN_PARAMS = ("means", "log_scales", "opacity_logits")
 STAGE_CANONICAL, STAGE_DEFORM = 1, 2
+POSE_DIM = 12  # F_deform's pose input: the world-to-camera rotation (9) and translation / box diagonal (3)
 
 
 @dataclass(frozen=True)
@@ -86,6 +87,18 @@ class GaussianConfig:
     lr_opacity_logits: float = 5e-2
     lr_hash: float = 1e-2
     lr_net: float = 2e-3
+    # Eq. 19's head pose (R, T) as an input of F_deform. Every training frame has its own pose, so the
+    # deformation can key the mouth on the pose (which frame this is) instead of the audio.
+    pose_input: bool = True
+    # Unit of F_deform's position offsets, in box diagonals (the pose translation's unit too). With raw head
+    # units (1 / diagonal, about 0.02 on the sample) the lips' Gaussians moved 0.02 units between a closed
+    # and an open mouth 2 units apart: the deformation painted the opening (colour, opacity) instead of
+    # moving the lips, and the face mesh could not read the mouth's shape (docs/benchmarks.md).
+    deform_offset: float = 1.0
+    # Render and evaluate at the subject's crop resolution instead of the training one: splats are drawn at
+    # any size for the same per-Gaussian work, so the head is not upscaled from a 96 px image
+    # (docs/benchmarks.md: the face mesh reads the mouth of such renders more reliably).
+    render_at_crop: bool = False
     densify: DensifyConfig = dataclasses.field(default_factory=DensifyConfig)
 
 
@@ -152,7 +165,8 @@ class GaussianHead(Renderer):
         # Attribute layout of both MLPs' outputs: offset 3, quaternion 4, log-scale 3, opacity 1, SH n_sh * 3.
         self.n_out = 3 + 4 + 3 + 1 + self.n_sh * 3
         self.canonical = mlp(feat, self.n_out, cfg.hidden, cfg.can_layers)
-        self.deform = mlp(feat + cfg.cond.audio_dim + expr_dim + 12, self.n_out, cfg.hidden, cfg.deform_layers)
+        self.deform = mlp(feat + cfg.cond.audio_dim + expr_dim + (POSE_DIM if cfg.pose_input else 0), self.n_out,
+                          cfg.hidden, cfg.deform_layers)
         for net in (self.canonical, self.deform):  # start at the initial Gaussians: grey, identity rotation
             nn.init.zeros_(net[-1].weight)
             nn.init.zeros_(net[-1].bias)
@@ -212,11 +226,11 @@ class GaussianHead(Renderer):
         ``sh`` (N, K, 3), and the canonical ``can_scales``, ``can_quats``, ``can_opacities`` (detached, for
         the densification strategy).
         """
-        g = self.gaussians
+        g, cfg = self.gaussians, self.cfg
         x = g["means"]
         pg = self._per_gaussian(x)
         d_mu, q, log_s, logit, sh = self._split(pg["can"])  # Eq. 18
-        mu = x + self.cfg.max_offset * self.diag * torch.tanh(d_mu)
+        mu = x + cfg.max_offset * self.diag * torch.tanh(d_mu)
         q = q + q.new_tensor([1.0, 0.0, 0.0, 0.0])
         log_s = log_s + g["log_scales"]
         logit = logit + g["opacity_logits"]
@@ -224,19 +238,25 @@ class GaussianHead(Renderer):
                "can_opacities": torch.sigmoid(logit).detach()}
         if cond is not None and int(self.stage) == STAGE_DEFORM:
             lip, expr = cond["lip"] * pg["w_lip"], cond["expr"] * pg["w_exp"]  # Conditioning.forward
-            R = R_c2h.T
-            pose = torch.cat([R.reshape(9), (-R @ origin) / self.diag])
+            frame = [lip, expr]
+            if cfg.pose_input:
+                R = R_c2h.T
+                frame.append(torch.cat([R.reshape(9), (-R @ origin) / self.diag]).expand(lip.shape[0], POSE_DIM))
             # F_deform([f_mu, lip, expr, pose]) with its first layer split: the f_mu part is per Gaussian.
             first = self.deform[0]
             feat = pg["f_mu"].shape[1]
-            frame_in = torch.cat([lip, expr, pose.expand(lip.shape[0], 12)], -1) @ first.weight[:, feat:].T
+            frame_in = torch.cat(frame, -1) @ first.weight[:, feat:].T
             h = self.deform[1:](pg["deform_in"] + frame_in)
             dd_mu, dq, dlog_s, dlogit, dsh = self._split(h)  # Eq. 19
-            mu, q, log_s, logit, sh = mu + dd_mu, q + dq, log_s + dlog_s, logit + dlogit, sh + dsh  # Eq. 20
+            mu, q, log_s, logit, sh = mu + cfg.deform_offset * self.diag * dd_mu, q + dq, log_s + dlog_s, logit + dlogit, sh + dsh  # Eq. 20
         return {"means": mu, "quats": q, "scales": torch.exp(log_s), "opacities": torch.sigmoid(logit), "sh": sh,
                 **can}
 
     # ---- protocol: render ------------------------------------------------------------------------------
+    def output_resolution(self, crop_size: int) -> int:
+        """The crop size with ``render_at_crop``, else the training resolution."""
+        return int(crop_size) if self.cfg.render_at_crop else int(self.meta.resolution)
+
     def render(self, camera: Camera, cond: dict[str, torch.Tensor] | None, background: torch.Tensor,
                pixels: torch.Tensor | None = None, train: bool = False) -> dict[str, Any]:
         """Render one frame at ``camera.K.size`` (see :meth:`Renderer.render`).
