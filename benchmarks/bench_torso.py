@@ -7,8 +7,8 @@ torso field (the neck bent to the head, :mod:`headsync.post.torso.neck`), and th
 
 Trains the subject's torso parts (``field+restorer``, the preset's [torso] sizes; ``--train`` says which),
 then measures on the held-out frames (the subject's split, never trained on by the head or the torso
-parts). The head is the subject's trained run ``--run``, driven by ``--dub-audio``. Prints one JSON object
-per subject.
+parts). The head is the subject's trained run ``--run``, driven by ``--dub-audio`` (and, for the matching
+frames, by the subject's own ``audio.wav``). Prints one JSON object per subject.
 """
 
 from __future__ import annotations
@@ -149,12 +149,26 @@ def subject_dark_level(subject: Subject, train_idx: np.ndarray, S: int, px: int,
 JAW_PX = 4.0
 
 
+def head_at(head: Head, subject: Subject, j: int, row: int, S: int, pcfg: portrait.PortraitConfig) -> tuple | None:
+    """Held-out frame ``j`` with the head rendered at its pose from audio row ``row``, limited to the
+    source's head support as at render: ``(j, crop uint8, labels, crop float, face mask M, head, opacity)``;
+    None when the frame shows no face."""
+    crop, labels = frame(subject, j, S)
+    m = bands.face_mask(labels)
+    if not m.any():
+        return None
+    h, op = portrait.limit_render(*head.render(j, row, head.pose.R[j], head.pose.T[j], S),
+                                  portrait.head_support(labels, pcfg))
+    return j, crop, labels, crop.astype(np.float32) / 255.0, m, h, op
+
+
 def trained_dub(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray, S: int, plate: np.ndarray,
                 level: float, n: int) -> dict:
     """A dub with the trained head: dub row ``t`` rendered at held-out source frame ``hold[t]``'s pose.
     The jaw mismatch is the rendered chin's row minus the source's (px at S, + = lower: the mouth opens
     more than the source's). Per frame, the dark-pixel fraction of the chin/neck band around the
-    rendered jaw for today's neck-colour fill, the restorer (with the rendered head merged as at render)
+    rendered jaw for today's neck-colour fill, the restorer (with the rendered head merged as at render;
+    ``restorer_before``: before the soft-edge fix, ``restorer_soft_chin``: before the chin-edge fix)
     and the source frame on the same pixels (``source``: what was there before the head was laid in;
     ``source_own``: the source frame's band around its own jaw); the seam along the rendered face edge
     there."""
@@ -164,14 +178,10 @@ def trained_dub(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray,
     rest_path = TorsoPath("restorer", path.cfg, path.restorer, None, path.device)
     rows = []
     for t, j in enumerate(hold[:n]):
-        j = int(j)
-        crop, labels = frame(subject, j, S)
-        ci = crop.astype(np.float32) / 255.0
-        m = bands.face_mask(labels)
-        if not m.any():
+        got = head_at(head, subject, int(j), t, S, pcfg)
+        if got is None:
             continue
-        h, op = head.render(j, t, head.pose.R[j], head.pose.T[j], S)
-        h, op = portrait.limit_render(h, op, portrait.head_support(labels, pcfg))
+        j, crop, labels, ci, m, h, op = got
         cols = np.nonzero(m.any(0))[0]
         third = slice(int(cols[0] + (cols[-1] - cols[0]) / 3), int(cols[-1] - (cols[-1] - cols[0]) / 3) + 1)
         face_r = rendered_face(op, labels)
@@ -185,6 +195,7 @@ def trained_dub(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray,
                          path.device)  # the head's soft edge over the zeroed background (until 2026-12-02)
         for name, comp in (("today", today_path.composite(h, op, TorsoLayer(bg, None), labels, ci)),
                            ("restorer_before", before),
+                           ("restorer_soft_chin", soft_chin(path, h, op, removed, ci)),
                            ("restorer", rest_path.composite(h, op, TorsoLayer(bg, None), labels, ci))):
             o, _ = crop_output(crop, comp, labels, op, None)
             row[name] = tm.dark_fraction(o, band, level)
@@ -196,6 +207,37 @@ def trained_dub(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray,
               "all": rows}
     return {g: {k: mean([r[k] for r in rs]) for k in rows[0]} | {"frames": len(rs)} for g, rs in groups.items()} | {
         "dark_level": round(level, 4), "jaw_px_at_S": round(lim, 2)}
+
+
+def soft_chin(path: TorsoPath, head: np.ndarray, opacity: np.ndarray, removed: np.ndarray, crop: np.ndarray
+              ) -> np.ndarray:
+    """The restorer path as it was until the chin-edge fix (2026-12-02): the head's soft chin edge laid over
+    the restored band at its own opacity, the network told only pixels under 0.5."""
+    return inpaint(path.restorer, head, opacity, np.where(removed[..., None], 0.0, crop), removed & (opacity < 0.5),
+                   path.device, removed)
+
+
+def matching(path: TorsoPath, head: Head, subject: Subject, hold: np.ndarray, S: int) -> dict:
+    """Held-out frames with the head driven by the subject's own track (its row for the frame): the
+    composite after the Portrait-Sync merge against the source frame, PSNR (dB) over the expanded band
+    (``M`` + 15 px minus ``M``) and the chin/neck band around the source's jaw, for the restorer path and
+    the path before the chin-edge fix (``soft_chin``)."""
+    pcfg = portrait.PortraitConfig()
+    px = bands.scaled_px(path.cfg.expand_render, S)
+    rest_path = TorsoPath("restorer", path.cfg, path.restorer, None, path.device)
+    res: dict[str, list[float]] = {}
+    for j in hold:
+        got = head_at(head, subject, int(j), int(j), S, pcfg)
+        if got is None:
+            continue
+        j, crop, labels, ci, m, h, op = got
+        removed = render_hole(labels, path.cfg.expand_render)
+        for name, comp in (("soft_chin", soft_chin(path, h, op, removed, ci)),
+                           ("restorer", rest_path.composite(h, op, TorsoLayer(ci, None), labels, ci))):
+            o, _ = crop_output(crop, comp, labels, op, None)
+            res.setdefault(f"band_psnr_db_{name}", []).append(tm.band_psnr(o, ci, removed & ~m))
+            res.setdefault(f"chin_psnr_db_{name}", []).append(tm.band_psnr(o, ci, bands.chin_neck_band(labels, px)))
+    return {k: mean(v) for k, v in res.items()} | {"frames": len(res.get("band_psnr_db_restorer", []))}
 
 
 def yaw(deg: float) -> np.ndarray:
@@ -317,6 +359,8 @@ def bench(subject_dir: Path, preset: str, n: int, train: str, run: str, dub_audi
             "train_seconds": {"restorer": record["restorer"]["seconds"], "field": record["field"]["seconds"]},
             "perceptual": record["restorer"]["perceptual"],
             "expanded_band": expanded_band(path, subject, hold[:: max(1, len(hold) // n)][:n], S, plate),
+            "matching": matching(path, Head(subject, run, subject.path("audio.wav")), subject,
+                                 hold[:: max(1, len(hold) // n)][:n], S),
             "dub": trained_dub(path, head, subject, hold, S, plate, level, 5 * n),
             "edited_pose": edited_pose(path, head, subject, hold, S, plate, max(2, n // 3)),
             "render_ms_per_frame": render_times(path, head, subject, hold, S, plate)}

@@ -16,7 +16,7 @@ from headsync.post.torso import bands
 from headsync.post.torso import field as torso_field
 from headsync.post.torso import restorer as torso_restorer
 from headsync.post.torso.config import MODES, TorsoConfig
-from headsync.post.torso.path import TorsoLayer, TorsoPath, render_hole
+from headsync.post.torso.path import TorsoLayer, TorsoPath, chin_coverage, render_hole
 from headsync.renderers.common.cameras import Intrinsics, project
 from headsync.training import torso as torso_training
 
@@ -254,9 +254,40 @@ def test_restorer_blends_a_soft_jaw_edge_with_the_restored_torso_not_black(one_t
     op = removed.astype(np.float32) * 0.7  # a head covering the removed pixels only partly (its soft edge)
     head = img * op[..., None]
     out = p.composite(head, op, TorsoLayer(img, None), labels, img)
+    cover = chin_coverage(op, labels, p.cfg.chin_solid_opacity)
+    laid = head * (cover / np.maximum(op, 1e-6))[..., None]  # the head at the coverage it is laid with
     # the removed background is zero: blended with it, the edge would be the premultiplied head alone
-    assert (out[removed] - head[removed]).sum(-1).min() > 0.1
+    assert (out[removed] - laid[removed]).sum(-1).min() > 0.1
     np.testing.assert_allclose(out[~removed], (head + (1 - op[..., None]) * img)[~removed], atol=1e-6)
+
+
+def test_a_soft_chin_edge_below_the_lips_is_restored_not_laid_over_the_band(one_torch_thread):
+    """The head's semi-transparent chin edge (its own chin shadow, 2026-12-02 franck dub: the dark pixels
+    left under a jaw lower than the source's) is part of the restored band where it lies over the source's
+    neck; above the lips, and over the plate, the head's soft edge is still laid over what is there."""
+    img, labels = scene(32)
+    net = torso_restorer.TorsoRestorer(width=4, depth=2).eval()
+    net.side = 32
+    p = TorsoPath("restorer", TorsoConfig(mode="restorer"), restorer=net)
+    removed = render_hole(labels, p.cfg.expand_render)
+    m = bands.face_mask(labels)
+    rim = removed & ~m  # the removed band around the face, where a soft head edge lies
+    below = np.zeros_like(rim)
+    below[bands.mouth_row(labels):] = True
+    op = np.where(m, 1.0, np.where(rim, 0.4, 0.0)).astype(np.float32)
+    chin = rim & below & np.isin(labels, bands.TORSO_LABELS)  # over the source's neck
+    kept = rim & ~chin  # above the lips, or over the plate
+    assert chin.any() and kept.any()
+
+    def composite(where, shade):  # the edge painted ``shade`` on ``where``
+        head = np.where(where[..., None], shade, img) * op[..., None]
+        return p.composite(head, op, TorsoLayer(img, None), labels, img)
+
+    outs = [composite(chin, 0.0), composite(chin, 1.0)]  # a black and a white chin edge
+    np.testing.assert_allclose(outs[0][chin], outs[1][chin], atol=1e-6)  # the edge's colour does not show
+    a, b = composite(kept, 0.0), composite(kept, 1.0)
+    assert np.abs(b[kept] - a[kept]).min() > 0.1  # elsewhere it does
+    np.testing.assert_allclose(outs[0][m & below], img[m & below], atol=1e-6)  # the solid face stays
 
 
 def test_neck_follows_the_key_points_and_the_shoulders_stay():
@@ -317,6 +348,8 @@ def test_bad_torso_settings_are_user_errors():
         TorsoConfig(mode="both")
     with pytest.raises(UserError):
         TorsoConfig(expand_min=30, expand_max=10)
+    with pytest.raises(UserError, match="chin_solid_opacity"):
+        TorsoConfig(chin_solid_opacity=1.0)
     assert TorsoConfig(mode="field+restorer").uses_field and TorsoConfig(mode="restorer").uses_restorer
     assert not TorsoConfig(mode="source").uses_restorer
 

@@ -37,6 +37,9 @@ class TorsoConfig:
     expand_min: float = 10.0  # random face-mask expansion in training, px at 512
     expand_max: float = 30.0
     expand_render: float = 15.0  # fixed expansion at render, px at 512
+    # below the lips, rendered head pixels under this opacity join the restored band (the head's soft chin
+    # edge carries its own chin shadow); from it to 1 the head's coverage ramps from 0 to 1 (:func:`.path.chin_coverage`)
+    chin_solid_opacity: float = 0.5
     perceptual_weight: float = 1.0  # L_inpaint = L1 + w * LPIPS (or its stand-in)
     # Torso field with Adaptive Pose Encoding (ER-NeRF Sec. 3.4)
     field_resolution: int = 128  # side the field is rendered at
@@ -53,6 +56,8 @@ class TorsoConfig:
             raise UserError(f"unknown torso mode {self.mode!r} in [torso]", f"use one of {', '.join(MODES)}")
         if not 0 < self.expand_min <= self.expand_max:
             raise UserError("[torso] needs 0 < expand_min <= expand_max", "e.g. expand_min = 10, expand_max = 30")
+        if not 0 <= self.chin_solid_opacity < 1:
+            raise UserError("[torso] needs 0 <= chin_solid_opacity < 1", "e.g. chin_solid_opacity = 0.5")
 
     @property
     def uses_restorer(self) -> bool:

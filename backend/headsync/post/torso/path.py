@@ -122,9 +122,31 @@ class TorsoPath:
                                      crop)
         under = crop if self.field is None else layer.background
         removed = render_hole(labels, self.cfg.expand_render)
-        hole = removed & (opacity < 0.5)
-        return torso_restorer.inpaint(self.restorer, head, opacity, np.where(removed[..., None], 0.0, under),
-                                      hole, self.device, removed)
+        cover = chin_coverage(opacity, labels, self.cfg.chin_solid_opacity)
+        face = head * (cover / np.maximum(opacity, 1e-6))[..., None]  # the head's colour at its new coverage
+        hole = removed & (cover < 1.0)
+        return torso_restorer.inpaint(self.restorer, face.astype(np.float32), cover,
+                                      np.where(removed[..., None], 0.0, under), hole, self.device, removed)
+
+
+def chin_coverage(opacity: np.ndarray, labels: np.ndarray, solid: float) -> np.ndarray:
+    """How much of each pixel the rendered head covers in the restorer's composite, (S, S) float32 in [0, 1].
+
+    From the lips' row down, on the source's face, neck and torso (where the gap between head and torso
+    lies), ``opacity`` (S, S) under ``solid`` counts as uncovered and [``solid``, 1] ramps to [0, 1]: the
+    head's semi-transparent chin edge, which carries the head's own chin shadow (drawn where the rendered
+    jaw is, lower than the source's when the dub opens the mouth wider), is restored with the band rather
+    than laid over it (SyncTalk++ Sec. III-F: the generated face merged, the restorer fills the rest).
+    Elsewhere (hair, the face above the lips, a frame without a face) the opacity itself."""
+    start = bands.mouth_row(labels)
+    out = opacity.astype(np.float32).copy()
+    if start is None:
+        return out
+    zone = np.zeros(labels.shape, bool)
+    zone[start:] = True
+    zone &= np.isin(labels, portrait.FACE_LABELS + bands.TORSO_LABELS)
+    out[zone] = np.clip((opacity[zone] - solid) / (1.0 - solid), 0.0, 1.0)
+    return out
 
 
 def render_hole(labels: np.ndarray, px_at_512: float) -> np.ndarray:
