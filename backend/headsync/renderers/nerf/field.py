@@ -76,11 +76,16 @@ class HeadField(nn.Module):
             with torch.no_grad():
                 self.sigma_net[0].weight[:, feat_dim + audio_dim:].zero_()
 
-    def density(self, fx: torch.Tensor, lip: torch.Tensor, expr: torch.Tensor
-                ) -> tuple[torch.Tensor, torch.Tensor]:
+    def density(self, fx: torch.Tensor, lip: torch.Tensor, expr: torch.Tensor,
+                offset: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``offset`` (K,) is added to sigma's pre-activation (the expression basis' density delta)."""
         h = self.sigma_net(torch.cat([fx, lip, expr], -1))
-        return trunc_exp(h[:, 0]), h[:, 1:]
+        pre = h[:, 0] if offset is None else h[:, 0] + offset
+        return trunc_exp(pre), h[:, 1:]
 
-    def color(self, geo: torch.Tensor, dirs: torch.Tensor, code: torch.Tensor) -> torch.Tensor:
+    def color(self, geo: torch.Tensor, dirs: torch.Tensor, code: torch.Tensor,
+              offset: torch.Tensor | None = None) -> torch.Tensor:
+        """``offset`` (K, 3) is added to the colour logits (the expression basis' colour delta)."""
         code = code.expand(geo.shape[0], -1)
-        return torch.sigmoid(self.color_net(torch.cat([geo, dirs, code], -1)))
+        logits = self.color_net(torch.cat([geo, dirs, code], -1))
+        return torch.sigmoid(logits if offset is None else logits + offset)

@@ -23,6 +23,7 @@ from torch import nn
 from ..base import Renderer, Sampling, SubjectMeta, TrainingCallback
 from ..common.cameras import Camera, pixel_grid
 from ..common.conditioning import AudioEncoder, AudioSmoother, Conditioning, ConditioningConfig
+from .expression_basis import ExpressionBasis, ExpressionBasisConfig
 from .field import FieldConfig, HeadField
 from ..common.hashgrid import HashGrid2D, HashGridConfig
 from ...core.compile import compile_forward
@@ -40,6 +41,7 @@ class ModelConfig:
     cond: ConditioningConfig = dataclasses.field(default_factory=ConditioningConfig)
     field: FieldConfig = dataclasses.field(default_factory=FieldConfig)
     march: MarchConfig = dataclasses.field(default_factory=MarchConfig)
+    expression_basis: ExpressionBasisConfig = dataclasses.field(default_factory=ExpressionBasisConfig)
     # Head box = template bounds grown by these fractions of its extent (x, y, z each side): the
     # face-mesh template covers the face only, the box must also hold hair, ears and the back of the head.
     bound_margin: tuple[float, float, float] = (0.45, 0.45, 0.6)
@@ -84,6 +86,11 @@ class TalkingHead(Renderer):
         self.field = HeadField(self.encoder.out_dim, cfg.cond.audio_dim, expr_dim, cfg.field)
         self.codes = nn.Embedding(meta.n_train, cfg.field.appearance_dim)
         nn.init.zeros_(self.codes.weight)
+        # Only built when enabled: a model without it draws the same
+        # random initial weights as before the basis existed.
+        self.expression_basis = (ExpressionBasis(cfg.expression_basis, expr_dim, aabb, template,
+                                                 cfg.cond.split_softness, device=device, prefer_tcnn=prefer_tcnn)
+                                 if cfg.expression_basis.enabled else None)
         self.grid = OccupancyGrid(aabb, cfg.march)
         # Subject frame -> its appearance code (-1: not a training frame); derived from meta, not saved.
         slot = torch.full((meta.n_frames,), -1, dtype=torch.long)
@@ -111,8 +118,10 @@ class TalkingHead(Renderer):
 
     # ---- parameters ------------------------------------------------------------------------
     def hash_parameters(self) -> list[nn.Parameter]:
-        """The hash tables (trained at the higher learning rate, 1e-2 in the papers)."""
-        return list(self.encoder.grid.parameters())
+        """The hash tables, the field's and the expression basis' (trained at the higher learning rate,
+        1e-2 in the papers)."""
+        basis = [] if self.expression_basis is None else self.expression_basis.grid_parameters()
+        return list(self.encoder.grid.parameters()) + basis
 
     def other_parameters(self) -> list[nn.Parameter]:
         ids = {id(p) for p in self.hash_parameters()}
@@ -155,12 +164,17 @@ class TalkingHead(Renderer):
             code = torch.where((slot >= 0)[:, None], self.codes(slot.clamp(min=0)), mean)
         return {"lip": lip, "expr": expr, "code": code}
     # ---- field queries ---------------------------------------------------------------------
-    def density(self, x: torch.Tensor, cond: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Head points (K, 3) with one frame's conditions -> (sigma (K,) per head unit, geo, fx)."""
+    def density(self, x: torch.Tensor, cond: dict[str, torch.Tensor]
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Head points (K, 3) with one frame's conditions -> (sigma (K,) per head unit, geo (K, G), the
+        expression basis' colour-logit delta (K, 3), None without the basis)."""
         fx = self.encoder(x)
         lip, expr = self.conditioning(fx, x, cond["lip"], cond["expr"])
-        sigma, geo = self.field.density(fx, lip, expr)
-        return sigma * self.inv_scale, geo, fx
+        d_rgb = d_sigma = None
+        if self.expression_basis is not None:
+            d_rgb, d_sigma = self.expression_basis(x, cond["expr"])
+        sigma, geo = self.field.density(fx, lip, expr, d_sigma)
+        return sigma * self.inv_scale, geo, d_rgb
 
     @torch.no_grad()
     def update_grid(self, cond: dict[str, torch.Tensor]) -> float:
@@ -177,16 +191,27 @@ class TalkingHead(Renderer):
         mc = self.cfg.march
         s = sample_occupied(origins, dirs, self.grid, mc.samples, mc.probes, perturb, mc.depth)
         if s.points.shape[0] > 0:
-            sigma, geo, _ = self.density(s.points, cond)
-            rgb = self.field.color(geo, dirs[s.ray], cond["code"])
+            sigma, geo, d_rgb = self.density(s.points, cond)
+            rgb = self.field.color(geo, dirs[s.ray], cond["code"], d_rgb)
         else:  # nothing occupied on any ray: keep the graph connected for the optimiser
             sigma = origins.new_zeros(0)
             rgb = origins.new_zeros(0, 3)
+            d_rgb = None
         out = composite(sigma, rgb, s)
+        if d_rgb is not None and self.training and self.cfg.expression_basis.penalty > 0:
+            out["expression_delta_sq"] = d_rgb.square().mean()
         out["head"] = out["rgb"]
         out["rgb"] = out["rgb"] + (1.0 - out["opacity"])[:, None] * bg
         out["samples"] = int(s.points.shape[0])
         return out
+
+    def losses(self, out: dict[str, torch.Tensor], target: torch.Tensor, mask: torch.Tensor,
+               batch) -> dict[str, torch.Tensor]:
+        """The expression basis' penalty (``expression_basis.penalty`` x mean squared colour-logit delta
+        of the batch's samples), keeping the deltas local; none without it."""
+        if "expression_delta_sq" not in out:
+            return {}
+        return {"expression_basis": self.cfg.expression_basis.penalty * out["expression_delta_sq"]}
 
     def render(self, camera: Camera, cond: dict[str, torch.Tensor], background: torch.Tensor,
                pixels: torch.Tensor | None = None, train: bool = False) -> dict[str, torch.Tensor]:
