@@ -67,6 +67,7 @@ from ..core.errors import UserError
 from ..core.progress import Reporter
 from ..core.atomic import save_npy_atomic, save_npz_atomic
 from ..subject.folder import CORE_EXPRESSIONS, Subject
+from . import face_template as ft
 
 NAME = "expression"
 VERSION = 1
@@ -91,6 +92,15 @@ LIDS_L = ((386, 374), (385, 380), (387, 373))
 BROW_INNER_R, BROW_INNER_L = (107, 66, 55, 65), (336, 296, 285, 295)
 BROW_OUTER_R, BROW_OUTER_L = (70, 63, 46, 53), (300, 293, 276, 283)
 BROW_MIDIN_R, BROW_MIDIN_L = (107, 66, 105, 55, 65, 52), (336, 296, 334, 285, 295, 282)
+#: Per core coefficient, the face-mesh points it moves: those it is read from here, and for the blinks the
+#: whole eye contour and iris (the lid sweeps the eye). The nerf renderer's expression basis lets each
+#: coefficient act only around its points (``renderers/nerf/expression_basis.py``).
+COEFFICIENT_POINTS = {
+    "browDownLeft": BROW_MIDIN_L, "browDownRight": BROW_MIDIN_R,
+    "browInnerUp": BROW_INNER_L + BROW_INNER_R,
+    "browOuterUpLeft": BROW_OUTER_L, "browOuterUpRight": BROW_OUTER_R,
+    "eyeBlinkLeft": ft.LEFT_EYE + ft.LEFT_IRIS, "eyeBlinkRight": ft.RIGHT_EYE + ft.RIGHT_IRIS,
+}
 
 
 @dataclass(frozen=True)

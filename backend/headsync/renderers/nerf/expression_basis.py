@@ -10,8 +10,14 @@ Here: a small tri-plane hash grid of its own (:class:`~headsync.renderers.common
 is decoded by a zero-initialised linear layer into, per coefficient ``k``, a colour delta ``delta_k(x)``
 (3 channels, added to the colour MLP's logits so colour stays in (0, 1)) and optionally a density delta
 (added to the density's pre-activation). The sum ``sum_k e_k * delta_k(x)`` is gated by the face split's
-``M_exp(x)`` (expression acts above the nose tip only, as the region attention does). Zero at
-initialisation: a model with the basis renders exactly as one without until it has trained.
+``M_exp(x)`` (expression acts above the nose tip only, as the region attention does) and, per
+coefficient, by a soft region around the face-mesh points that coefficient moves
+(:data:`~headsync.prepare.capture.COEFFICIENT_POINTS`: the left eye for ``eyeBlinkLeft``, the inner brows
+for ``browInnerUp``, ...). ARKit's coefficients are local actions, but in a real clip they are correlated
+(franck's eyeBlinkLeft/Right r = 0.96, browInnerUp with the outer raises 0.8, with the blinks 0.65): a
+least-squares fit over the whole face splits one closed eye or one raised brow among them, and an edit of
+one coefficient then shows only its share. Zero at initialisation: a model with the basis renders exactly
+as one without until it has trained.
 """
 
 from __future__ import annotations
@@ -19,9 +25,11 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import nn
 
+from ...prepare.capture import COEFFICIENT_POINTS
 from ..common.conditioning import FaceSplit
 from ..common.hashgrid import HashGridConfig
 from ..common.triplane import TriPlaneEncoder
@@ -41,36 +49,81 @@ class ExpressionBasisConfig:
     density: bool = False  # also a per-coefficient density delta (pre-activation of sigma)
     # Weight of the mean squared delta (colour logits and density) in the loss, so the deltas stay local.
     penalty: float = 0.0
+    # Learning rate of the whole basis, its tables and its decoding layer (Adam, no weight decay). The
+    # basis is linear in its hash features, and its decoding layer starts at zero: at the MLPs' 1e-3 it is
+    # the slow factor of the product (a two-frame fit needs ~150 steps where 1e-2 needs ~50), and the
+    # rare frames that carry a coefficient (franck's closed eyes: 3%) give it few steps.
+    lr: float = 1e-2
+    # Width (Gaussian sigma) of each coefficient's region around its face-mesh points, in outer-eye-corner
+    # distances of the template (0.08: about 7 mm on an average face, so a blink's region reaches the lid
+    # fold but hardly the brow). 0: no regions, every coefficient acts on the whole upper face.
+    region_radius: float = 0.08
+
+
+class CoefficientRegions(nn.Module):
+    """``forward(x (K, 3))`` -> (K, E) soft masks: ``exp(-d^2 / (2 sigma^2))``, ``d`` the distance from a head
+    point to the nearest face-mesh point of the coefficient (``template`` (P, 3), MediaPipe order; the
+    points of each of ``names`` from :data:`COEFFICIENT_POINTS`), ``sigma = radius`` x the template's
+    outer-eye-corner distance."""
+
+    def __init__(self, template, radius: float, names: tuple[str, ...]):
+        super().__init__()
+        t = torch.as_tensor(np.asarray(template, np.float32))
+        if t.shape[0] < 478:
+            raise ValueError(f"the expression basis' regions need the 478-point face template, got {t.shape[0]}")
+        unknown = [n for n in names if n not in COEFFICIENT_POINTS]
+        if unknown:
+            raise ValueError(f"no face-mesh region is known for {unknown}; set expression_basis.region_radius = 0")
+        owner = [k for k, n in enumerate(names) for _ in COEFFICIENT_POINTS[n]]
+        # Derived from the template (saved with the run's meta), so not part of the state dict.
+        self.register_buffer("points", t[[i for n in names for i in COEFFICIENT_POINTS[n]]], persistent=False)
+        self.register_buffer("owner", torch.tensor(owner), persistent=False)
+        self.count = len(names)
+        self.sigma = float(radius * (t[263] - t[33]).norm())
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        d2 = torch.cdist(x, self.points.to(x.dtype)).square()  # (K, M)
+        nearest = torch.full((x.shape[0], self.count), float("inf"), dtype=x.dtype, device=x.device)
+        nearest.scatter_reduce_(1, self.owner.expand(x.shape[0], -1), d2, reduce="amin")
+        return torch.exp(-nearest / (2 * self.sigma ** 2))
 
 
 class ExpressionBasis(nn.Module):
     """``forward(x (K, 3), expr (K|1, E))`` -> (colour-logit delta (K, 3), density delta (K,) or None).
 
-    ``aabb`` (2, 3) is the head box, ``template`` (P, 3) the face points that place the face split (its
-    ``softness`` as the conditioning's).
+    ``names`` are the E coefficients in order (``SubjectMeta.coefficient_names``), ``aabb`` (2, 3) the head
+    box, ``template`` (P, 3) the face points that place the face split (its ``softness`` as the
+    conditioning's) and the coefficients' regions.
     """
 
-    def __init__(self, cfg: ExpressionBasisConfig, expr_dim: int, aabb: torch.Tensor, template,
+    def __init__(self, cfg: ExpressionBasisConfig, names: tuple[str, ...], aabb: torch.Tensor, template,
                  softness: float, device: torch.device | str = "cpu", prefer_tcnn: bool = True):
         super().__init__()
         self.cfg = cfg
-        self.expr_dim = expr_dim
+        expr_dim = self.expr_dim = len(names)
         self.channels = 4 if cfg.density else 3
         self.encoder = TriPlaneEncoder(cfg.hash, aabb, device=device, prefer_tcnn=prefer_tcnn)
         self.decode = nn.Linear(self.encoder.out_dim, expr_dim * self.channels)
         nn.init.zeros_(self.decode.weight)
         nn.init.zeros_(self.decode.bias)
         self.split = FaceSplit(template, softness)
+        self.regions = CoefficientRegions(template, cfg.region_radius, names) if cfg.region_radius > 0 else None
 
-    def grid_parameters(self) -> list[nn.Parameter]:
-        """The basis' hash tables (trained with the field's, at the hash learning rate)."""
-        return list(self.encoder.grid.parameters())
+    def param_group(self) -> dict:
+        """The basis' optimiser group: all its parameters at ``lr``, no weight decay (the deltas of a
+        coefficient the clip rarely shows must not decay between the frames that carry it)."""
+        return {"name": "expression_basis", "params": list(self.parameters()), "lr": self.cfg.lr,
+                "weight_decay": 0.0}
 
     def bases(self, x: torch.Tensor) -> torch.Tensor:
-        """Per-coefficient deltas at head points (K, 3), gated by ``M_exp``: (K, E, channels)."""
-        _, m_exp = self.split(x)
+        """Per-coefficient deltas at head points (K, 3), gated by ``M_exp`` and each coefficient's region:
+        (K, E, channels)."""
+        _, gate = self.split(x)  # (K, 1)
+        if self.regions is not None:
+            gate = gate * self.regions(x)  # (K, E)
         d = self.decode(self.encoder(x)).view(x.shape[0], self.expr_dim, self.channels)
-        return d * m_exp.unsqueeze(-1)
+        return d * gate.unsqueeze(-1)
 
     def forward(self, x: torch.Tensor, expr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
         d = self.bases(x)

@@ -88,7 +88,7 @@ class TalkingHead(Renderer):
         nn.init.zeros_(self.codes.weight)
         # Only built when enabled: a model without it draws the same
         # random initial weights as before the basis existed.
-        self.expression_basis = (ExpressionBasis(cfg.expression_basis, expr_dim, aabb, template,
+        self.expression_basis = (ExpressionBasis(cfg.expression_basis, tuple(meta.coefficient_names), aabb, template,
                                                  cfg.cond.split_softness, device=device, prefer_tcnn=prefer_tcnn)
                                  if cfg.expression_basis.enabled else None)
         self.grid = OccupancyGrid(aabb, cfg.march)
@@ -118,19 +118,22 @@ class TalkingHead(Renderer):
 
     # ---- parameters ------------------------------------------------------------------------
     def hash_parameters(self) -> list[nn.Parameter]:
-        """The hash tables, the field's and the expression basis' (trained at the higher learning rate,
-        1e-2 in the papers)."""
-        basis = [] if self.expression_basis is None else self.expression_basis.grid_parameters()
-        return list(self.encoder.grid.parameters()) + basis
+        """The field's hash tables (trained at the higher learning rate, 1e-2 in the papers)."""
+        return list(self.encoder.grid.parameters())
 
     def other_parameters(self) -> list[nn.Parameter]:
-        ids = {id(p) for p in self.hash_parameters()}
+        """The MLPs, attention, audio encoder and appearance codes: all but the hash tables and the basis."""
+        basis = [] if self.expression_basis is None else list(self.expression_basis.parameters())
+        ids = {id(p) for p in self.hash_parameters() + basis}
         return [p for p in self.parameters() if id(p) not in ids]
 
     def param_groups(self, train_cfg=None) -> list[dict]:
-        return [{"name": "hash", "params": self.hash_parameters(), "lr": self.cfg.lr_hash, "weight_decay": 0.0},
-                {"name": "net", "params": self.other_parameters(), "lr": self.cfg.lr_net,
-                 "weight_decay": self.cfg.weight_decay}]
+        groups = [{"name": "hash", "params": self.hash_parameters(), "lr": self.cfg.lr_hash, "weight_decay": 0.0},
+                  {"name": "net", "params": self.other_parameters(), "lr": self.cfg.lr_net,
+                   "weight_decay": self.cfg.weight_decay}]
+        if self.expression_basis is not None:
+            groups.append(self.expression_basis.param_group())
+        return groups
 
     # ---- training hooks --------------------------------------------------------------------
     def sampling(self, stage: str) -> Sampling:
