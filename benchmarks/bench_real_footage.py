@@ -12,7 +12,9 @@ On ``--frames`` held-out frames (never trained on), each rendered with its own a
   at or under the prepared landmarks' 1st percentile, read by the same refined mesh as the renders);
   acceptance >= 0.5;
 * brow edit: ``browInnerUp = 1``; relative change of the brow-to-eye distance (acceptance >= +5%) and of the
-  mouth opening on the blink and brow edits (acceptance under 10%);
+  mouth opening on the blink and brow edits (acceptance under 10%), also as a share of the subject's open
+  mouth while speaking (``mouth_change_of_speaking``: a closed rendered mouth makes the relative change a
+  ratio of two sub-pixel readings);
 * captured blinks: held-out frames whose source eyes are closed (aperture under 0.2 x the clip's median),
   rendered with the captured curves; render aperture vs the source crop's, both read by the same mesh
   (acceptance within 30%);
@@ -95,7 +97,13 @@ def bench(subject: Subject, run: str, n_frames: int) -> dict:
     S = pose.K.size
     expr = load_expression(subject, n)
     feats = load_audio_features(subject, renderer.meta.audio_feature, n)
-    src_ap = apertures(np.load(subject.path("landmarks.npy")))
+    src_lm = np.load(subject.path("landmarks.npy"))
+    src_ap = apertures(src_lm)
+    # The subject's open mouth while speaking (90th percentile over the training frames): the scale of the
+    # mouth changes below when the rendered mouth is closed (franck's, under a track that does not drive his
+    # lips, opens 0.003 face heights: under a pixel, where a relative change is the face mesh's noise).
+    ok = train[np.isfinite(src_lm[train, :, :2]).all((1, 2))]
+    speaking = float(np.percentile([ms.mouth_opening(src_lm[f]) for f in ok[:: max(1, ok.size // 400)]], 90))
     p1 = float(np.nanpercentile(src_ap[train], 1))
     mesh, eyes = MeshReader(), MeshReader(refine=True)  # mouth: base mesh; eyes and brows: refined
     # the reference read by the renders' instrument: the most closed training frames' source crops
@@ -121,10 +129,13 @@ def bench(subject: Subject, run: str, n_frames: int) -> dict:
                          "source_aperture": float(np.nanmean(_measure(eyes, _source_crops(subject, frames, S),
                                                                       ms.eye_aperture))),
                          "progress": ms.closure_progress(float(np.nanmean(ap0)), float(np.nanmean(ap1)), most_closed),
-                         "mouth_change": ms.relative_change(float(np.nanmean(m0)), float(np.nanmean(m_blink)))}
+                         "mouth_change": ms.relative_change(float(np.nanmean(m0)), float(np.nanmean(m_blink))),
+                         "mouth_change_of_speaking": float(np.nanmean(m_blink) - np.nanmean(m0)) / speaking}
     out["brow_edit"] = {"brow_to_eye_unedited": float(np.nanmean(b0)), "brow_to_eye_edited": float(np.nanmean(b1)),
                         "change": ms.relative_change(float(np.nanmean(b0)), float(np.nanmean(b1))),
-                        "mouth_change": ms.relative_change(float(np.nanmean(m0)), float(np.nanmean(m_brow)))}
+                        "mouth_change": ms.relative_change(float(np.nanmean(m0)), float(np.nanmean(m_brow))),
+                        "mouth_change_of_speaking": float(np.nanmean(m_brow) - np.nanmean(m0)) / speaking}
+    out["mouth"] = {"unedited": float(np.nanmean(m0)), "speaking_p90": speaking}
 
     # captured blinks on held-out frames whose source eyes are closed
     closed = hold[src_ap[hold] < CLOSED_APERTURE_RATIO * np.nanmedian(src_ap)]
