@@ -123,30 +123,6 @@ def test_brow_raises_and_lowering():
     assert v[135:155, COL["browInnerUp"]].max() < 0.3
 
 
-def test_brows_that_the_mesh_moves_with_the_lids_are_bridged_across_blinks():
-    """The face mesh lifts its brow points when the lids close (franck: inner-brow height r = 0.56 with the
-    blinks). Three blinks that also lift the brows, and one real raise with open eyes: the raise reads as
-    before, the blinks leave the brows at rest; with the bridge off they rise with every blink."""
-    seq = sequence()
-    blinks = [range(40, 45), range(120, 125), range(200, 205)]
-    for frames in blinks:
-        close_eye(seq, frames, UPPER_R, LOWER_R)
-        close_eye(seq, frames, UPPER_L, LOWER_L)
-        move_up(seq, frames, ex.BROW_INNER_L + ex.BROW_INNER_R, 0.08)
-    move_up(seq, range(70, 100), ex.BROW_INNER_L + ex.BROW_INNER_R, 0.10)
-    v = coefficients(seq)
-    blink_frames = np.r_[40:45, 120:125, 200:205]
-    assert v[[42, 122, 202], 5:].min() > 0.9  # the blinks themselves are untouched
-    assert v[blink_frames, COL["browInnerUp"]].max() < 0.3
-    assert v[75:95, COL["browInnerUp"]].min() > 0.8
-    off = coefficients(seq, ex.Config(blink_bridge_level=0.0))
-    assert off[blink_frames, COL["browInnerUp"]].mean() > 0.5
-    # a closure longer than blink_bridge_max_s keeps its readings
-    assert not ex.blink_frames(np.r_[np.zeros(10), np.ones(40), np.zeros(10)], ex.Config(), 25.0).any()
-    gaps = ex.blink_frames(np.r_[np.zeros(10), np.ones(5), np.zeros(10)], ex.Config(), 25.0)
-    assert np.flatnonzero(gaps).tolist() == list(range(8, 17))  # 2 frames of margin each side
-
-
 def test_head_rotation_is_not_read_as_expression():
     """Roll +-20 deg, yaw +-25 deg, pitch +-12 deg, moving closer/farther and across: the seven barely move."""
     seq = sequence()

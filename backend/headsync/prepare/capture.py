@@ -47,9 +47,6 @@ Per-subject calibration (both methods), on the frames that have a face:
 * brow raise = (h - rest) / amplitude with ``rest`` = the median, ``amplitude`` = (high percentile - rest)
   but at least ``min_amplitude``, so that a face that never moves its brows is not scaled up to noise;
   brow lowering mirrors it below rest. MediaPipe's browDown scores are treated as raises of their own.
-  Before that the brow readings are bridged across blinks (:func:`blink_frames`, :func:`bridge`): the
-  mesh, and MediaPipe's scores, move the brows when the lids close, and a brow curve that rises with
-  every blink teaches the renderer that a brow raise closes the eyes.
 
 Then missing frames (no face) are filled by linear interpolation, the curves are filtered in time (a
 3-frame median, which removes single-frame spikes but keeps the 4-6 frame blinks at 25 fps, then a light
@@ -73,7 +70,7 @@ from ..subject.folder import CORE_EXPRESSIONS, Subject
 from . import face_template as ft
 
 NAME = "expression"
-VERSION = 2  # 2: brows bridged across blinks
+VERSION = 1
 REQUIRES = ("landmarks",)
 
 METHOD_MEDIAPIPE = "mediapipe_blendshapes"
@@ -129,15 +126,6 @@ class Config:
     blink_sigma: float = 0.6               # frames, Gaussian on the eye curves
     brow_sigma: float = 1.2                # frames, Gaussian on the brow curves
     min_face_fraction: float = 0.5         # fewer frames with a face -> the stage refuses
-    # Brows across blinks: the face mesh moves its brow points when the lids close (franck: the measured
-    # inner-brow height correlates r = 0.56 with the blinks, the calibrated browInnerUp 0.65, although his
-    # brows rise only slightly in the frames without a blink). Brows are slow and blinks short, so the brow
-    # readings of frames whose blink level exceeds ``blink_bridge_level`` (widened by ``blink_bridge_margin_s``
-    # each side) are replaced by a linear interpolation between the open-eye frames around them, before
-    # calibration; closures longer than ``blink_bridge_max_s`` keep their readings. 0 turns it off.
-    blink_bridge_level: float = 0.3
-    blink_bridge_margin_s: float = 0.08
-    blink_bridge_max_s: float = 1.0
 
 
 # ---- pose removal --------------------------------------------------------------------------------------
@@ -275,47 +263,20 @@ def calibrate_lower(height: np.ndarray, rest_pct: float, peak_pct: float,
     return values, {"rest": -info["rest"], "amplitude": info["amplitude"]}
 
 
-def blink_frames(blink: np.ndarray, cfg: Config, fps: float) -> np.ndarray:
-    """(N,) bool: frames of a blink event (``blink`` (N,) calibrated level of either eye above
-    ``blink_bridge_level``, events up to ``blink_bridge_max_s`` long) widened by the margin each side."""
-    out = np.zeros(len(blink), bool)
-    if cfg.blink_bridge_level <= 0:
-        return out
-    margin = int(round(cfg.blink_bridge_margin_s * fps))
-    for start, end in blink_events(blink, np.nextafter(cfg.blink_bridge_level, np.inf)):
-        if end - start <= cfg.blink_bridge_max_s * fps:
-            out[max(0, start - margin):end + margin] = True
-    return out
-
-
-def bridge(values: np.ndarray, gaps: np.ndarray) -> np.ndarray:
-    """(N,) readings with the ``gaps`` (N,) bool frames replaced by a linear interpolation between the
-    frames around them (held at the ends); unchanged when every frame or none is a gap."""
-    if not gaps.any() or gaps.all():
-        return values
-    t = np.arange(len(values))
-    out = np.asarray(values, np.float64).copy()
-    out[gaps] = np.interp(t[gaps], t[~gaps], out[~gaps])
-    return out
-
-
 def geometry_coefficients(landmarks: np.ndarray, cfg: Config, fps: float = 25.0) -> tuple[np.ndarray, dict]:
     """(N, 478, 3) meshes without NaN rows, in time order -> ((N, 7) calibrated unclipped core, calibration)."""
     f = geometry_features(align_faces(landmarks))
     raise_args = (cfg.brow_rest_percentile, cfg.brow_peak_percentile, cfg.brow_min_amplitude_geometry)
     blink_args = (cfg.blink_open_percentile, cfg.blink_closed_percentile, cfg.closed_ratio_geometry,
                   dip_window_frames(cfg, fps), cfg.blink_dip_ratio)
-    blinks = {"eyeBlinkLeft": calibrate_blink(f["open_l"], *blink_args),
-              "eyeBlinkRight": calibrate_blink(f["open_r"], *blink_args)}
-    gaps = blink_frames(np.maximum(blinks["eyeBlinkLeft"][0], blinks["eyeBlinkRight"][0]), cfg, fps)
-    b = {k: bridge(f[k], gaps) for k in ("midin_l", "midin_r", "inner", "outer_l", "outer_r")}
     cols = {
-        "browDownLeft": calibrate_lower(b["midin_l"], *raise_args),
-        "browDownRight": calibrate_lower(b["midin_r"], *raise_args),
-        "browInnerUp": calibrate_raise(b["inner"], *raise_args),
-        "browOuterUpLeft": calibrate_raise(b["outer_l"], *raise_args),
-        "browOuterUpRight": calibrate_raise(b["outer_r"], *raise_args),
-        **blinks,
+        "browDownLeft": calibrate_lower(f["midin_l"], *raise_args),
+        "browDownRight": calibrate_lower(f["midin_r"], *raise_args),
+        "browInnerUp": calibrate_raise(f["inner"], *raise_args),
+        "browOuterUpLeft": calibrate_raise(f["outer_l"], *raise_args),
+        "browOuterUpRight": calibrate_raise(f["outer_r"], *raise_args),
+        "eyeBlinkLeft": calibrate_blink(f["open_l"], *blink_args),
+        "eyeBlinkRight": calibrate_blink(f["open_r"], *blink_args),
     }
     values = np.stack([cols[n][0] for n in CORE_EXPRESSIONS], axis=1)
     return values, {n: _rounded(cols[n][1]) for n in CORE_EXPRESSIONS}
@@ -330,11 +291,12 @@ def mediapipe_coefficients(scores: np.ndarray, names: Sequence[str], cfg: Config
     raise_args = (cfg.brow_rest_percentile, cfg.brow_peak_percentile, cfg.brow_min_amplitude_mediapipe)
     blink_args = (cfg.blink_open_percentile, cfg.blink_closed_percentile, cfg.closed_ratio_mediapipe,
                   dip_window_frames(cfg, fps), cfg.blink_dip_ratio)
-    out = {n: calibrate_blink(1.0 - col[n], *blink_args) for n in CORE_EXPRESSIONS if n.startswith("eyeBlink")}
-    gaps = blink_frames(np.maximum(out["eyeBlinkLeft"][0], out["eyeBlinkRight"][0]), cfg, fps)
+    out = {}
     for n in CORE_EXPRESSIONS:
-        if not n.startswith("eyeBlink"):  # browDown scores rise as the brow lowers: each is a "raise"
-            out[n] = calibrate_raise(bridge(col[n], gaps), *raise_args)
+        if n.startswith("eyeBlink"):
+            out[n] = calibrate_blink(1.0 - col[n], *blink_args)
+        else:  # browDown scores rise as the brow lowers, so every brow score is a "raise" of its own
+            out[n] = calibrate_raise(col[n], *raise_args)
     values = np.stack([out[n][0] for n in CORE_EXPRESSIONS], axis=1)
     return values, {n: _rounded(out[n][1]) for n in CORE_EXPRESSIONS}
 
