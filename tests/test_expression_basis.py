@@ -6,10 +6,9 @@ import dataclasses
 import numpy as np
 import torch
 
-from headsync.renderers.nerf.expression_basis import ExpressionBasisConfig
+from headsync.renderers.common.expression_basis import CoefficientRegions, ExpressionBasis, ExpressionBasisConfig
 from headsync.renderers.nerf.model import TalkingHead
 from headsync.prepare.capture import COEFFICIENT_POINTS
-from headsync.renderers.nerf.expression_basis import CoefficientRegions, ExpressionBasis
 from headsync.subject.folder import CORE_EXPRESSIONS
 from synthetic_head import EYES, RADII, template_points
 from test_field import SMALL, small_meta

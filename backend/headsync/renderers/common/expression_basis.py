@@ -1,4 +1,4 @@
-"""A linear expression basis in the radiance field (issue 11; NeRFBlendShape, Gao et al. 2022).
+"""A linear expression basis for the renderers (issues 11, 12; NeRFBlendShape, Gao et al. 2022).
 
 The attended expression coefficients reach the field only as extra inputs of the density MLP, entangled
 with the point feature and the audio: a rare conditional change (a blink in 3% of the frames) then needs
@@ -18,6 +18,11 @@ for ``browInnerUp``, ...). ARKit's coefficients are local actions, but in a real
 least-squares fit over the whole face splits one closed eye or one raised brow among them, and an edit of
 one coefficient then shows only its share. Zero at initialisation: a model with the basis renders exactly
 as one without until it has trained.
+
+Both renderers use it: the NeRF (``[renderer.nerf.expression_basis]``) at every sample point of a ray, the
+Gaussian head (``[renderer.gaussian.expression_basis]``) once per Gaussian at its canonical centre, the
+colour delta added to its SH DC coefficient and the density delta to its opacity logit
+(:mod:`headsync.renderers.gaussian.model`).
 """
 
 from __future__ import annotations
@@ -42,12 +47,15 @@ def _basis_hash() -> HashGridConfig:
 
 @dataclass(frozen=True)
 class ExpressionBasisConfig:
-    """The ``[renderer.nerf.expression_basis]`` table; off by default so old checkpoints load unchanged."""
+    """The ``[renderer.nerf.expression_basis]`` / ``[renderer.gaussian.expression_basis]`` table; off by
+    default so old checkpoints load unchanged."""
 
     enabled: bool = False
     hash: HashGridConfig = dataclasses.field(default_factory=_basis_hash)
-    density: bool = False  # also a per-coefficient density delta (pre-activation of sigma)
-    # Weight of the mean squared delta (colour logits and density) in the loss, so the deltas stay local.
+    # Also a per-coefficient density delta: the NeRF's sigma pre-activation, a Gaussian's opacity logit.
+    density: bool = False
+    # Weight of the mean squared colour delta (the NeRF's colour logits, a Gaussian's SH DC) in the loss, so
+    # the deltas stay local.
     penalty: float = 0.0
     # Learning rate of the whole basis, its tables and its decoding layer (Adam, no weight decay). The
     # basis is linear in its hash features, and its decoding layer starts at zero: at the MLPs' 1e-3 it is
@@ -125,7 +133,12 @@ class ExpressionBasis(nn.Module):
         d = self.decode(self.encoder(x)).view(x.shape[0], self.expr_dim, self.channels)
         return d * gate.unsqueeze(-1)
 
-    def forward(self, x: torch.Tensor, expr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        d = self.bases(x)
-        total = torch.einsum("ke,kec->kc", expr.expand(x.shape[0], -1).to(d.dtype), d)
+    def combine(self, bases: torch.Tensor, expr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``bases`` (K, E, channels) from :meth:`bases` weighted by ``expr`` (K|1, E): (colour delta (K, 3),
+        density delta (K,) or None). Split from :meth:`forward` for callers whose points do not move
+        between frames (the Gaussians' canonical centres): they compute the bases once."""
+        total = torch.einsum("ke,kec->kc", expr.expand(bases.shape[0], -1).to(bases.dtype), bases)
         return total[:, :3], (total[:, 3] if self.cfg.density else None)
+
+    def forward(self, x: torch.Tensor, expr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.combine(self.bases(x), expr)
