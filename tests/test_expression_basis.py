@@ -150,6 +150,20 @@ def test_each_coefficient_region_covers_its_own_points_and_not_the_others():
         CoefficientRegions(face_points(), 0.08, ("jawOpen",))
 
 
+def test_brow_regions_can_be_wider_than_the_lids():
+    """``brow_radius`` widens the brow coefficients' regions only: a point above the inner brow (where a
+    raised brow goes) is well inside the wide region, and the blinks' masks do not change at all."""
+    tight = CoefficientRegions(face_points(), 0.08, CORE_EXPRESSIONS)
+    wide = CoefficientRegions(face_points(), 0.08, CORE_EXPRESSIONS, brow_radius=0.16)
+    brow, blinks = CORE_EXPRESSIONS.index("browInnerUp"), [CORE_EXPRESSIONS.index(n) for n in ("eyeBlinkLeft", "eyeBlinkRight")]
+    above = on_face(PLACES["browInnerUp"] + np.array([0.0, -0.15]))  # y is down
+    t, w = tight(above)[0, brow], wide(above)[0, brow]
+    assert w > 0.4 and w > 3 * t, (t, w)
+    xy = np.stack(np.meshgrid(np.linspace(-0.5, 0.5, 9), np.linspace(-0.7, 0.2, 9)), -1).reshape(-1, 2)
+    x = on_face(xy)
+    assert torch.equal(tight(x)[:, blinks], wide(x)[:, blinks])
+
+
 def fit_a_correlated_event(region_radius: float) -> dict[str, float]:
     """One 'event' frame where eyeBlinkLeft and browInnerUp are both 1 (as franck's brows rise with his
     blinks) and only the left eye changes (colour-logit delta -1 there), one rest frame (no change). Fits
