@@ -6,10 +6,9 @@ import dataclasses
 import numpy as np
 import torch
 
-from headsync.renderers.nerf.expression_basis import ExpressionBasisConfig
+from headsync.renderers.common.expression_basis import CoefficientRegions, ExpressionBasis, ExpressionBasisConfig
 from headsync.renderers.nerf.model import TalkingHead
 from headsync.prepare.capture import COEFFICIENT_POINTS
-from headsync.renderers.nerf.expression_basis import CoefficientRegions, ExpressionBasis
 from headsync.subject.folder import CORE_EXPRESSIONS
 from synthetic_head import EYES, RADII, template_points
 from test_field import SMALL, small_meta
@@ -149,6 +148,20 @@ def test_each_coefficient_region_covers_its_own_points_and_not_the_others():
     assert off.max() < 0.05, off  # the blink's region does not reach the brows, nor the left eye the right
     with np.testing.assert_raises(ValueError):
         CoefficientRegions(face_points(), 0.08, ("jawOpen",))
+
+
+def test_brow_regions_can_be_wider_than_the_lids():
+    """``brow_radius`` widens the brow coefficients' regions only: a point above the inner brow (where a
+    raised brow goes) is well inside the wide region, and the blinks' masks do not change at all."""
+    tight = CoefficientRegions(face_points(), 0.08, CORE_EXPRESSIONS)
+    wide = CoefficientRegions(face_points(), 0.08, CORE_EXPRESSIONS, brow_radius=0.16)
+    brow, blinks = CORE_EXPRESSIONS.index("browInnerUp"), [CORE_EXPRESSIONS.index(n) for n in ("eyeBlinkLeft", "eyeBlinkRight")]
+    above = on_face(PLACES["browInnerUp"] + np.array([0.0, -0.15]))  # y is down
+    t, w = tight(above)[0, brow], wide(above)[0, brow]
+    assert w > 0.4 and w > 3 * t, (t, w)
+    xy = np.stack(np.meshgrid(np.linspace(-0.5, 0.5, 9), np.linspace(-0.7, 0.2, 9)), -1).reshape(-1, 2)
+    x = on_face(xy)
+    assert torch.equal(tight(x)[:, blinks], wide(x)[:, blinks])
 
 
 def fit_a_correlated_event(region_radius: float) -> dict[str, float]:

@@ -11,11 +11,12 @@ import pytest
 import torch
 
 from headsync.renderers.common.conditioning import window_indices
+from headsync.renderers.common.expression_basis import ExpressionBasisConfig
 from headsync.renderers.common.losses import psnr_from_mse
 from headsync.renderers.gaussian.model import STAGE_DEFORM, GaussianConfig, GaussianHead
 from headsync.renderers.gaussian.strategy import DensifyConfig, DensifyStrategy
 from headsync.subject.data import load_subject_data
-from headsync.subject.folder import Subject
+from headsync.subject.folder import CORE_EXPRESSIONS, Subject
 from headsync.training.samplers import Batch, around_lips
 from headsync.training.trainer import FrameTensors, TrainConfig, frame_camera, subject_meta
 
@@ -181,14 +182,18 @@ def test_two_stage_training_reaches_psnr(synthetic):
     assert held > 22.0 and held > before + 8.0, (before, held, train_psnr)
 
 
-def test_densification_changes_count_and_training_continues(synthetic, tmp_path):
+@pytest.mark.parametrize("basis", [False, True])
+def test_densification_changes_count_and_training_continues(synthetic, tmp_path, basis):
+    """With the expression basis on, stage 2 from the second refinement on: the basis (no per-Gaussian
+    parameters) is evaluated at the resized set of centres."""
     data, ft = synthetic
-    model = build(data, fill_points=600)
+    extra = {"expression_basis": ExpressionBasisConfig(enabled=True)} if basis else {}
+    model = build(data, fill_points=600, **extra)
     n0 = model.n_gaussians
     cfg = DensifyConfig(refine_start_iter=5, refine_every=10, refine_stop_iter=60, reset_every=1000,
                         grow_grad2d=2e-4, grow_scale3d=0.03, prune_opa=0.05)
     strategy = DensifyStrategy(cfg, scene_scale=model.diag / 2)
-    log = train(model, data, ft, iters=60, strategy=strategy)
+    log = train(model, data, ft, iters=60, strategy=strategy, deform_from=15 if basis else None)
     grown = sum(r["cloned"] + r["split"] for r in log)
     pruned = sum(r["pruned"] for r in log)
     assert grown > 0 and pruned >= 0 and model.n_gaussians != n0
@@ -199,8 +204,9 @@ def test_densification_changes_count_and_training_continues(synthetic, tmp_path)
     # new size loads into a fresh model of the initial size.
     path = tmp_path / "g.pt"
     torch.save(model.state_dict(), path)
-    fresh = build(data, fill_points=600)
+    fresh = build(data, fill_points=600, **extra)
     fresh.load_renderer_state(torch.load(path))
+    fresh.set_stage(int(model.stage))
     assert fresh.n_gaussians == model.n_gaussians
     bg = frame(data, ft, 1)[1]
     with torch.no_grad():
@@ -208,6 +214,12 @@ def test_densification_changes_count_and_training_continues(synthetic, tmp_path)
         b = fresh.render(camera(data, ft, 1), cond_of(model, data, ft, 1), bg)["rgb"]
     assert torch.allclose(a, b)
     assert psnr(model, data, ft, data.train[:4]) > 18.0
+    if basis:  # it trained (the synthetic subject blinks) and acts on the densified set
+        assert model.expression_basis.decode.weight.abs().max() > 0
+        e = torch.zeros(1, 7)
+        e[0, CORE_EXPRESSIONS.index("eyeBlinkLeft")] = 1.0
+        d_rgb, _ = model.expression_basis.combine(model._per_gaussian(model.gaussians["means"])["expr_bases"], e)
+        assert d_rgb.shape == (model.n_gaussians, 3) and d_rgb.abs().max() > 0
 
 
 def test_strategy_reindexes_adam_moments():

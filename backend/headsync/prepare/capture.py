@@ -93,8 +93,8 @@ BROW_INNER_R, BROW_INNER_L = (107, 66, 55, 65), (336, 296, 285, 295)
 BROW_OUTER_R, BROW_OUTER_L = (70, 63, 46, 53), (300, 293, 276, 283)
 BROW_MIDIN_R, BROW_MIDIN_L = (107, 66, 105, 55, 65, 52), (336, 296, 334, 285, 295, 282)
 #: Per core coefficient, the face-mesh points it moves: those it is read from here, and for the blinks the
-#: whole eye contour and iris (the lid sweeps the eye). The nerf renderer's expression basis lets each
-#: coefficient act only around its points (``renderers/nerf/expression_basis.py``).
+#: whole eye contour and iris (the lid sweeps the eye). The renderers' expression basis lets each
+#: coefficient act only around its points (``renderers/common/expression_basis.py``).
 COEFFICIENT_POINTS = {
     "browDownLeft": BROW_MIDIN_L, "browDownRight": BROW_MIDIN_R,
     "browInnerUp": BROW_INNER_L + BROW_INNER_R,

@@ -1,1 +1,2 @@
-"""Parts renderers share: tri-plane and hash-grid encoders, conditioning, cameras, losses."""
+"""Parts renderers share: tri-plane and hash-grid encoders, conditioning, the expression basis, cameras,
+losses."""

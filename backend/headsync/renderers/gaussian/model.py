@@ -17,6 +17,11 @@ by the lip feature, the expression feature and the head pose.
 * Rendering: :func:`~headsync.renderers.gaussian.rasterizer.rasterization` from the frame's camera
   (head space is the world, the camera moves around the still head as in the NeRF), the head laid over
   the frame's background.
+* Expression basis (opt-in, ``[renderer.gaussian.expression_basis]``; issue 12): the NeRF's linear basis
+  (:mod:`~headsync.renderers.common.expression_basis`, NeRFBlendShape) evaluated once per Gaussian at its
+  canonical centre; in stage 2 ``sum_k e_k * delta_k(mu)`` is added to the SH DC coefficient (and, with
+  ``density``, to the opacity logit). Through ``F_deform`` alone, franck's blink and brow edits did not act
+  (docs/benchmarks.md).
 
 Training (the ``gaussian`` renderer of :mod:`headsync.renderers.registry`, through the one trainer):
 whole frames (:attr:`Sampling.IMAGE`); stage 1 (canonical) is the ``[train]`` schedule's coarse stage,
@@ -41,6 +46,7 @@ from torch import nn
 from ..base import Renderer, Sampling, SubjectMeta, TrainingCallback
 from ..common.cameras import Camera, Intrinsics
 from ..common.conditioning import AudioEncoder, AudioSmoother, Conditioning, ConditioningConfig, mlp
+from ..common.expression_basis import ExpressionBasis, ExpressionBasisConfig
 from ..common.hashgrid import HashGridConfig
 from ..common.losses import perceptual_loss
 from ..common.triplane import TriPlaneEncoder
@@ -100,6 +106,8 @@ class GaussianConfig:
     # (docs/benchmarks.md: the face mesh reads the mouth of such renders more reliably).
     render_at_crop: bool = False
     densify: DensifyConfig = dataclasses.field(default_factory=DensifyConfig)
+    # The linear expression basis on each Gaussian's SH DC (off: old checkpoints load, nothing changes).
+    expression_basis: ExpressionBasisConfig = dataclasses.field(default_factory=ExpressionBasisConfig)
 
 
 def init_centres(template: np.ndarray, aabb: np.ndarray, n_fill: int, seed: int) -> np.ndarray:
@@ -170,6 +178,11 @@ class GaussianHead(Renderer):
         for net in (self.canonical, self.deform):  # start at the initial Gaussians: grey, identity rotation
             nn.init.zeros_(net[-1].weight)
             nn.init.zeros_(net[-1].bias)
+        # Built only when enabled (as in the NeRF), after the modules with random initial weights so they
+        # draw the same with and without it. No per-Gaussian parameters: densification leaves it alone.
+        self.expression_basis = (ExpressionBasis(cfg.expression_basis, tuple(meta.coefficient_names), aabb, template,
+                                                 cfg.cond.split_softness, device=device)
+                                 if cfg.expression_basis.enabled else None)
         centres = torch.as_tensor(init_centres(template, box, cfg.fill_points, cfg.seed))
         self.gaussians = nn.ParameterDict({
             "means": nn.Parameter(centres),
@@ -203,8 +216,10 @@ class GaussianHead(Renderer):
 
     def _per_gaussian(self, x: torch.Tensor) -> dict[str, torch.Tensor]:
         """What does not depend on the frame: ``f_mu`` (Eq. 16-17), ``F_can(f_mu)`` (Eq. 18), the masked
-        attention's weights and ``F_deform``'s first layer applied to ``f_mu``. Rendering without gradients
-        reuses them until a parameter changes (every in-place update bumps a tensor's version)."""
+        attention's weights, ``F_deform``'s first layer applied to ``f_mu`` and, with the expression basis,
+        its per-coefficient deltas at the canonical centres ``expr_bases`` (N, E, channels). Rendering
+        without gradients reuses them until a parameter changes (every in-place update bumps a tensor's
+        version)."""
         key = (x.shape[0],) + tuple(id(p) for p in self.gaussians.values()) + tuple(p._version for p in self.parameters())
         cache = getattr(self, "_cache", None)
         if not torch.is_grad_enabled() and cache is not None and cache[0] == key:
@@ -215,6 +230,10 @@ class GaussianHead(Renderer):
         feat = f_mu.shape[1]
         out = {"f_mu": f_mu, "can": self.canonical(f_mu), "w_lip": w_lip, "w_exp": w_exp,
                "deform_in": f_mu @ first.weight[:, :feat].T + first.bias}
+        if self.expression_basis is not None:
+            # A colour field read at the centres: its spatial slope must not pull the means to where a
+            # coefficient's colour is (geometry is the rasterizer's to learn).
+            out["expr_bases"] = self.expression_basis.bases(x.detach())
         self._cache = None if torch.is_grad_enabled() else (key, out)
         return out
 
@@ -224,7 +243,10 @@ class GaussianHead(Renderer):
 
         Returns ``means`` (N, 3) head units, ``quats`` (N, 4) wxyz, ``scales`` (N, 3), ``opacities`` (N,),
         ``sh`` (N, K, 3), and the canonical ``can_scales``, ``can_quats``, ``can_opacities`` (detached, for
-        the densification strategy).
+        the densification strategy). In stage 2 with the expression basis, its colour delta is added to
+        ``sh[:, 0]`` unscaled: one unit is ``C0`` = 0.282 in colour, as one colour-logit unit is about 0.25 at
+        mid grey in the NeRF, so the basis' learning rate means the same in both; while training with a
+        ``penalty``, also ``expression_delta_sq`` (the mean squared colour delta).
         """
         g, cfg = self.gaussians, self.cfg
         x = g["means"]
@@ -236,6 +258,7 @@ class GaussianHead(Renderer):
         logit = logit + g["opacity_logits"]
         can = {"can_scales": torch.exp(log_s).detach(), "can_quats": q.detach(),
                "can_opacities": torch.sigmoid(logit).detach()}
+        extra = {}
         if cond is not None and int(self.stage) == STAGE_DEFORM:
             lip, expr = cond["lip"] * pg["w_lip"], cond["expr"] * pg["w_exp"]  # Conditioning.forward
             frame = [lip, expr]
@@ -249,8 +272,15 @@ class GaussianHead(Renderer):
             h = self.deform[1:](pg["deform_in"] + frame_in)
             dd_mu, dq, dlog_s, dlogit, dsh = self._split(h)  # Eq. 19
             mu, q, log_s, logit, sh = mu + cfg.deform_offset * self.diag * dd_mu, q + dq, log_s + dlog_s, logit + dlogit, sh + dsh  # Eq. 20
+            if self.expression_basis is not None:
+                d_rgb, d_opacity = self.expression_basis.combine(pg["expr_bases"], cond["expr"])
+                sh = torch.cat([(sh[:, 0] + d_rgb)[:, None], sh[:, 1:]], 1)
+                if d_opacity is not None:
+                    logit = logit + d_opacity
+                if self.training and cfg.expression_basis.penalty > 0:
+                    extra["expression_delta_sq"] = d_rgb.square().mean()
         return {"means": mu, "quats": q, "scales": torch.exp(log_s), "opacities": torch.sigmoid(logit), "sh": sh,
-                **can}
+                **can, **extra}
 
     # ---- protocol: render ------------------------------------------------------------------------------
     def output_resolution(self, crop_size: int) -> int:
@@ -280,7 +310,10 @@ class GaussianHead(Renderer):
         if pixels is not None:
             head, alpha = head[pixels[:, 1], pixels[:, 0]], alpha[pixels[:, 1], pixels[:, 0]]
         rgb = head + (1.0 - alpha)[..., None] * background
-        return {"rgb": rgb, "head": head, "opacity": alpha, "meta": meta}
+        out = {"rgb": rgb, "head": head, "opacity": alpha, "meta": meta}
+        if "expression_delta_sq" in gs:
+            out["expression_delta_sq"] = gs["expression_delta_sq"]
+        return out
 
     # ---- protocol: losses, parameters, state -----------------------------------------------------------
     def losses(self, out: dict[str, Any], target: torch.Tensor, mask: torch.Tensor, batch: Any = None
@@ -288,8 +321,9 @@ class GaussianHead(Renderer):
         """Weighted terms of Eq. 22 (stage 1) / Eq. 24 (stage 2) for whole images (S, S, 3) in [0, 1] (the
         perceptual term needs an image; pixel sets get L1 only), and in stage 2 ``lips_weight`` x the L1
         over the region around the lips, ``batch.lips`` (:class:`~headsync.training.samplers.Batch`:
-        half-open pixel bounds at the image's resolution, None without lips). ``mask`` is the trainer's:
-        its silhouette term is added there. Sum them for the loss."""
+        half-open pixel bounds at the image's resolution, None without lips), and the expression basis'
+        ``penalty`` x its mean squared colour delta when set. ``mask`` is the trainer's: its silhouette term
+        is added there. Sum them for the loss."""
         cfg = self.cfg
         if not hasattr(self, "_perceptual"):
             self.perceptual_name, self._perceptual = perceptual_loss()
@@ -303,19 +337,25 @@ class GaussianHead(Renderer):
         if deform and cfg.lips_weight > 0 and rgb.dim() == 3 and box is not None:
             x0, y0, x1, y1 = box
             terms["lips"] = cfg.lips_weight * (rgb[y0:y1, x0:x1] - target[y0:y1, x0:x1]).abs().mean()
+        if "expression_delta_sq" in out:
+            terms["expression_basis"] = cfg.expression_basis.penalty * out["expression_delta_sq"]
         return terms
 
     def param_groups(self, train_cfg: Any = None) -> list[dict[str, Any]]:
         """Optimizer groups, one per per-Gaussian tensor (densification re-indexes them) plus the tri-plane
-        tables and the networks, at the config's ``lr_*`` rates, no weight decay (3DGS uses plain Adam)."""
+        tables and the networks, at the config's ``lr_*`` rates, no weight decay (3DGS uses plain Adam), and
+        the expression basis' own group (:meth:`ExpressionBasis.param_group`) when it is on."""
         cfg = self.cfg
         groups = [{"name": k, "params": [self.gaussians[k]], "lr": getattr(cfg, f"lr_{k}"), "weight_decay": 0.0}
                   for k in GAUSSIAN_PARAMS]
         hash_params = list(self.encoder.grid.parameters())
-        ids = {id(p) for p in hash_params} | {id(p) for p in self.gaussians.parameters()}
+        basis = [] if self.expression_basis is None else list(self.expression_basis.parameters())
+        ids = {id(p) for p in hash_params + basis} | {id(p) for p in self.gaussians.parameters()}
         groups.append({"name": "hash", "params": hash_params, "lr": cfg.lr_hash, "weight_decay": 0.0})
         groups.append({"name": "net", "params": [p for p in self.parameters() if id(p) not in ids],
                        "lr": cfg.lr_net, "weight_decay": 0.0})
+        if self.expression_basis is not None:
+            groups.append(self.expression_basis.param_group())
         return groups
 
     # ---- protocol: training hooks -------------------------------------------------------------------

@@ -23,7 +23,7 @@ from torch import nn
 from ..base import Renderer, Sampling, SubjectMeta, TrainingCallback
 from ..common.cameras import Camera, pixel_grid
 from ..common.conditioning import AudioEncoder, AudioSmoother, Conditioning, ConditioningConfig
-from .expression_basis import ExpressionBasis, ExpressionBasisConfig
+from ..common.expression_basis import ExpressionBasis, ExpressionBasisConfig
 from .field import FieldConfig, HeadField
 from ..common.hashgrid import HashGrid2D, HashGridConfig
 from ...core.compile import compile_forward

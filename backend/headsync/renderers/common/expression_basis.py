@@ -1,4 +1,4 @@
-"""A linear expression basis in the radiance field (issue 11; NeRFBlendShape, Gao et al. 2022).
+"""A linear expression basis for the renderers (issues 11, 12; NeRFBlendShape, Gao et al. 2022).
 
 The attended expression coefficients reach the field only as extra inputs of the density MLP, entangled
 with the point feature and the audio: a rare conditional change (a blink in 3% of the frames) then needs
@@ -18,6 +18,11 @@ for ``browInnerUp``, ...). ARKit's coefficients are local actions, but in a real
 least-squares fit over the whole face splits one closed eye or one raised brow among them, and an edit of
 one coefficient then shows only its share. Zero at initialisation: a model with the basis renders exactly
 as one without until it has trained.
+
+Both renderers use it: the NeRF (``[renderer.nerf.expression_basis]``) at every sample point of a ray, the
+Gaussian head (``[renderer.gaussian.expression_basis]``) once per Gaussian at its canonical centre, the
+colour delta added to its SH DC coefficient and the density delta to its opacity logit
+(:mod:`headsync.renderers.gaussian.model`).
 """
 
 from __future__ import annotations
@@ -42,12 +47,15 @@ def _basis_hash() -> HashGridConfig:
 
 @dataclass(frozen=True)
 class ExpressionBasisConfig:
-    """The ``[renderer.nerf.expression_basis]`` table; off by default so old checkpoints load unchanged."""
+    """The ``[renderer.nerf.expression_basis]`` / ``[renderer.gaussian.expression_basis]`` table; off by
+    default so old checkpoints load unchanged."""
 
     enabled: bool = False
     hash: HashGridConfig = dataclasses.field(default_factory=_basis_hash)
-    density: bool = False  # also a per-coefficient density delta (pre-activation of sigma)
-    # Weight of the mean squared delta (colour logits and density) in the loss, so the deltas stay local.
+    # Also a per-coefficient density delta: the NeRF's sigma pre-activation, a Gaussian's opacity logit.
+    density: bool = False
+    # Weight of the mean squared colour delta (the NeRF's colour logits, a Gaussian's SH DC) in the loss, so
+    # the deltas stay local.
     penalty: float = 0.0
     # Learning rate of the whole basis, its tables and its decoding layer (Adam, no weight decay). The
     # basis is linear in its hash features, and its decoding layer starts at zero: at the MLPs' 1e-3 it is
@@ -58,15 +66,20 @@ class ExpressionBasisConfig:
     # distances of the template (0.08: about 7 mm on an average face, so a blink's region reaches the lid
     # fold but hardly the brow). 0: no regions, every coefficient acts on the whole upper face.
     region_radius: float = 0.08
+    # Width of the brow coefficients' regions (names starting "brow"), same unit; 0: ``region_radius``. A
+    # raised brow moves by about its own width, out of a region as tight as the lids need. On franck's
+    # Gaussian head (3 seeds, docs/benchmarks.md) 0.16 here took the brow edit from +1-2% to +3-7% with
+    # the blinks as good; 0.16 for every region did as much for the brows but widened the blinks' too.
+    brow_region_radius: float = 0.0
 
 
 class CoefficientRegions(nn.Module):
     """``forward(x (K, 3))`` -> (K, E) soft masks: ``exp(-d^2 / (2 sigma^2))``, ``d`` the distance from a head
     point to the nearest face-mesh point of the coefficient (``template`` (P, 3), MediaPipe order; the
-    points of each of ``names`` from :data:`COEFFICIENT_POINTS`), ``sigma = radius`` x the template's
-    outer-eye-corner distance."""
+    points of each of ``names`` from :data:`COEFFICIENT_POINTS`), ``sigma = radius`` (``brow_radius`` for
+    the brow coefficients when > 0) x the template's outer-eye-corner distance."""
 
-    def __init__(self, template, radius: float, names: tuple[str, ...]):
+    def __init__(self, template, radius: float, names: tuple[str, ...], brow_radius: float = 0.0):
         super().__init__()
         t = torch.as_tensor(np.asarray(template, np.float32))
         if t.shape[0] < 478:
@@ -79,14 +92,16 @@ class CoefficientRegions(nn.Module):
         self.register_buffer("points", t[[i for n in names for i in COEFFICIENT_POINTS[n]]], persistent=False)
         self.register_buffer("owner", torch.tensor(owner), persistent=False)
         self.count = len(names)
-        self.sigma = float(radius * (t[263] - t[33]).norm())
+        eye = (t[263] - t[33]).norm()
+        sigma = [float((brow_radius if brow_radius > 0 and n.startswith("brow") else radius) * eye) for n in names]
+        self.register_buffer("two_sigma2", torch.tensor([2 * s ** 2 for s in sigma]), persistent=False)
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         d2 = torch.cdist(x, self.points.to(x.dtype)).square()  # (K, M)
         nearest = torch.full((x.shape[0], self.count), float("inf"), dtype=x.dtype, device=x.device)
         nearest.scatter_reduce_(1, self.owner.expand(x.shape[0], -1), d2, reduce="amin")
-        return torch.exp(-nearest / (2 * self.sigma ** 2))
+        return torch.exp(-nearest / self.two_sigma2.to(x.dtype))
 
 
 class ExpressionBasis(nn.Module):
@@ -108,7 +123,8 @@ class ExpressionBasis(nn.Module):
         nn.init.zeros_(self.decode.weight)
         nn.init.zeros_(self.decode.bias)
         self.split = FaceSplit(template, softness)
-        self.regions = CoefficientRegions(template, cfg.region_radius, names) if cfg.region_radius > 0 else None
+        self.regions = (CoefficientRegions(template, cfg.region_radius, names, cfg.brow_region_radius)
+                        if cfg.region_radius > 0 else None)
 
     def param_group(self) -> dict:
         """The basis' optimiser group: all its parameters at ``lr``, no weight decay (the deltas of a
@@ -125,7 +141,12 @@ class ExpressionBasis(nn.Module):
         d = self.decode(self.encoder(x)).view(x.shape[0], self.expr_dim, self.channels)
         return d * gate.unsqueeze(-1)
 
-    def forward(self, x: torch.Tensor, expr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
-        d = self.bases(x)
-        total = torch.einsum("ke,kec->kc", expr.expand(x.shape[0], -1).to(d.dtype), d)
+    def combine(self, bases: torch.Tensor, expr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``bases`` (K, E, channels) from :meth:`bases` weighted by ``expr`` (K|1, E): (colour delta (K, 3),
+        density delta (K,) or None). Split from :meth:`forward` for callers whose points do not move
+        between frames (the Gaussians' canonical centres): they compute the bases once."""
+        total = torch.einsum("ke,kec->kc", expr.expand(bases.shape[0], -1).to(bases.dtype), bases)
         return total[:, :3], (total[:, 3] if self.cfg.density else None)
+
+    def forward(self, x: torch.Tensor, expr: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        return self.combine(self.bases(x), expr)
