@@ -76,7 +76,9 @@ def test_a_coefficient_learns_a_colour_change_on_the_gaussians_of_its_region_onl
     torch.manual_seed(0)
     meta = dataclasses.replace(subject_meta(data, TrainConfig(resolution=SIZE, audio_feature="mel")),
                                template=face_points())
-    model = GaussianHead(GaussianConfig(fill_points=1500, expression_basis=ExpressionBasisConfig(enabled=True)), meta)
+    # lid regions as the Gaussian head's presets set them (the synthetic face's eyes are 0.8 head units apart)
+    basis = ExpressionBasisConfig(enabled=True, region_radius=0.08)
+    model = GaussianHead(GaussianConfig(fill_points=1500, expression_basis=basis), meta)
     model.set_stage(STAGE_DEFORM)
     basis = model.expression_basis
     means = model.gaussians["means"].detach()

@@ -64,8 +64,8 @@ class TrainConfig:
     # Expression-focused sampling (training/expression_sampling.py): share of the rays put around the eyes
     # and brows, side of the eye patch added to the patches (0: none), share of frames drawn from the
     # expression coefficients' tails (0: uniform).
-    # Off by default: over preview's whole schedule it made no edit act on franck or the sample and cost
-    # 0.4-1.7 dB held-out PSNR (docs/benchmarks.md, issue 11); opt in per preset.
+    # Off by default, on in `preview`: alone it made no edit act, with the renderers' expression bases it
+    # is what makes blink edits act on a real clip, for 1-1.5 dB held-out PSNR (docs/benchmarks.md, issue 11).
     eyes_fraction: float = 0.0
     eyes_patch: int = 0
     tail_share: float = 0.0
