@@ -69,7 +69,8 @@ def tiny_preset(path: Path) -> Path:
     """The ``preview`` preset with a tiny [train] table and NeRF, and a short encoder schedule (minutes on two cores)."""
     tables = tomllib.loads((PACKAGE / "presets" / "preview.toml").read_text())
     tables["train"] = {**tables.get("train", {}), **TINY_TRAIN}
-    nerf = tables.setdefault("renderer", {}).setdefault("nerf", {})
+    tables.setdefault("renderer", {})["default"] = "nerf"  # the tiny tables are NeRF ones (preview defaults to the Gaussian head)
+    nerf = tables["renderer"].setdefault("nerf", {})
     for name, table in TINY_NERF.items():
         nerf[name] = {**nerf.get(name, {}), **table}
     if "ave" in tables:

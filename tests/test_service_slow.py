@@ -33,6 +33,7 @@ def tiny_preset(path: Path) -> Path:
     tables = tomllib.loads((presets_dir() / "preview.toml").read_text())
     tables.setdefault("train", {}).update(coarse_iters=30, fine_iters=6, checkpoint_every=10, log_every=5,
                                           rays=256, resolution=64)
+    tables.setdefault("renderer", {})["default"] = "nerf"  # these are NeRF iterations (preview's default is the Gaussian head)
     tables.setdefault("ave", {}).update(sync_steps=20, ave_steps=30, sync_batch=16, ave_batch=8)  # briefly
     path.write_text(dump_tables(tables))
     return path
