@@ -44,6 +44,28 @@ def test_names_are_matched_whole():
         assert not tasks.is_name(bad), bad
 
 
+def test_one_name_rule_for_jobs_records_and_renderers(tmp_path):
+    """The rule the jobs check is the one the subject records read back from disk and renderers register
+    under: a run's recorded renderer that is no name (a space, '..', a newline) is shown as unknown, and a
+    renderer cannot be registered as one."""
+    import json
+
+    from headsync.core import names
+    from headsync.renderers.base import Renderer
+    from headsync.renderers.registry import register_renderer
+    from headsync.subject.info import run_info
+
+    assert tasks.is_name is names.is_name and tasks.NAME_PATTERN == names.NAME_PATTERN
+    for recorded, shown in (("gaussian", "gaussian"), ("my-plugin.v2", "my-plugin.v2"), ("a b", None),
+                            ("..", None), ("nerf\n", None), ("x" * 65, None), (3, None)):
+        (tmp_path / "run").mkdir(exist_ok=True)
+        (tmp_path / "run" / "metrics.json").write_text(json.dumps({"renderer": recorded}))
+        assert run_info(tmp_path / "run")["renderer"] == shown, recorded
+    for bad in ("a b", "../x", ""):
+        with pytest.raises(ValueError, match="is not a name"):
+            register_renderer(bad)(type("Bad", (Renderer,), {}))
+
+
 def test_one_schema_drives_the_command_line():
     """The CLI's flags come from the kinds' schemas: a flag per parameter, the same checks."""
     from headsync import cli

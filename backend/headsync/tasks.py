@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import importlib
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Callable, Literal, get_args
@@ -25,25 +24,16 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .core.config import AUTO
 from .core.errors import UserError
+from .core.names import NAME_MAX, NAME_PATTERN, NAME_RE, is_name  # noqa: F401 (the job schemas' rule)
 from .core.progress import Reporter
 from .post.torso.config import MODES as TORSO_MODES
 from .renderers.registry import DEFAULT_RENDERER, RENDERERS
 
-#: A name (subject, model run, shot): a folder name, never a path. No slashes, no "..", no newline;
-#: checked with a full match everywhere (the same pattern goes into the OpenAPI document).
-NAME_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
-NAME_MAX = 64
-NAME_RE = re.compile(NAME_PATTERN)
 #: Longest path string accepted (Linux PATH_MAX).
 PATH_MAX = 4096
 #: Ranges of the preparation settings (the papers use 25 fps and 512 pixels).
 FPS_RANGE = (1.0, 120.0)
 RESOLUTION_RANGE = (64, 2048)
-
-
-def is_name(value: Any) -> bool:
-    """True when ``value`` is a valid name (see :data:`NAME_PATTERN`), matched whole."""
-    return isinstance(value, str) and len(value) <= NAME_MAX and NAME_RE.fullmatch(value) is not None
 
 
 # ---- what a string parameter is (read by the service to resolve and confine it) --------------------

@@ -13,6 +13,7 @@ import os
 from typing import TYPE_CHECKING, Callable, Iterator
 
 from ..core.errors import UserError
+from ..core.names import is_name
 
 if TYPE_CHECKING:  # the base module imports torch; this one stays light, so listing names is cheap to import
     from .base import Renderer
@@ -28,8 +29,12 @@ _loaded = False
 
 
 def register_renderer(kind: str) -> Callable[["type[Renderer]"], "type[Renderer]"]:
-    """Class decorator: register ``cls`` as renderer ``kind`` (sets ``cls.kind``)."""
+    """Class decorator: register ``cls`` as renderer ``kind`` (sets ``cls.kind``), a name by
+    :func:`~headsync.core.names.is_name` (it is stored in checkpoints and shown in the add-on)."""
     from .base import Renderer
+
+    if not is_name(kind):
+        raise ValueError(f"renderer name {kind!r} is not a name (letters, digits, '_', '-', single dots)")
 
     def deco(cls: "type[Renderer]") -> "type[Renderer]":
         if not (isinstance(cls, type) and issubclass(cls, Renderer)):

@@ -14,6 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
+from ..core.names import is_name
 from ..post.torso.config import FIELD_FILE, MODES, RECORD_FILE, RESTORER_FILE, trained_modes
 from .folder import CORE_EXPRESSIONS, MANIFEST
 
@@ -21,7 +22,6 @@ from .folder import CORE_EXPRESSIONS, MANIFEST
 METRICS_FILE = "metrics.json"
 MAX_WARNINGS = 20
 MAX_WARNING_CHARS = 1000
-MAX_NAME_CHARS = 64
 
 
 def _json(path: Path) -> dict[str, Any]:
@@ -43,11 +43,6 @@ def _text(value: Any, limit: int) -> str | None:
     return clean if len(clean) <= limit else clean[:limit - 1] + "…"
 
 
-def _name(value: Any) -> str | None:
-    return value if isinstance(value, str) and 0 < len(value) <= MAX_NAME_CHARS and value.isprintable() \
-        and "/" not in value and "\\" not in value else None
-
-
 def warnings_of(manifest: dict[str, Any]) -> list[str]:
     """The manifest's ``warnings``: strings only, at most :data:`MAX_WARNINGS` of :data:`MAX_WARNING_CHARS`."""
     raw = manifest.get("warnings")
@@ -62,7 +57,7 @@ def run_info(run: Path) -> dict[str, Any]:
     psnr = m.get("heldout_psnr")
     weak = m.get("weak_expressions")
     return {"name": run.name, "trained": bool(m),
-            "renderer": _name(m.get("renderer")),
+            "renderer": m.get("renderer") if is_name(m.get("renderer")) else None,
             "heldout_psnr": float(psnr) if isinstance(psnr, (int, float)) and math.isfinite(psnr) else None,
             "weak_expressions": [w for w in weak if w in CORE_EXPRESSIONS] if isinstance(weak, list) else None}
 
