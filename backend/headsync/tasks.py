@@ -24,7 +24,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationErr
 
 from .core.config import AUTO
 from .core.errors import UserError
-from .core.names import NAME_MAX, NAME_PATTERN, NAME_RE, is_name  # noqa: F401 (the job schemas' rule)
+from .core.names import NAME_MAX, NAME_PATTERN, is_name
 from .core.progress import Reporter
 from .post.torso.config import MODES as TORSO_MODES
 from .renderers.registry import DEFAULT_RENDERER, RENDERERS

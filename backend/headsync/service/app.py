@@ -33,6 +33,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from .. import __version__, tasks
 from . import jobspec
+from ..core.names import is_name
 from ..post.torso.config import MODES as TORSO_MODES
 from ..renderers.registry import renderer_names
 from ..subject.info import subject_info
@@ -456,7 +457,7 @@ def create_app(service: Service, on_startup: Callable[[], None] | None = None,
     def subjects():
         """Subjects in the workspace: finished stages (subject.json), model runs (models/*), warnings, torso."""
         root = ws / "subjects"
-        names = [d.name for d in (sorted(root.iterdir()) if root.is_dir() else []) if d.is_dir() and tasks.is_name(d.name)]
+        names = [d.name for d in (sorted(root.iterdir()) if root.is_dir() else []) if d.is_dir() and is_name(d.name)]
         return ApiJSON([r for r in map(subject_record, names) if r is not None])
 
     @app.get(API + "/subjects/{name}", response_model=SubjectOut, responses=_responses(401, 404, 422))

@@ -30,8 +30,8 @@ from typing import Any
 from .. import tasks
 from ..core.config import AUTO, preset_names
 from ..core.errors import UserError
+from ..core.names import NAME_MAX, NAME_PATTERN, is_name
 
-NAME_PATTERN = tasks.NAME_PATTERN
 #: The service's own files in the workspace: no job writes there.
 RESERVED = ("jobs.db", "jobs.db-wal", "jobs.db-shm", "logs", "server.json", "service.lock")
 SUBJECTS = "subjects"
@@ -65,8 +65,8 @@ def creating_kinds() -> list[str]:
 
 
 def check_name(value: Any, what: str) -> str:
-    if not tasks.is_name(value):
-        raise ApiError(422, f"{what} must be a name of 1-{tasks.NAME_MAX} letters, digits, '_', '-' or single "
+    if not is_name(value):
+        raise ApiError(422, f"{what} must be a name of 1-{NAME_MAX} letters, digits, '_', '-' or single "
                             f"dots, starting with a letter or digit; got {_short(value)}",
                        "names are folders inside the workspace: no slashes, no '..', no spaces or newlines")
     return value
@@ -331,7 +331,7 @@ def json_schema_for_requests(ref_template: str = "#/components/schemas/{model}")
             "description": task.help,
             "properties": {
                 "kind": {"type": "string", "enum": [kind]},
-                "subject": {"type": "string", "pattern": NAME_PATTERN, "minLength": 1, "maxLength": tasks.NAME_MAX},
+                "subject": {"type": "string", "pattern": NAME_PATTERN, "minLength": 1, "maxLength": NAME_MAX},
                 "params": {"$ref": ref_template.format(model=name)},
             },
             "required": ["kind", "subject"] + (["params"] if required else []),

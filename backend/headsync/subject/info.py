@@ -55,9 +55,9 @@ def run_info(run: Path) -> dict[str, Any]:
     "weak_expressions" (core coefficient names, or None when the run did not check them)}."""
     m = _json(run / METRICS_FILE)
     psnr = m.get("heldout_psnr")
-    weak = m.get("weak_expressions")
+    weak, renderer = m.get("weak_expressions"), m.get("renderer")
     return {"name": run.name, "trained": bool(m),
-            "renderer": m.get("renderer") if is_name(m.get("renderer")) else None,
+            "renderer": renderer if is_name(renderer) else None,
             "heldout_psnr": float(psnr) if isinstance(psnr, (int, float)) and math.isfinite(psnr) else None,
             "weak_expressions": [w for w in weak if w in CORE_EXPRESSIONS] if isinstance(weak, list) else None}
 
