@@ -30,8 +30,11 @@ import re
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
-#: Names the service accepts for subjects and runs (mirrors the service's rule).
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Names the service accepts for subjects and runs: its rule (backend/headsync/core/names.py), copied because
+#: the add-on does not import the backend; tests/test_addon_curves.py pins the two equal.
+NAME_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
+NAME_MAX = 64
+NAME_RE = re.compile(NAME_PATTERN)
 
 ACTIVE_STATES = ("submitting", "queued", "running")
 FINAL_STATES = ("succeeded", "failed", "cancelled")

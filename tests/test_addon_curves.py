@@ -167,6 +167,20 @@ def test_names():
     assert shots.empty_name("s1") == "HS_s1" and shots.data_path("eyeBlinkLeft") == '["eyeBlinkLeft"]'
 
 
+def test_the_addon_names_things_by_the_services_rule():
+    """The add-on keeps its own copy of the name rule (it does not import the backend): the same pattern,
+    and every name safe_name makes from an odd file name is one the service accepts."""
+    from headsync.core import names
+    assert shots.NAME_PATTERN == names.NAME_PATTERN and shots.NAME_MAX == names.NAME_MAX
+    odd = ["a...b", "x....y", "..hidden", "shot 1 (final).wav", "-_-", "a" * 80 + ".wav", "é/../ü", "a.-.b",
+           "take..2..", "x" * 63 + "..y", "  ", "Ω"]
+    for text in odd:
+        made = shots.safe_name(text)
+        assert names.is_name(made), (text, made)
+        assert shots.NAME_RE.fullmatch(made) and ".." not in made
+    assert not shots.NAME_RE.fullmatch("a..b") and not shots.NAME_RE.fullmatch(".a")
+
+
 def test_keyframe_co_is_flat():
     assert shots.keyframe_co(10, [0.1, 0.2]) == [10.0, 0.1, 11.0, 0.2]
     assert shots.keyframe_co(10, [0.1, 0.2, 0.3], [0, 2]) == [10.0, 0.1, 12.0, 0.3]

@@ -18,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +28,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from test_addon_blender import backend_python, needs_bpy, run_blender  # noqa: E402
-from toml_write import dump_tables  # noqa: E402
+from toml_write import tiny_nerf_preset  # noqa: E402
 
 # The bpy venvs this runs in have no headsync: the package data is read from the checkout.
 PACKAGE = REPO / "backend" / "headsync"
@@ -67,16 +66,7 @@ TINY_AVE = {"sync_steps": 40, "ave_steps": 30}
 
 def tiny_preset(path: Path) -> Path:
     """The ``preview`` preset with a tiny [train] table and NeRF, and a short encoder schedule (minutes on two cores)."""
-    tables = tomllib.loads((PACKAGE / "presets" / "preview.toml").read_text())
-    tables["train"] = {**tables.get("train", {}), **TINY_TRAIN}
-    tables.setdefault("renderer", {})["default"] = "nerf"  # the tiny tables are NeRF ones (preview defaults to the Gaussian head)
-    nerf = tables["renderer"].setdefault("nerf", {})
-    for name, table in TINY_NERF.items():
-        nerf[name] = {**nerf.get(name, {}), **table}
-    if "ave" in tables:
-        tables["ave"].update({k: v for k, v in TINY_AVE.items() if k in tables["ave"]})
-    path.write_text(dump_tables(tables))
-    return path
+    return tiny_nerf_preset(PACKAGE / "presets" / "preview.toml", path, TINY_TRAIN, TINY_AVE, TINY_NERF)
 
 
 @pytest.fixture

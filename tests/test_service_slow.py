@@ -13,13 +13,12 @@ import re
 import subprocess
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 import pytest
 
 from service_harness import REPO, ServiceProc, wait_for
-from toml_write import dump_tables
+from toml_write import tiny_nerf_preset
 from headsync.core.package_data import presets_dir, sample_dir
 
 pytestmark = pytest.mark.slow
@@ -30,13 +29,10 @@ SAMPLE = sample_dir()
 def tiny_preset(path: Path) -> Path:
     """The ``preview`` preset with a few dozen training iterations of a 64-pixel head (a checkpoint every 10)
     and a few dozen steps of the audio-visual encoder."""
-    tables = tomllib.loads((presets_dir() / "preview.toml").read_text())
-    tables.setdefault("train", {}).update(coarse_iters=30, fine_iters=6, checkpoint_every=10, log_every=5,
-                                          rays=256, resolution=64)
-    tables.setdefault("renderer", {})["default"] = "nerf"  # these are NeRF iterations (preview's default is the Gaussian head)
-    tables.setdefault("ave", {}).update(sync_steps=20, ave_steps=30, sync_batch=16, ave_batch=8)  # briefly
-    path.write_text(dump_tables(tables))
-    return path
+    return tiny_nerf_preset(presets_dir() / "preview.toml", path,
+                            train=dict(coarse_iters=30, fine_iters=6, checkpoint_every=10, log_every=5, rays=256,
+                                       resolution=64),
+                            ave=dict(sync_steps=20, ave_steps=30, sync_batch=16, ave_batch=8))
 
 
 def test_prepare_and_train_the_sample_through_the_service(tmp_path):

@@ -27,3 +27,24 @@ def dump_tables(tables: dict) -> str:
         lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
         lines.append("")
     return "\n".join(lines)
+
+
+def tiny_nerf_preset(source, path, train: dict, ave: dict, nerf: dict | None = None):
+    """Write ``source`` (a shipped preset's path) shrunk to ``path`` and return ``path``: ``train`` keys
+    replace ``[train]``'s, ``ave`` keys ``[ave]``'s (only those it has), ``nerf`` sub-tables are merged into
+    ``[renderer.nerf.*]``'s, and the NeRF becomes the default renderer, since these are ray iterations
+    (``preview`` defaults to the Gaussian head)."""
+    import tomllib
+    from pathlib import Path
+
+    tables = tomllib.loads(Path(source).read_text())
+    tables["train"] = {**tables.get("train", {}), **train}
+    renderer = tables.setdefault("renderer", {})
+    renderer["default"] = "nerf"
+    for name, table in (nerf or {}).items():
+        renderer.setdefault("nerf", {})[name] = {**renderer.get("nerf", {}).get(name, {}), **table}
+    if "ave" in tables:
+        tables["ave"].update({k: v for k, v in ave.items() if k in tables["ave"]})
+    path = Path(path)
+    path.write_text(dump_tables(tables))
+    return path
