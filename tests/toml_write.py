@@ -32,8 +32,8 @@ def dump_tables(tables: dict) -> str:
 def tiny_nerf_preset(source, path, train: dict, ave: dict, nerf: dict | None = None):
     """Write ``source`` (a shipped preset's path) shrunk to ``path`` and return ``path``: ``train`` keys
     replace ``[train]``'s, ``ave`` keys ``[ave]``'s (only those it has), ``nerf`` sub-tables are merged into
-    ``[renderer.nerf.*]``'s, and the NeRF becomes the default renderer, since these are ray iterations
-    (``preview`` defaults to the Gaussian head)."""
+    ``[renderer.nerf.*]``'s, and the NeRF is pinned as the default renderer, since these are ray
+    iterations whatever the shipped preset's ``[renderer] default`` says."""
     import tomllib
     from pathlib import Path
 
