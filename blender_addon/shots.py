@@ -36,6 +36,11 @@ NAME_PATTERN = r"^[A-Za-z0-9](?:\.?[A-Za-z0-9_-])*\.?$"
 NAME_MAX = 64
 NAME_RE = re.compile(NAME_PATTERN)
 
+
+def is_name(value: Any) -> bool:
+    """True when ``value`` is a name the service accepts (the pattern, at most :data:`NAME_MAX` characters)."""
+    return isinstance(value, str) and len(value) <= NAME_MAX and NAME_RE.fullmatch(value) is not None
+
 ACTIVE_STATES = ("submitting", "queued", "running")
 FINAL_STATES = ("succeeded", "failed", "cancelled")
 
@@ -56,7 +61,7 @@ def safe_name(text: str, fallback: str = "subject") -> str:
     stem = stem.replace("..", "_")
     if not stem:
         stem = fallback
-    return stem[:64]
+    return stem[:NAME_MAX]
 
 
 def unique_name(base: str, existing: Iterable[str]) -> str:

@@ -6,6 +6,8 @@
 from __future__ import annotations
 
 import json
+import tomllib
+from pathlib import Path
 
 
 def toml_value(v) -> str:
@@ -34,15 +36,13 @@ def tiny_nerf_preset(source, path, train: dict, ave: dict, nerf: dict | None = N
     replace ``[train]``'s, ``ave`` keys ``[ave]``'s (only those it has), ``nerf`` sub-tables are merged into
     ``[renderer.nerf.*]``'s, and the NeRF is pinned as the default renderer, since these are ray
     iterations whatever the shipped preset's ``[renderer] default`` says."""
-    import tomllib
-    from pathlib import Path
-
     tables = tomllib.loads(Path(source).read_text())
     tables["train"] = {**tables.get("train", {}), **train}
     renderer = tables.setdefault("renderer", {})
     renderer["default"] = "nerf"
+    nerf_tables = renderer.setdefault("nerf", {})
     for name, table in (nerf or {}).items():
-        renderer.setdefault("nerf", {})[name] = {**renderer.get("nerf", {}).get(name, {}), **table}
+        nerf_tables[name] = {**nerf_tables.get(name, {}), **table}
     if "ave" in tables:
         tables["ave"].update({k: v for k, v in ave.items() if k in tables["ave"]})
     path = Path(path)
